@@ -1,0 +1,43 @@
+# ae-pipeline: the two commands of the README, and the ones around them.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint format bench bench-quick soak kafka-up kafka-down clean
+
+setup:  ## virtual env, jars, Prism, data sets (idempotent; fast on a second run)
+	@bash deploy/local/bootstrap.sh
+
+demo: setup  ## the main job end to end on embedded defaults (local files, local broker, local runner)
+	$(PY) -m pipelines.demo
+
+test: setup  ## lint, then the whole test suite against the real broker, Prism and Flink
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+bench: setup  ## benchmarks; figures under benchmarks/results/
+	$(PY) -m benchmarks.run
+
+bench-quick: setup
+	$(PY) -m benchmarks.run --quick
+
+soak: setup
+	$(PY) -m pytest -m soak tests/
+
+kafka-up: setup  ## a local broker for manual use (prints its address)
+	$(PY) -m ae_pipeline.local.kafka_broker start
+
+kafka-down:
+	$(PY) -m ae_pipeline.local.kafka_broker stop
+
+clean:
+	rm -rf .pytest_cache .ruff_cache out logs
