@@ -1,0 +1,50 @@
+"""The local infrastructure itself: version pins agree, failures are loud and say why."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+
+import apache_beam
+import pytest
+
+from ae_pipeline.local.kafka_broker import BrokerStartError, KafkaBroker
+from ae_pipeline.local.paths import DEPLOY_LOCAL
+from ae_pipeline.local.runners import runner_args
+
+
+@pytest.mark.parametrize("pom", ["flink", "expansion"])
+def test_java_classpaths_match_the_python_beam_version(pom):
+    text = (DEPLOY_LOCAL / pom / "pom.xml").read_text()
+    assert re.search(r"<beam.version>([^<]+)</beam.version>", text).group(1) == (
+        apache_beam.__version__
+    )
+
+
+def test_runner_args_refuse_unknown_runner_and_fnapi_streaming():
+    with pytest.raises(ValueError, match="choose one of fnapi, prism, flink"):
+        runner_args("sparkle")
+    with pytest.raises(ValueError, match="ignores --streaming"):
+        runner_args("fnapi", streaming=True)
+    assert "--streaming" in runner_args("prism", streaming=True)
+
+
+def test_broker_that_cannot_start_fails_loudly_with_its_log(tmp_path):
+    # Occupy the port the broker is told to use: it must fail, and say why.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        broker = KafkaBroker(port=port, data_dir=tmp_path / "kafka", startup_timeout=60)
+        with pytest.raises(BrokerStartError) as err:
+            broker.start()
+    assert "Address already in use" in str(err.value) or "exited with code" in str(err.value)
+
+
+def test_console_script_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "ae_pipeline.cli", "--version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.strip()
