@@ -1,0 +1,551 @@
+"""JSON-serialisable configuration of autoencoder models and of their training.
+
+Every variant the library offers is a :class:`ModelConfig`: the architecture (``mlp``,
+``stacked``, ``vae``, ``conv``) picks the building blocks, and options switch on what makes an
+autoencoder sparse (:class:`SparsityConfig`), denoising (:class:`CorruptionConfig`) or
+regularised (weight penalties, total variation). :class:`TrainConfig` holds the optimiser and
+loop settings. Both round-trip through plain dicts (``to_dict`` / ``from_dict``) so that they can
+be stored in a model artifact or passed as a pipeline option; ``from_dict`` refuses unknown keys.
+
+Example:
+    >>> cfg = ModelConfig(784, hidden_dims=[128], latent_dim=32, output_activation="sigmoid")
+    >>> cfg.variant
+    'undercomplete'
+    >>> ModelConfig.from_dict(cfg.to_dict()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "linear", "identity")
+ARCHITECTURES = ("mlp", "stacked", "vae", "conv")
+CORRUPTIONS = ("gaussian", "masking", "salt_and_pepper")
+SPARSITY_KINDS = ("kl", "l1")
+OPTIMIZERS = ("adam", "adamw")
+VARIANTS = (
+    "undercomplete",
+    "sparse",
+    "denoising",
+    "stacked",
+    "variational",
+    "convolutional",
+)
+
+_C = TypeVar("_C", bound="_Serializable")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    _require(value in choices, f"{owner}.{name}={value!r} is not one of {list(choices)}")
+
+
+def _check_positive_ints(owner: str, name: str, values: Any, *, allow_empty: bool = True) -> None:
+    _require(
+        isinstance(values, list)
+        and (allow_empty or values)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values),
+        f"{owner}.{name} must be a list of positive ints, got {values!r}",
+    )
+
+
+def _check_non_negative(owner: str, name: str, value: Any) -> None:
+    _require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+        f"{owner}.{name} must be a number >= 0, got {value!r}",
+    )
+
+
+class _Serializable:
+    """Mixin: ``to_dict`` / ``from_dict`` / JSON for (nested) config dataclasses."""
+
+    # Field name -> config class of the value (or of each list item).
+    _nested: dict[str, type[_Serializable]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-serialisable dict of every field (nested configs included)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        """Returns the config as a JSON string with sorted keys."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
+        """Builds the config from a dict such as one made by ``to_dict``.
+
+        Raises:
+            ConfigError: if ``data`` has a key that is not a field (the message names the
+                unknown keys and lists the valid ones) or a value is invalid.
+        """
+        _require(isinstance(data, Mapping), f"{cls.__name__} needs a mapping, got {data!r}")
+        valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(valid))
+        _require(
+            not unknown,
+            f"{cls.__name__}: unknown key(s) {unknown}; valid keys are {valid}",
+        )
+        kwargs = {}
+        for key, value in data.items():
+            nested = cls._nested.get(key)
+            if nested is not None and isinstance(value, Mapping):
+                value = nested.from_dict(value)
+            elif nested is not None and isinstance(value, list):
+                value = [nested.from_dict(v) if isinstance(v, Mapping) else v for v in value]
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls: type[_C], text: str) -> _C:
+        """Builds the config from a JSON string made by ``to_json``."""
+        return cls.from_dict(json.loads(text))
+
+    def replace(self: _C, **changes: Any) -> _C:
+        """Returns a copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass
+class SparsityConfig(_Serializable):
+    """Sparsity penalty on the code (latent) activations.
+
+    Attributes:
+        kind: ``"kl"`` adds ``beta * sum_j KL(rho || rho_hat_j)`` where ``rho_hat_j`` is the mean
+            activation of code unit j over the batch (needs codes in (0, 1), so a sigmoid latent
+            activation); ``"l1"`` adds ``beta * mean(|code|)``.
+        rho: target mean activation for ``"kl"``, in (0, 1).
+        beta: weight of the penalty.
+    """
+
+    kind: str = "kl"
+    rho: float = 0.05
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_choice("SparsityConfig", "kind", self.kind, SPARSITY_KINDS)
+        _require(
+            isinstance(self.rho, (int, float)) and 0.0 < self.rho < 1.0,
+            f"SparsityConfig.rho must be in (0, 1), got {self.rho!r}",
+        )
+        _check_non_negative("SparsityConfig", "beta", self.beta)
+
+
+@dataclass
+class CorruptionConfig(_Serializable):
+    """Input corruption for denoising autoencoders, applied only while training.
+
+    Attributes:
+        kind: ``"gaussian"`` adds N(0, sigma^2) noise; ``"masking"`` sets a random ``fraction``
+            of the features to zero (dropout noise); ``"salt_and_pepper"`` sets a random
+            ``fraction`` of the features to ``pepper`` or ``salt`` with equal probability.
+        sigma: standard deviation of the Gaussian noise.
+        fraction: share of features corrupted by masking or salt-and-pepper, in [0, 1].
+        clip: optional ``[low, high]`` range the corrupted input is clipped to (e.g. ``[0, 1]``
+            for pixels).
+        salt: value of "salt" features.
+        pepper: value of "pepper" features.
+    """
+
+    kind: str = "gaussian"
+    sigma: float = 0.1
+    fraction: float = 0.25
+    clip: list[float] | None = None
+    salt: float = 1.0
+    pepper: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("CorruptionConfig", "kind", self.kind, CORRUPTIONS)
+        _check_non_negative("CorruptionConfig", "sigma", self.sigma)
+        _require(
+            isinstance(self.fraction, (int, float)) and 0.0 <= self.fraction <= 1.0,
+            f"CorruptionConfig.fraction must be in [0, 1], got {self.fraction!r}",
+        )
+        if self.clip is not None:
+            self.clip = [float(v) for v in self.clip]
+            _require(
+                len(self.clip) == 2 and self.clip[0] < self.clip[1],
+                f"CorruptionConfig.clip must be [low, high] with low < high, got {self.clip!r}",
+            )
+
+
+@dataclass
+class LayerOptions(_Serializable):
+    """Options of one layer of a stacked autoencoder, used by its greedy pretraining.
+
+    Each layer is pretrained as a one-hidden-layer autoencoder on the codes of the layer below,
+    with its own options; ``None`` means "derive from the model config" (see
+    :func:`ae_pipeline.models.stacked.layer_config`).
+
+    Attributes:
+        activation: activation of this layer's code.
+        output_activation: activation of this layer's reconstruction (and of the matching layer
+            of the stacked decoder).
+        loss: reconstruction loss name used while pretraining this layer.
+        sparsity: sparsity penalty on this layer's code while pretraining it.
+        corruption: corruption of this layer's input while pretraining it.
+        weight_l1: L1 weight penalty while pretraining it.
+        weight_l2: L2 weight penalty while pretraining it.
+    """
+
+    activation: str | None = None
+    output_activation: str | None = None
+    loss: str | None = None
+    sparsity: SparsityConfig | None = None
+    corruption: CorruptionConfig | None = None
+    weight_l1: float = 0.0
+    weight_l2: float = 0.0
+
+    _nested = {"sparsity": SparsityConfig, "corruption": CorruptionConfig}
+
+    def __post_init__(self) -> None:
+        for name in ("activation", "output_activation"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_choice("LayerOptions", name, value, ACTIVATIONS)
+        _check_non_negative("LayerOptions", "weight_l1", self.weight_l1)
+        _check_non_negative("LayerOptions", "weight_l2", self.weight_l2)
+
+
+@dataclass
+class ModelConfig(_Serializable):
+    """Architecture and objective of one autoencoder.
+
+    Attributes:
+        input_dim: number of input features (for ``conv``, derived from ``input_shape`` when
+            omitted).
+        architecture: ``"mlp"`` (fully connected), ``"stacked"`` (fully connected, trained layer
+            by layer), ``"vae"`` (variational, Gaussian latent) or ``"conv"`` (convolutional,
+            image-shaped input).
+        hidden_dims: widths of the encoder's hidden layers, input side first.
+        latent_dim: width of the code (bottleneck).
+        decoder_dims: widths of the decoder's hidden layers, code side first; ``None`` mirrors
+            the encoder (``mlp`` and ``vae`` only).
+        activation: activation of hidden layers.
+        latent_activation: activation of the code (``mlp``, ``stacked``, ``conv``).
+        output_activation: activation of the reconstruction: ``"sigmoid"`` for data in [0, 1],
+            ``"identity"`` otherwise.
+        loss: reconstruction loss: ``"mse"``, ``"bce"`` or a name registered with
+            :func:`ae_pipeline.models.losses.register_loss`.
+        weight_l1: lambda of the L1 penalty on weights (not biases).
+        weight_l2: lambda of the L2 penalty on weights (not biases).
+        sparsity: optional sparsity penalty on the code.
+        corruption: optional input corruption while training (denoising autoencoder).
+        tv_weight: weight of a total-variation penalty on the reconstruction (needs
+            ``input_shape``).
+        input_shape: ``[channels, height, width]`` of image-shaped input.
+        beta: weight of the KL term of a variational autoencoder.
+        conv_channels: channels of the convolutional encoder's stride-2 layers.
+        kernel_size: kernel size of the convolutions (odd).
+        layers: per-layer pretraining options of a stacked autoencoder, one per encoder layer
+            (``len(hidden_dims) + 1``); ``None`` uses the defaults for every layer.
+        num_classes: adds a linear classification head on the code, for supervised
+            fine-tuning.
+    """
+
+    input_dim: int | None = None
+    architecture: str = "mlp"
+    hidden_dims: list[int] = field(default_factory=lambda: [128])
+    latent_dim: int = 32
+    decoder_dims: list[int] | None = None
+    activation: str = "relu"
+    latent_activation: str = "linear"
+    output_activation: str = "identity"
+    loss: str = "mse"
+    weight_l1: float = 0.0
+    weight_l2: float = 0.0
+    sparsity: SparsityConfig | None = None
+    corruption: CorruptionConfig | None = None
+    tv_weight: float = 0.0
+    input_shape: list[int] | None = None
+    beta: float = 1.0
+    conv_channels: list[int] = field(default_factory=lambda: [16, 32])
+    kernel_size: int = 3
+    layers: list[LayerOptions] | None = None
+    num_classes: int | None = None
+
+    _nested = {
+        "sparsity": SparsityConfig,
+        "corruption": CorruptionConfig,
+        "layers": LayerOptions,
+    }
+
+    def __post_init__(self) -> None:
+        owner = "ModelConfig"
+        _check_choice(owner, "architecture", self.architecture, ARCHITECTURES)
+        self.hidden_dims = list(self.hidden_dims)
+        self.conv_channels = list(self.conv_channels)
+        if self.decoder_dims is not None:
+            self.decoder_dims = list(self.decoder_dims)
+        if self.input_shape is not None:
+            self.input_shape = list(self.input_shape)
+            _check_positive_ints(owner, "input_shape", self.input_shape, allow_empty=False)
+            _require(
+                len(self.input_shape) == 3,
+                f"{owner}.input_shape must be [channels, height, width], got {self.input_shape}",
+            )
+            size = math.prod(self.input_shape)
+            if self.input_dim is None:
+                self.input_dim = size
+            _require(
+                self.input_dim == size,
+                f"{owner}.input_dim={self.input_dim} does not match "
+                f"input_shape={self.input_shape} ({size} values)",
+            )
+        _require(
+            isinstance(self.input_dim, int)
+            and not isinstance(self.input_dim, bool)
+            and self.input_dim > 0,
+            f"{owner}.input_dim must be a positive int, got {self.input_dim!r}",
+        )
+        _check_positive_ints(owner, "hidden_dims", self.hidden_dims)
+        _check_positive_ints(owner, "latent_dim", [self.latent_dim])
+        if self.decoder_dims is not None:
+            _check_positive_ints(owner, "decoder_dims", self.decoder_dims)
+            _require(
+                self.architecture in ("mlp", "vae"),
+                f"{owner}.decoder_dims is only for architecture 'mlp' or 'vae', "
+                f"not {self.architecture!r}",
+            )
+        for name in ("activation", "latent_activation", "output_activation"):
+            _check_choice(owner, name, getattr(self, name), ACTIVATIONS)
+        _require(
+            isinstance(self.loss, str) and bool(self.loss),
+            f"{owner}.loss must be a loss name, got {self.loss!r}",
+        )
+        if self.loss == "bce":
+            _require(
+                self.output_activation == "sigmoid",
+                f"{owner}.loss='bce' needs output_activation='sigmoid' "
+                f"(got {self.output_activation!r})",
+            )
+        for name in ("weight_l1", "weight_l2", "tv_weight", "beta"):
+            _check_non_negative(owner, name, getattr(self, name))
+        if self.tv_weight > 0 or self.architecture == "conv":
+            _require(
+                self.input_shape is not None,
+                f"{owner}: architecture={self.architecture!r} with tv_weight={self.tv_weight} "
+                "needs input_shape=[channels, height, width]",
+            )
+        if self.architecture == "conv":
+            _check_positive_ints(owner, "conv_channels", self.conv_channels, allow_empty=False)
+            _require(
+                isinstance(self.kernel_size, int) and self.kernel_size % 2 == 1,
+                f"{owner}.kernel_size must be an odd int, got {self.kernel_size!r}",
+            )
+        if self.sparsity is not None:
+            _require(
+                self.architecture != "vae",
+                f"{owner}: sparsity is not supported with architecture 'vae'",
+            )
+            if self.sparsity.kind == "kl":
+                _require(
+                    self.latent_activation == "sigmoid",
+                    f"{owner}: KL sparsity needs codes in (0, 1): set "
+                    f"latent_activation='sigmoid' (got {self.latent_activation!r})",
+                )
+        if self.layers is not None:
+            _require(
+                self.architecture == "stacked",
+                f"{owner}.layers is only for architecture 'stacked', not {self.architecture!r}",
+            )
+            _require(
+                len(self.layers) == len(self.hidden_dims) + 1,
+                f"{owner}.layers has {len(self.layers)} entries; the stack has "
+                f"{len(self.hidden_dims) + 1} layers (hidden_dims + latent)",
+            )
+        if self.num_classes is not None:
+            _require(
+                isinstance(self.num_classes, int) and self.num_classes >= 2,
+                f"{owner}.num_classes must be an int >= 2, got {self.num_classes!r}",
+            )
+
+    @property
+    def variant(self) -> str:
+        """A short name of the variant, e.g. ``"undercomplete"``, ``"sparse+denoising"``."""
+        base = {
+            "mlp": "undercomplete" if self.latent_dim < self.input_dim else "overcomplete",
+            "stacked": "stacked",
+            "vae": "variational",
+            "conv": "convolutional",
+        }[self.architecture]
+        tags = []
+        if self.sparsity is not None:
+            tags.append("sparse")
+        if self.corruption is not None:
+            tags.append("denoising")
+        if self.architecture == "mlp" and tags:
+            return "+".join(tags)
+        return "+".join([base, *tags])
+
+    @property
+    def stack_widths(self) -> list[int]:
+        """Widths of the encoder's layers, input side first, code last."""
+        return [*self.hidden_dims, self.latent_dim]
+
+    def layer_options(self, index: int) -> LayerOptions:
+        """Returns the pretraining options of stacked layer ``index`` (defaults if unset)."""
+        if self.layers is None:
+            return LayerOptions()
+        return self.layers[index]
+
+    def encoder_activations(self) -> list[str]:
+        """Activation of each encoder layer, input side first (code last)."""
+        n = len(self.hidden_dims)
+        acts = [self.activation] * n + [self.latent_activation]
+        if self.architecture == "stacked":
+            acts = [self.layer_options(i).activation or a for i, a in enumerate(acts)]
+        return acts
+
+    def layer_output_activation(self, index: int) -> str:
+        """Activation of the reconstruction of stacked layer ``index``.
+
+        Layer 0 reconstructs the input (``output_activation``); a deeper layer reconstructs
+        the codes of the layer below, so it uses that layer's activation by default. With
+        these defaults a stack has the same shape as a mirrored :class:`ModelConfig` MLP.
+        """
+        explicit = self.layer_options(index).output_activation
+        if explicit is not None:
+            return explicit
+        if index == 0:
+            return self.output_activation
+        return self.encoder_activations()[index - 1]
+
+    def decoder_widths(self) -> list[int]:
+        """Widths of the decoder's hidden layers, code side first."""
+        if self.decoder_dims is not None:
+            return list(self.decoder_dims)
+        return list(reversed(self.hidden_dims))
+
+    def decoder_activations(self) -> list[str]:
+        """Activation of each decoder layer, code side first (reconstruction last)."""
+        if self.architecture == "stacked":
+            n = len(self.hidden_dims) + 1
+            return [self.layer_output_activation(i) for i in reversed(range(n))]
+        return [self.activation] * len(self.decoder_widths()) + [self.output_activation]
+
+    @classmethod
+    def for_variant(
+        cls, variant: str, input_dim: int | None = None, **overrides: Any
+    ) -> ModelConfig:
+        """Returns a config with sensible defaults for a named variant.
+
+        Args:
+            variant: one of ``undercomplete``, ``sparse``, ``denoising``, ``stacked``,
+                ``variational``, ``convolutional``.
+            input_dim: number of input features.
+            **overrides: fields that replace the defaults.
+
+        Raises:
+            ConfigError: for an unknown variant or field.
+        """
+        _check_choice("ModelConfig.for_variant", "variant", variant, VARIANTS)
+        presets: dict[str, dict[str, Any]] = {
+            "undercomplete": {},
+            "sparse": {
+                "latent_activation": "sigmoid",
+                "sparsity": SparsityConfig(),
+            },
+            "denoising": {"corruption": CorruptionConfig()},
+            "stacked": {"architecture": "stacked", "latent_activation": "relu"},
+            "variational": {"architecture": "vae"},
+            "convolutional": {"architecture": "conv"},
+        }
+        kwargs: dict[str, Any] = {"input_dim": input_dim, **presets[variant]}
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - valid)
+        _require(
+            not unknown, f"ModelConfig: unknown key(s) {unknown}; valid keys are {sorted(valid)}"
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+@dataclass
+class TrainConfig(_Serializable):
+    """Settings of the training loop (:class:`ae_pipeline.models.trainer.Trainer`).
+
+    Attributes:
+        epochs: maximum number of passes over the training data.
+        batch_size: samples per optimiser step.
+        lr: learning rate.
+        optimizer: ``"adam"`` or ``"adamw"``.
+        weight_decay: decoupled weight decay (AdamW) or L2 in the gradient (Adam).
+        patience: stop after this many epochs without an improvement of the validation loss
+            (``None``: never stop early).
+        min_delta: smallest decrease of the validation loss that counts as an improvement.
+        restore_best: after training, load the weights of the epoch with the best validation
+            loss.
+        validation_fraction: share of an in-memory training array held out for validation
+            when no validation data is given.
+        shuffle: reshuffle in-memory data every epoch (streamed chunks are shuffled within
+            themselves).
+        seed: seeds shuffling, corruption and sampling; the same seed and data give
+            bit-identical weights on the same device and thread count. ``None``: not seeded.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available).
+        mixed_precision: float16 autocast with loss scaling; used on CUDA only.
+        num_threads: torch CPU threads to use (``None``: leave as is).
+        grad_clip: clip the gradient norm to this value (``None``: no clipping).
+        progress: show a tqdm progress bar over epochs.
+    """
+
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    patience: int | None = None
+    min_delta: float = 0.0
+    restore_best: bool = True
+    validation_fraction: float = 0.0
+    shuffle: bool = True
+    seed: int | None = 0
+    device: str = "auto"
+    mixed_precision: bool = False
+    num_threads: int | None = None
+    grad_clip: float | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        owner = "TrainConfig"
+        _check_positive_ints(owner, "epochs", [self.epochs])
+        _check_positive_ints(owner, "batch_size", [self.batch_size])
+        _require(
+            isinstance(self.lr, (int, float)) and self.lr > 0,
+            f"{owner}.lr must be > 0, got {self.lr!r}",
+        )
+        _check_choice(owner, "optimizer", self.optimizer, OPTIMIZERS)
+        _check_non_negative(owner, "weight_decay", self.weight_decay)
+        if self.patience is not None:
+            _check_positive_ints(owner, "patience", [self.patience])
+        _check_non_negative(owner, "min_delta", self.min_delta)
+        _require(
+            isinstance(self.validation_fraction, (int, float))
+            and 0.0 <= self.validation_fraction < 1.0,
+            f"{owner}.validation_fraction must be in [0, 1), got {self.validation_fraction!r}",
+        )
+        _require(
+            isinstance(self.device, str)
+            and (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")),
+            f"{owner}.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}",
+        )
+        if self.num_threads is not None:
+            _check_positive_ints(owner, "num_threads", [self.num_threads])
+        if self.grad_clip is not None:
+            _require(
+                isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0,
+                f"{owner}.grad_clip must be > 0, got {self.grad_clip!r}",
+            )

@@ -1,0 +1,82 @@
+"""Convolutional autoencoder for image-shaped input (e.g. 1 x 28 x 28)."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from ae_pipeline.models.base import AEOutput, Autoencoder
+from ae_pipeline.models.config import ModelConfig
+from ae_pipeline.models.layers import Dense, activation
+
+
+def _halved(size: int) -> int:
+    """Spatial size after a stride-2 convolution with 'same' padding."""
+    return (size + 1) // 2
+
+
+class ConvAutoencoder(Autoencoder):
+    """Stride-2 convolutions down to a dense code, transposed convolutions back up.
+
+    The input may be ``N x C x H x W`` or flat ``N x (C*H*W)`` (as records arrive from a
+    stream); the reconstruction has the same shape as the input, and :meth:`encode` returns
+    ``N x latent_dim``.
+
+    Example:
+        >>> from ae_pipeline.models.config import ModelConfig
+        >>> cfg = ModelConfig(architecture="conv", input_shape=[1, 28, 28], latent_dim=16)
+        >>> ConvAutoencoder(cfg)(torch.zeros(2, 784)).shape
+        torch.Size([2, 784])
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        channels, height, width = config.input_shape  # type: ignore[misc]
+        self.image_shape = (channels, height, width)
+        k, pad = config.kernel_size, config.kernel_size // 2
+        chans = [channels, *config.conv_channels]
+        sizes = [(height, width)]
+        down: list[nn.Module] = []
+        for c_in, c_out in itertools.pairwise(chans):
+            down += [
+                nn.Conv2d(c_in, c_out, k, stride=2, padding=pad),
+                activation(config.activation),
+            ]
+            h, w = sizes[-1]
+            sizes.append((_halved(h), _halved(w)))
+        self.bottom_shape = (chans[-1], *sizes[-1])
+        flat = chans[-1] * sizes[-1][0] * sizes[-1][1]
+        self.encoder = nn.Sequential(
+            *down, nn.Flatten(1), Dense(flat, config.latent_dim, config.latent_activation)
+        )
+        up: list[nn.Module] = [Dense(config.latent_dim, flat, config.activation)]
+        up.append(nn.Unflatten(1, self.bottom_shape))
+        n = len(config.conv_channels)
+        for i in reversed(range(n)):
+            (h_in, w_in), (h_out, w_out) = sizes[i + 1], sizes[i]
+            pad_out = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))
+            up.append(
+                nn.ConvTranspose2d(
+                    chans[i + 1], chans[i], k, stride=2, padding=pad, output_padding=pad_out
+                )
+            )
+            up.append(activation(config.output_activation if i == 0 else config.activation))
+        self.decoder = nn.Sequential(*up)
+        self._add_head()
+
+    def _as_image(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.image_shape)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self._as_image(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Returns the reconstruction as ``N x C x H x W``."""
+        return self.decoder(z)
+
+    def forward_all(self, x: torch.Tensor) -> AEOutput:
+        out = super().forward_all(x)
+        out.reconstruction = out.reconstruction.reshape(x.shape)
+        return out
