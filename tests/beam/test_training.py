@@ -1,0 +1,158 @@
+"""Beam batch training on real Parquet files, on FnApiRunner and Flink."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ae_pipeline.artifact import load_artifact
+from ae_pipeline.features import Scaler, SchemaError
+from ae_pipeline.local.runners import runner_args
+from ae_pipeline.models.scoring import Scorer
+from ae_pipeline.registry import ModelRegistry
+from pipelines import train as train_job
+
+D, RANK = 12, 3
+
+
+def _data(rng, n, *, anomalies=0):
+    """Rows near a 3-D subspace of a 12-D space; anomalies are off it."""
+    basis = np.random.default_rng(42).normal(size=(RANK, D))
+    x = rng.normal(size=(n, RANK)) @ basis + 0.05 * rng.normal(size=(n, D))
+    planted = np.zeros(n, dtype=bool)
+    if anomalies:
+        idx = rng.choice(n, anomalies, replace=False)
+        x[idx] += rng.normal(0, 3.0, size=(anomalies, D))
+        planted[idx] = True
+    return x, planted
+
+
+def _write(directory, x, *, shards=3, extra=None, start_id=0):
+    directory.mkdir(parents=True, exist_ok=True)
+    for s, part in enumerate(np.array_split(np.arange(len(x)), shards)):
+        cols = {f"f{i}": x[part, i] for i in range(D)}
+        cols["id"] = part + start_id
+        for name, values in (extra or {}).items():
+            cols[name] = [values[i] for i in part]
+        pq.write_table(pa.table(cols), directory / f"part-{s}.parquet", row_group_size=1500)
+    return directory
+
+
+def _args(tmp_path, data, runner="fnapi", **kw):
+    opts = {
+        "input": str(data),
+        "model_root": str(tmp_path / "models"),
+        "key_column": "id",
+        "hidden_dims": "32",
+        "latent_dim": "3",
+        "epochs": "12",
+        "batch_size": "128",
+        "lr": "0.003",
+        "progress": "false",
+        "work_dir": str(tmp_path / f"work-{len(list(tmp_path.glob('work-*')))}"),
+    }
+    opts.update({k: str(v) for k, v in kw.items()})
+    return [f"--{k}={v}" for k, v in opts.items()] + runner_args(runner)
+
+
+def test_train_publish_and_flag_planted_anomalies(tmp_path):
+    rng = np.random.default_rng(0)
+    x, _ = _data(rng, 9000)
+    data = _write(tmp_path / "history", x)
+    result = train_job.run(_args(tmp_path, data, threshold_method="fpr", threshold_param=0.01))
+    version = result["published"]
+    registry = ModelRegistry(str(tmp_path / "models"))
+    assert registry.versions() == [version]
+    art = load_artifact(registry.path(version))
+    assert art.feature_columns == [f"f{i}" for i in range(D)]
+    assert art.threshold["method"] == "fpr" and art.threshold["n_calibration"] > 1000
+    assert sum(art.threshold["histogram"]["counts"]) > 1000
+    assert art.metrics["val_loss"] < 0.2, art.metrics["val_loss"]
+    # Fresh data with planted anomalies: the published threshold finds them.
+    fresh, planted = _data(np.random.default_rng(7), 4000, anomalies=80)
+    scores = Scorer(art.model).errors(Scaler.from_dict(art.scaler).transform(fresh))
+    flagged = scores > art.threshold["value"]
+    recall = flagged[planted].mean()
+    fpr = flagged[~planted].mean()
+    assert recall > 0.9 and fpr < 0.05, (recall, fpr)
+    report = tmp_path / "models" / version / "report"
+    assert (report / "loss.png").stat().st_size > 1000
+    assert (report / "scores.png").stat().st_size > 1000
+    assert json.loads((report / "metrics.json").read_text())["threshold"]["value"] > 0
+
+
+def test_bad_rows_are_rejected_and_counted(tmp_path):
+    x, _ = _data(np.random.default_rng(1), 3000)
+    x[5, 2] = np.nan
+    x[17, 0] = np.inf
+    data = _write(tmp_path / "history", x)
+    # A null in one file as well.
+    table = pq.read_table(data / "part-1.parquet")
+    f3 = table.column("f3").to_pylist()
+    f3[0] = None
+    table = table.set_column(table.schema.get_field_index("f3"), "f3", pa.array(f3))
+    pq.write_table(table, data / "part-1.parquet")
+    result = train_job.run(_args(tmp_path, data, epochs=2))
+    assert result["published"]
+    assert result["metrics"]["rows_rejected"] == 3
+
+
+def test_schema_problems_fail_before_running_and_name_the_column(tmp_path):
+    x, _ = _data(np.random.default_rng(2), 300)
+    data = _write(tmp_path / "h", x, shards=1, extra={"city": ["x"] * 300})
+    with pytest.raises(SchemaError, match="'nope' is missing"):
+        train_job.run(_args(tmp_path, data, feature_columns="f0,nope"))
+    with pytest.raises(SchemaError, match="'city' has type string"):
+        train_job.run(_args(tmp_path, data, feature_columns="f0,city"))
+    with pytest.raises(FileNotFoundError, match="no Parquet files"):
+        train_job.run(_args(tmp_path, tmp_path / "empty-dir"))
+
+
+def test_refuses_to_publish_a_worse_model_and_says_why(tmp_path):
+    x, _ = _data(np.random.default_rng(3), 6000)
+    data = _write(tmp_path / "history", x)
+    first = train_job.run(_args(tmp_path, data))
+    worse = train_job.run(
+        _args(tmp_path, data, epochs=1, lr=0.00001, max_val_loss_increase=0.1, seed=5)
+    )
+    assert worse["published"] is None
+    assert "worse than current version" in worse["refused"]
+    assert ModelRegistry(str(tmp_path / "models")).versions() == [first["published"]]
+    # Warm start continues from the published weights and is allowed to publish.
+    warm = train_job.run(
+        [*_args(tmp_path, data, epochs=2, max_val_loss_increase=0.5), "--warm_start"]
+    )
+    assert warm["published"] and warm["metrics"]["warm_start"] is True
+
+
+@pytest.mark.slow
+def test_stacked_model_trains_layer_by_layer_as_beam_stages(tmp_path):
+    x, _ = _data(np.random.default_rng(4), 6000)
+    data = _write(tmp_path / "history", x)
+    result = train_job.run(
+        _args(tmp_path, data, architecture="stacked", hidden_dims="16,8", latent_dim=3, epochs=6)
+    )
+    layers = result["metrics"]["layers"]
+    assert [layer["layer"] for layer in layers] == [0, 1, 2]
+    for layer in layers:
+        losses = layer["history"]["train_losses"]
+        assert losses[-1] < losses[0], layer
+    fine = result["metrics"]["history"]["train_losses"]
+    assert fine[-1] <= fine[0]
+    art = load_artifact(str(tmp_path / "models" / result["published"]))
+    assert art.model_config.architecture == "stacked"
+
+
+@pytest.mark.flink
+@pytest.mark.slow
+def test_training_job_on_flink(tmp_path, beam_options):
+    beam_options("flink")  # record the runner in the session summary
+    x, _ = _data(np.random.default_rng(5), 4000)
+    data = _write(tmp_path / "history", x)
+    result = train_job.run(_args(tmp_path, data, runner="flink", epochs=4))
+    assert result["published"]
+    assert load_artifact(str(tmp_path / "models" / result["published"])).threshold["value"] > 0
