@@ -1,0 +1,543 @@
+"""Scoring records with a published model: the one path shared by Beam and the Kafka consumer.
+
+:class:`ServingModel` holds one verified model version together with everything needed to turn
+records into results: the :class:`~ae_pipeline.features.FeatureSpec` the model was trained on,
+its :class:`~ae_pipeline.features.Scaler`, its anomaly threshold and its version name.
+:meth:`ServingModel.score_records` takes a batch of records (JSON bytes, dicts, ``beam.Row``,
+Kafka records) and returns one result per usable record and one dead letter per rejected one,
+so ``len(results) + len(dead_letters) == len(records)`` always holds. Three modes:
+
+* ``encode``: ``latent`` (list of floats);
+* ``denoise``: ``reconstruction`` in the records' original units (the scaler is inverted), keyed
+  by feature name (a list when the features have no names, e.g. a ``vector_field`` of pixels);
+* ``flag``: ``score`` (mean squared reconstruction error of the scaled record, the same number
+  :class:`~ae_pipeline.models.Scorer` computes offline), ``threshold``, ``is_anomaly``
+  (``score > threshold``) and the ``top_k`` per-feature ``contributions`` (squared errors;
+  over all features they sum to ``score * D``).
+
+Every result and dead letter carries ``model_version`` and the record's ``key``; when the
+record came from Kafka, ``topic``, ``partition`` and ``offset`` too. A dead letter has the
+``reason`` (one of :data:`ae_pipeline.features.REASONS`), a ``detail`` and the original value
+(``value_b64`` for bytes, ``value`` otherwise).
+
+:class:`ModelWatcher` follows a model root: it polls
+:meth:`ae_pipeline.registry.ModelRegistry.latest` at most every ``interval_s`` seconds and swaps
+to a newer version; a version that fails to load is logged and skipped, and the previous model
+keeps serving.
+
+This module imports no Beam transforms (only the registry/artifact file access, which goes
+through Beam's ``FileSystems``).
+
+Example:
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from ae_pipeline.artifact import save_artifact
+    >>> from ae_pipeline.models import ModelConfig, build_model
+    >>> cfg = ModelConfig(2, hidden_dims=[], latent_dim=1)
+    >>> path = save_artifact(tempfile.mkdtemp(), build_model(cfg, seed=0), cfg,
+    ...                      feature_columns=["a", "b"], threshold={"value": 0.5})
+    >>> model = ServingModel.load(path, device="cpu")
+    >>> results, dead = model.score_records([b'{"a": 1, "b": 2}', b'{"a": 1}'], "flag")
+    >>> sorted(results[0]), dead[0]["reason"]
+    (['contributions', 'is_anomaly', 'key', 'model_version', 'score', 'threshold'], 'missing_field')
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ae_pipeline.artifact import ArtifactError, LoadedArtifact, load_artifact
+from ae_pipeline.features import FeatureSpec, Scaler, decode_records
+from ae_pipeline.registry import ModelRegistry
+
+_log = logging.getLogger(__name__)
+
+MODES = ("encode", "denoise", "flag")
+
+
+class ServingError(ValueError):
+    """A model cannot serve the requested records or mode; the message says why."""
+
+
+class NoModelError(ServingError):
+    """No model version is published under the watched root (yet)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a record came from (Kafka coordinates, all optional).
+
+    Attributes:
+        topic: the topic.
+        partition: the partition.
+        offset: the record's offset in the partition.
+        key: the message key (bytes or str), used as the result key when the record itself
+            carries none.
+        timestamp_ms: the record's timestamp, passed through as ``timestamp_ms``.
+    """
+
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    key: Any = None
+    timestamp_ms: int | None = None
+
+
+def as_input(element: Any) -> tuple[Any, Source | None]:
+    """Splits an element into ``(value, source)``.
+
+    Accepts a Kafka record object (anything with ``value`` and ``offset`` attributes, such as
+    ``ae_pipeline.kafka.KafkaRecord`` or a kafka-python ``ConsumerRecord``), a plain 2-tuple
+    ``(key, value)`` (what Beam's ``ReadFromKafka`` emits), or a bare record (JSON bytes/str,
+    dict, ``beam.Row``).
+    """
+    if hasattr(element, "value") and hasattr(element, "offset") and not isinstance(element, dict):
+        value = element.value
+        if callable(value):  # confluent-kafka Message: methods, not attributes
+            ts = element.timestamp()[1] if hasattr(element, "timestamp") else None
+            return value(), Source(
+                element.topic(), element.partition(), element.offset(), element.key(), ts
+            )
+        return value, Source(
+            getattr(element, "topic", None),
+            getattr(element, "partition", None),
+            getattr(element, "offset", None),
+            getattr(element, "key", None),
+            getattr(element, "timestamp_ms", None) or getattr(element, "timestamp", None),
+        )
+    if type(element) is tuple and len(element) == 2:
+        return element[1], Source(key=element[0])
+    return element, None
+
+
+def _key_text(key: Any) -> Any:
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(key).decode()
+        except UnicodeDecodeError:
+            return base64.b64encode(bytes(key)).decode()
+    return key
+
+
+def _original(value: Any) -> dict[str, Any]:
+    """The original value of a rejected record, JSON-safe."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"value_b64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, str):
+        return {"value": value}
+    as_dict = getattr(value, "_asdict", None) or getattr(value, "as_dict", None)
+    if isinstance(value, Mapping) or as_dict is not None:
+        data = dict(value) if isinstance(value, Mapping) else as_dict()
+        return {"value": {str(k): _json_safe(v) for k, v in data.items()}}
+    return {"value": _json_safe(value)}
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if np.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return repr(value)
+
+
+def _coordinates(source: Source | None) -> dict[str, Any]:
+    if source is None:
+        return {}
+    out: dict[str, Any] = {}
+    if source.topic is not None:
+        out["topic"] = source.topic
+    if source.partition is not None:
+        out["partition"] = source.partition
+    if source.offset is not None:
+        out["offset"] = source.offset
+    if source.timestamp_ms is not None:
+        out["timestamp_ms"] = source.timestamp_ms
+    return out
+
+
+def version_name(version_dir: str) -> str:
+    """The version name of a version directory: its last path component."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.split(version_dir.rstrip("/"))[1]
+
+
+class ServingModel:
+    """One model version, ready to score records.
+
+    Build it with :meth:`load`.
+
+    Attributes:
+        artifact: the verified artifact.
+        spec: how records carry the features.
+        scaler: the feature scaler (identity when the artifact has none).
+        threshold: the anomaly threshold (``None`` when not calibrated; ``flag`` is refused).
+        version: the version name (last component of the directory).
+        path: the version directory.
+        top_k: number of per-feature contributions a ``flag`` result carries (``None``: all).
+    """
+
+    def __init__(
+        self,
+        artifact: LoadedArtifact,
+        spec: FeatureSpec,
+        scaler: Scaler,
+        threshold: float | None,
+        *,
+        version: str,
+        batch_size: int = 8192,
+        top_k: int | None = 5,
+    ) -> None:
+        self.artifact = artifact
+        self.spec = spec
+        self.scaler = scaler
+        self.threshold = threshold
+        self.version = version
+        self.path = artifact.path
+        self.top_k = top_k
+        self.scorer = artifact.scorer(batch_size=batch_size)
+        self.input_dim = artifact.input_dim
+        self.feature_names: list[str] | None = list(spec.columns) or None
+
+    @classmethod
+    def load(
+        cls,
+        version_dir: str,
+        *,
+        device: str = "auto",
+        spec: FeatureSpec | None = None,
+        threshold: float | None = None,
+        batch_size: int = 8192,
+        top_k: int | None = 5,
+    ) -> ServingModel:
+        """Loads and verifies a version directory (checksums, safetensors, shapes).
+
+        Args:
+            version_dir: the version directory (a ``…/_PUBLISHED`` marker path is accepted too).
+            device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+            spec: how records carry the features; default: the spec saved with the model
+                (``extra.feature_spec``), else its ``feature_columns``. A spec whose width or
+                columns differ from the model's is refused.
+            threshold: override the calibrated threshold.
+            batch_size: rows per forward pass.
+            top_k: per-feature contributions kept in ``flag`` results (``None``: all).
+
+        Raises:
+            ArtifactError: the artifact is missing, corrupt or unsafe, or the spec does not fit.
+        """
+        from apache_beam.io.filesystems import FileSystems
+
+        from ae_pipeline.registry import MARKER
+
+        if FileSystems.split(version_dir.rstrip("/"))[1] == MARKER:
+            version_dir = FileSystems.split(version_dir.rstrip("/"))[0]
+        artifact = load_artifact(version_dir, device=device)
+        saved = (artifact.meta.get("extra") or {}).get("feature_spec")
+        if spec is None:
+            if saved is not None:
+                spec = FeatureSpec.from_dict(saved)
+            elif artifact.feature_columns:
+                spec = FeatureSpec(columns=list(artifact.feature_columns))
+            else:
+                spec = FeatureSpec(width=artifact.input_dim)
+        try:
+            dim = spec.dim
+        except ValueError as err:
+            raise ArtifactError(f"{version_dir}: {err}") from None
+        artifact.check_input(expected_input_dim=dim, feature_columns=list(spec.columns) or None)
+        if artifact.scaler is None:
+            scaler = Scaler.identity(dim)
+        else:
+            try:
+                scaler = Scaler.from_dict(artifact.scaler)
+            except (ValueError, KeyError, TypeError) as err:
+                raise ArtifactError(f"{version_dir}: invalid scaler: {err}") from None
+            if scaler.offset.shape[0] != dim:
+                raise ArtifactError(
+                    f"{version_dir}: the scaler has {scaler.offset.shape[0]} features, "
+                    f"the model takes {dim}"
+                )
+        if threshold is None and artifact.threshold is not None:
+            try:
+                threshold = float(artifact.threshold["value"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise ArtifactError(f"{version_dir}: invalid threshold: {err}") from None
+        return cls(
+            artifact,
+            spec,
+            scaler,
+            threshold,
+            version=version_name(version_dir),
+            batch_size=batch_size,
+            top_k=top_k,
+        )
+
+    # ------------------------------------------------------------------ matrices
+
+    def score_matrix(self, x: np.ndarray, mode: str) -> dict[str, np.ndarray]:
+        """Scores an ``N x D`` block of features in original units.
+
+        Returns:
+            ``encode``: ``{"latent": N x L}``; ``denoise``: ``{"reconstruction": N x D}`` in
+            original units; ``flag``: ``{"score": N, "is_anomaly": N (bool),
+            "contributions": N x D}``.
+
+        Raises:
+            ServingError: for an unknown mode, a block of the wrong width, or ``flag`` without
+                a threshold.
+        """
+        check_mode(mode)
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise ServingError(
+                f"model {self.version} takes N x {self.input_dim} blocks, got shape {x.shape}"
+            )
+        scaled = self.scaler.transform(x)
+        if mode == "encode":
+            return {"latent": self.scorer.encode(scaled)}
+        if mode == "denoise":
+            return {"reconstruction": self.scaler.inverse(self.scorer.reconstruct(scaled))}
+        if self.threshold is None:
+            raise ServingError(
+                f"model {self.version} has no calibrated threshold; pass threshold=... to flag"
+            )
+        result = self.scorer.score(scaled, latent=False, reconstruction=False)
+        return {
+            "score": result.error,
+            "is_anomaly": result.error > self.threshold,
+            "contributions": result.contributions,
+        }
+
+    # ------------------------------------------------------------------ records
+
+    def score_records(
+        self,
+        values: Sequence[Any],
+        mode: str,
+        *,
+        sources: Sequence[Source | None] | None = None,
+        passthrough: Sequence[str] = (),
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Scores a batch of records; every record becomes a result or a dead letter.
+
+        Args:
+            values: JSON bytes/str, mappings or ``beam.Row``-like records. Elements that are
+                Kafka records or ``(key, value)`` tuples are unpacked with :func:`as_input`
+                unless ``sources`` is given.
+            mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+            sources: Kafka coordinates per value (same length), copied into the outputs.
+            passthrough: record fields copied into each result.
+
+        Returns:
+            ``(results, dead_letters)``, each in input order; JSON-serialisable dicts.
+        """
+        check_mode(mode)
+        if sources is None:
+            pairs = [as_input(v) for v in values]
+            values = [p[0] for p in pairs]
+            sources = [p[1] for p in pairs]
+        elif len(sources) != len(values):
+            raise ValueError(f"{len(values)} values but {len(sources)} sources")
+        batch = decode_records(values, self.spec)
+        dead = [
+            {
+                "reason": err.reason,
+                "detail": err.detail,
+                "model_version": self.version,
+                "key": _key_text(sources[err.index].key) if sources[err.index] else None,
+                **_coordinates(sources[err.index]),
+                **_original(values[err.index]),
+            }
+            for err in batch.errors
+        ]
+        if not batch.index:
+            return [], dead
+        scores = self.score_matrix(batch.matrix, mode)
+        results: list[dict[str, Any]] = []
+        names = self.feature_names
+        if mode == "encode":
+            per_record: list[dict[str, Any]] = [{"latent": z} for z in scores["latent"].tolist()]
+        elif mode == "denoise":
+            recon = scores["reconstruction"].tolist()
+            per_record = [
+                {"reconstruction": dict(zip(names, r, strict=True)) if names else r} for r in recon
+            ]
+        else:
+            per_record = self._flag_fields(scores)
+        for row, i in enumerate(batch.index):
+            source = sources[i]
+            key = batch.keys[row]
+            if key is None and source is not None:
+                key = _key_text(source.key)
+            out: dict[str, Any] = {"key": key, "model_version": self.version}
+            out.update(_coordinates(source))
+            if passthrough:
+                record = batch.records[row]
+                out.update({f: _json_safe(record.get(f)) for f in passthrough})
+            out.update(per_record[row])
+            results.append(out)
+        return results, dead
+
+    def _flag_fields(self, scores: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+        contributions = scores["contributions"]
+        dim = contributions.shape[1]
+        k = dim if self.top_k is None else min(self.top_k, dim)
+        if k < dim:
+            top = np.argpartition(-contributions, k - 1, axis=1)[:, :k]
+            order = np.take_along_axis(contributions, top, axis=1).argsort(axis=1)[:, ::-1]
+            top = np.take_along_axis(top, order, axis=1)
+        else:
+            top = np.argsort(-contributions, axis=1, kind="stable")
+        values = np.take_along_axis(contributions, top, axis=1).tolist()
+        names = self.feature_names or [str(j) for j in range(dim)]
+        threshold = float(self.threshold)  # type: ignore[arg-type]
+        return [
+            {
+                "score": s,
+                "threshold": threshold,
+                "is_anomaly": a,
+                "contributions": [
+                    {"feature": names[j], "contribution": c} for j, c in zip(idx, vals, strict=True)
+                ],
+            }
+            for s, a, idx, vals in zip(
+                scores["score"].tolist(),
+                scores["is_anomaly"].tolist(),
+                top.tolist(),
+                values,
+                strict=True,
+            )
+        ]
+
+
+def check_mode(mode: str) -> str:
+    """Refuses anything but ``encode``, ``denoise`` or ``flag``."""
+    if mode not in MODES:
+        raise ServingError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+# ---------------------------------------------------------------------------- hot reload
+
+
+class ModelWatcher:
+    """Serves the newest published version under a model root, swapping when a new one appears.
+
+    :meth:`current` returns the model to score with; at most every ``interval_s`` seconds it
+    asks the registry for the newest version and loads it. A version that fails to load (bad
+    checksum, truncated file, width mismatch...) is logged once and skipped: the previous model
+    keeps serving. Thread-safe; one watcher can be shared by the threads of a process.
+
+    Args:
+        root: the model root the training job publishes to.
+        interval_s: minimum seconds between two registry polls.
+        loader: ``version_dir -> ServingModel`` (default :meth:`ServingModel.load` with
+            ``load_kwargs``).
+        clock: monotonic clock (for tests).
+        **load_kwargs: passed to :meth:`ServingModel.load` (``device``, ``spec``...).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        interval_s: float = 30.0,
+        loader: Callable[[str], ServingModel] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **load_kwargs: Any,
+    ) -> None:
+        self.registry = ModelRegistry(root)
+        self.interval_s = float(interval_s)
+        self._loader = loader or (lambda d: ServingModel.load(d, **load_kwargs))
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._model: ServingModel | None = None
+        self._last_poll: float | None = None
+        self.failed: dict[str, str] = {}
+        self.swaps = 0
+
+    @property
+    def version(self) -> str | None:
+        """The version being served, or None before the first load."""
+        return self._model.version if self._model is not None else None
+
+    def current(self) -> ServingModel:
+        """The model to score with (polling the registry when ``interval_s`` has passed).
+
+        Raises:
+            NoModelError: nothing usable is published under the root yet.
+        """
+        now = self._clock()
+        if (
+            self._model is None
+            or self._last_poll is None
+            or now - self._last_poll >= self.interval_s
+        ):
+            self.poll()
+        if self._model is None:
+            bad = f"; versions that failed to load: {self.failed}" if self.failed else ""
+            raise NoModelError(f"no loadable model version under {self.registry.root}{bad}")
+        return self._model
+
+    def poll(self) -> bool:
+        """Asks the registry for the newest version now; returns True if the model changed."""
+        with self._lock:
+            self._last_poll = self._clock()
+            try:
+                versions = self.registry.versions()
+            except Exception as err:  # a flaky object store must not stop serving
+                _log.warning("cannot list model versions under %s: %s", self.registry.root, err)
+                return False
+            current = self.version
+            # The newest version that has not failed before and is newer than the current one.
+            for version in reversed(versions):
+                if current is not None and version <= current:
+                    return False
+                if version in self.failed:
+                    continue
+                path = self.registry.path(version)
+                try:
+                    model = self._loader(path)
+                except Exception as err:
+                    self.failed[version] = f"{type(err).__name__}: {err}"
+                    _log.error(
+                        "model version %s failed to load; still serving %s: %s",
+                        version,
+                        current or "nothing",
+                        err,
+                    )
+                    continue
+                self._model = model
+                self.swaps += 1
+                _log.info("now serving model version %s (was %s)", version, current)
+                return True
+            return False
+
+
+__all__ = [
+    "MODES",
+    "ModelWatcher",
+    "NoModelError",
+    "ServingError",
+    "ServingModel",
+    "Source",
+    "as_input",
+    "check_mode",
+    "version_name",
+]
