@@ -1,22 +1,51 @@
-"""The ``ae-pipeline`` command line."""
+"""The ``ae-pipeline`` command line: one entry point for the runnable jobs in ``pipelines/``.
+
+    ae-pipeline train   --input data/ --model_root models/ [Beam options]
+    ae-pipeline encode  --input data/ --model_root models/ --output codes/
+    ae-pipeline stream  --mode flag --bootstrap_servers ... [Beam options]
+    ae-pipeline consume --mode flag --bootstrap_servers ...
+    ae-pipeline demo
+
+``ae-pipeline COMMAND --help`` lists a command's options.
+"""
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
+
+COMMANDS = {
+    "train": ("pipelines.train", "batch-train on Parquet and publish a model version"),
+    "encode": ("pipelines.encode", "write latent codes (and errors) of a Parquet dataset"),
+    "stream": ("pipelines.stream", "streaming Beam job: encode / denoise / flag Kafka records"),
+    "consume": ("pipelines.consume", "the same scoring as a plain Kafka consumer group"),
+    "demo": ("pipelines.demo", "the whole loop on local defaults"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: ae-pipeline COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "ae-pipeline COMMAND --help shows a command's options."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ae-pipeline", description=__doc__)
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    args, _ = parser.parse_known_args(argv)
-    if args.version:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
         from ae_pipeline import __version__
 
         print(__version__)
         return 0
-    parser.print_help()
-    return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"ae-pipeline: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
 
 
 if __name__ == "__main__":

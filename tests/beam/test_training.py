@@ -156,3 +156,32 @@ def test_training_job_on_flink(tmp_path, beam_options):
     result = train_job.run(_args(tmp_path, data, runner="flink", epochs=4))
     assert result["published"]
     assert load_artifact(str(tmp_path / "models" / result["published"])).threshold["value"] > 0
+
+
+def test_encode_job_writes_codes_and_errors_matching_the_offline_scorer(tmp_path):
+    from pipelines import encode as encode_job
+
+    x, _ = _data(np.random.default_rng(6), 3000)
+    x[10, 1] = np.nan
+    data = _write(tmp_path / "history", x, shards=2)
+    version = train_job.run(_args(tmp_path, data, epochs=3))["published"]
+    out = tmp_path / "codes"
+    result = encode_job.run(
+        [
+            f"--input={data}",
+            f"--model_root={tmp_path / 'models'}",
+            f"--output={out}",
+            "--key_column=id",
+            "--with_errors",
+            *runner_args("fnapi"),
+        ]
+    )
+    assert result == {"rows": 2999, "rejected": 1, "model": str(tmp_path / "models" / version)}
+    table = pq.read_table(list(out.glob("part-*.parquet"))).sort_by("id")
+    assert table.column_names == ["id", "z0", "z1", "z2", "reconstruction_error"]
+    ids = table.column("id").to_numpy()
+    assert 10 not in ids and len(ids) == 2999
+    art = load_artifact(str(tmp_path / "models" / version))
+    expected = Scorer(art.model).errors(Scaler.from_dict(art.scaler).transform(x[ids]))
+    np.testing.assert_allclose(table.column("reconstruction_error").to_numpy(), expected, rtol=1e-5)
+    assert '"reason": "non_finite"' in next(out.glob("rejected/*.jsonl")).read_text()
