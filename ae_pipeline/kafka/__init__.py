@@ -1,0 +1,52 @@
+"""Kafka clients for ae-pipeline: one config, two clients, records, admin helpers.
+
+No Apache Beam here: the Beam transforms (``ae_pipeline.beam.kafka_io``) and the plain
+consumer build on this package.
+
+* :class:`KafkaConfig` - connection settings for kafka-python, confluent-kafka and Java.
+* :func:`create_consumer`, :func:`create_producer` - clients behind one small interface.
+* :class:`KafkaRecord`, :class:`TopicPartition` - what consumers return.
+* :func:`redact`, :func:`scrub` - secrets never reach logs, reprs or error messages.
+* :func:`create_topics`, :func:`topic_partitions`, :func:`end_offsets`,
+  :func:`committed_offsets` - one-call admin helpers.
+"""
+
+from ae_pipeline.kafka.admin import (
+    committed_offsets,
+    create_topics,
+    end_offsets,
+    topic_partitions,
+)
+from ae_pipeline.kafka.client import (
+    CLIENTS,
+    DEFAULT_CLIENT,
+    KafkaConsumerClient,
+    KafkaProducerClient,
+    create_consumer,
+    create_producer,
+)
+from ae_pipeline.kafka.config import KafkaConfig
+from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError
+from ae_pipeline.kafka.records import KafkaRecord, TopicPartition
+from ae_pipeline.kafka.redaction import REDACTED, redact, scrub
+
+__all__ = [
+    "CLIENTS",
+    "DEFAULT_CLIENT",
+    "REDACTED",
+    "DeliveryError",
+    "KafkaClientError",
+    "KafkaConfig",
+    "KafkaConsumerClient",
+    "KafkaProducerClient",
+    "KafkaRecord",
+    "TopicPartition",
+    "committed_offsets",
+    "create_consumer",
+    "create_producer",
+    "create_topics",
+    "end_offsets",
+    "redact",
+    "scrub",
+    "topic_partitions",
+]

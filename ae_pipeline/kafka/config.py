@@ -1,0 +1,271 @@
+"""One Kafka configuration for both clients, with secrets that never show.
+
+:class:`KafkaConfig` holds what every Kafka connection needs (bootstrap servers, group,
+security) under one set of names and translates it for kafka-python (keyword arguments),
+confluent-kafka (librdkafka properties) and Beam's Java KafkaIO (Java client properties).
+Client-specific settings pass through unchanged in the ``kafka_python``, ``confluent`` and
+``java`` sections.
+
+Example:
+    >>> cfg = KafkaConfig.from_dict({
+    ...     "bootstrap.servers": "broker:9093", "group.id": "scorers",
+    ...     "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+    ...     "sasl.username": "alice", "sasl.password": "hunter2",
+    ...     "confluent": {"fetch.wait.max.ms": 50},
+    ... })
+    >>> "hunter2" in repr(cfg)
+    False
+    >>> cfg.confluent_config()["sasl.password"]
+    'hunter2'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ae_pipeline.kafka.redaction import redact, secret_values
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+# Accepted spellings (after lower-casing and '.'/'-' -> '_') of each field.
+_ALIASES = {
+    "bootstrap_servers": "bootstrap_servers",
+    "group_id": "group_id",
+    "client_id": "client_id",
+    "security_protocol": "security_protocol",
+    "sasl_mechanism": "sasl_mechanism",
+    "sasl_mechanisms": "sasl_mechanism",
+    "sasl_username": "sasl_username",
+    "sasl_plain_username": "sasl_username",
+    "sasl_password": "sasl_password",
+    "sasl_plain_password": "sasl_password",
+    "ssl_cafile": "ssl_cafile",
+    "ssl_ca_location": "ssl_cafile",
+    "ssl_certfile": "ssl_certfile",
+    "ssl_certificate_location": "ssl_certfile",
+    "ssl_keyfile": "ssl_keyfile",
+    "ssl_key_location": "ssl_keyfile",
+    "ssl_key_password": "ssl_key_password",
+    "ssl_password": "ssl_key_password",
+    "ssl_check_hostname": "ssl_check_hostname",
+    "kafka_python": "kafka_python",
+    "confluent": "confluent",
+    "java": "java",
+}
+
+_JAAS_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+@dataclass(frozen=True, repr=False)
+class KafkaConfig:
+    """Connection settings shared by consumers, producers and admin clients.
+
+    Args:
+        bootstrap_servers: ``host:port[,host:port...]``.
+        group_id: consumer group (needed to start from or commit group offsets).
+        client_id: client id shown in broker logs and metrics.
+        security_protocol: one of :data:`SECURITY_PROTOCOLS`.
+        sasl_mechanism: ``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512``, ... (``PLAIN`` when a
+            SASL protocol is set with a username and no mechanism).
+        sasl_username: SASL user.
+        sasl_password: SASL password (secret: redacted everywhere but in the client).
+        ssl_cafile: CA bundle (PEM) to verify the brokers.
+        ssl_certfile: client certificate (PEM), for mutual TLS.
+        ssl_keyfile: client private key (PEM), for mutual TLS.
+        ssl_key_password: password of ``ssl_keyfile`` (secret).
+        ssl_check_hostname: verify the broker's host name against its certificate.
+        kafka_python: extra keyword arguments for kafka-python, passed through.
+        confluent: extra librdkafka properties for confluent-kafka, passed through.
+        java: extra Java client properties for Beam's cross-language KafkaIO, passed through.
+    """
+
+    bootstrap_servers: str
+    group_id: str | None = None
+    client_id: str = "ae-pipeline"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_key_password: str | None = None
+    ssl_check_hostname: bool = True
+    kafka_python: Mapping[str, Any] = field(default_factory=dict)
+    confluent: Mapping[str, Any] = field(default_factory=dict)
+    java: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers:
+            raise ValueError("bootstrap_servers is required")
+        protocol = self.security_protocol.upper()
+        if protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+                f"not {self.security_protocol!r}"
+            )
+        object.__setattr__(self, "security_protocol", protocol)
+        if self.uses_sasl:
+            if not self.sasl_mechanism and self.sasl_username:
+                object.__setattr__(self, "sasl_mechanism", "PLAIN")
+            if not self.sasl_mechanism:
+                raise ValueError(f"{protocol} needs sasl_mechanism (and usually a username)")
+        if self.sasl_password and not self.sasl_username:
+            raise ValueError("sasl_password is set without sasl_username")
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any] | KafkaConfig) -> KafkaConfig:
+        """Build from one dict in Kafka (``sasl.password``), kafka-python (``sasl_plain_password``)
+        or field (``sasl_password``) spelling.
+
+        Raises:
+            ValueError: for unknown keys (named, values never shown) or invalid settings.
+        """
+        if isinstance(config, KafkaConfig):
+            return config
+        fields: dict[str, Any] = {}
+        unknown = []
+        for key, value in config.items():
+            name = _ALIASES.get(key.lower().replace(".", "_").replace("-", "_"))
+            if name is None:
+                unknown.append(key)
+            else:
+                fields[name] = value
+        if unknown:
+            raise ValueError(
+                f"unknown Kafka config keys {sorted(unknown)}; put client-specific settings in "
+                "the 'kafka_python', 'confluent' or 'java' section"
+            )
+        return cls(**fields)
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.security_protocol.endswith("SSL")
+
+    def with_group(self, group_id: str | None) -> KafkaConfig:
+        """A copy with another consumer group."""
+        return dataclasses.replace(self, group_id=group_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields by name, secrets included (use :meth:`redacted` to show it)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def redacted(self) -> dict[str, Any]:
+        """:meth:`to_dict` with every secret masked."""
+        return redact(self.to_dict())
+
+    def secrets(self) -> list[str]:
+        """Every secret value of this config, for scrubbing error messages."""
+        return secret_values(self.to_dict())
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in self.redacted().items() if v not in (None, {}, "")}
+        return "KafkaConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    __str__ = __repr__
+
+    def kafka_python_config(self) -> dict[str, Any]:
+        """Keyword arguments common to kafka-python's consumer, producer and admin client
+        (``group_id`` and the ``kafka_python`` section are added by the client wrapper)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.uses_sasl:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            if self.sasl_username is not None:
+                kwargs["sasl_plain_username"] = self.sasl_username
+                kwargs["sasl_plain_password"] = self.sasl_password or ""
+        if self.uses_ssl:
+            kwargs["ssl_check_hostname"] = self.ssl_check_hostname
+            for key, value in (
+                ("ssl_cafile", self.ssl_cafile),
+                ("ssl_certfile", self.ssl_certfile),
+                ("ssl_keyfile", self.ssl_keyfile),
+                ("ssl_password", self.ssl_key_password),
+            ):
+                if value is not None:
+                    kwargs[key] = value
+        return kwargs
+
+    def confluent_config(self) -> dict[str, Any]:
+        """librdkafka properties, the ``confluent`` section applied last."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        if self.group_id is not None:
+            conf["group.id"] = self.group_id
+        if self.uses_sasl:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            if self.sasl_username is not None:
+                conf["sasl.username"] = self.sasl_username
+                conf["sasl.password"] = self.sasl_password or ""
+        if self.uses_ssl:
+            conf["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.ssl_check_hostname else "none"
+            )
+            for key, value in (
+                ("ssl.ca.location", self.ssl_cafile),
+                ("ssl.certificate.location", self.ssl_certfile),
+                ("ssl.key.location", self.ssl_keyfile),
+                ("ssl.key.password", self.ssl_key_password),
+            ):
+                if value is not None:
+                    conf[key] = value
+        conf.update(self.confluent)
+        return conf
+
+    def java_properties(self) -> dict[str, str]:
+        """Java Kafka client properties (for Beam's cross-language KafkaIO), ``java`` last.
+
+        Raises:
+            ValueError: for mutual TLS with separate certificate and key files (Java reads one
+                PEM key store; pass ``ssl.keystore.*`` in the ``java`` section instead).
+        """
+        props = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        if self.group_id is not None:
+            props["group.id"] = self.group_id
+        if self.uses_sasl:
+            props["sasl.mechanism"] = self.sasl_mechanism or ""
+            module = _JAAS_MODULES.get(self.sasl_mechanism or "")
+            if module and self.sasl_username is not None:
+                props["sasl.jaas.config"] = (
+                    f'{module} required username="{self.sasl_username}" '
+                    f'password="{self.sasl_password or ""}";'
+                )
+        if self.uses_ssl:
+            if not self.ssl_check_hostname:
+                props["ssl.endpoint.identification.algorithm"] = ""
+            if self.ssl_cafile:
+                props["ssl.truststore.type"] = "PEM"
+                props["ssl.truststore.location"] = self.ssl_cafile
+            if self.ssl_certfile or self.ssl_keyfile:
+                if self.ssl_certfile != self.ssl_keyfile:
+                    raise ValueError(
+                        "Java KafkaIO reads the client certificate and key from one PEM file; "
+                        "set ssl_certfile == ssl_keyfile or pass ssl.keystore.* in 'java'"
+                    )
+                props["ssl.keystore.type"] = "PEM"
+                props["ssl.keystore.location"] = self.ssl_certfile or ""
+                if self.ssl_key_password:
+                    props["ssl.key.password"] = self.ssl_key_password
+        props.update({k: str(v) for k, v in self.java.items()})
+        return props

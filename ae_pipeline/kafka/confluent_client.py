@@ -1,0 +1,226 @@
+"""The confluent-kafka (librdkafka) implementation of the client interface: the fast path.
+
+Needs the ``[fast]`` extra (``pip install ae-pipeline[fast]``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+try:
+    import confluent_kafka as ck
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "the 'confluent' Kafka client needs confluent-kafka: pip install 'ae-pipeline[fast]'"
+    ) from e
+
+from ae_pipeline.kafka.client import KafkaConsumerClient, KafkaProducerClient, scrubbed_errors
+from ae_pipeline.kafka.config import KafkaConfig
+from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError
+from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
+from ae_pipeline.kafka.redaction import scrub
+
+# librdkafka insists on a group id even for a consumer that only assigns partitions.
+UNSET_GROUP = "ae-pipeline-unset"
+# librdkafka's own log lines go through Python logging (served by poll/consume/flush).
+_LIBRDKAFKA_LOG = logging.getLogger("ae_pipeline.kafka.librdkafka")
+_TIMEOUT_S = 30.0
+
+
+def _record(m: Any) -> KafkaRecord:
+    _, timestamp_ms = m.timestamp()
+    return KafkaRecord(
+        m.topic(),
+        m.partition(),
+        m.offset(),
+        timestamp_ms,
+        m.key(),
+        m.value(),
+        tuple(m.headers() or ()),
+    )
+
+
+class Consumer(KafkaConsumerClient):
+    """A confluent-kafka ``Consumer``; auto-commit off."""
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        auto_offset_reset: str = "earliest",
+        max_poll_records: int = 500,
+    ):
+        self._config = config
+        conf = config.confluent_config()
+        conf.setdefault("group.id", UNSET_GROUP)
+        conf.setdefault("logger", _LIBRDKAFKA_LOG)
+        conf.setdefault("enable.auto.commit", False)
+        conf.setdefault("enable.auto.offset.store", False)
+        conf.setdefault("auto.offset.reset", auto_offset_reset)
+        self._max_poll_records = max_poll_records
+        self._assigned: dict[TopicPartition, int] = {}
+        with scrubbed_errors(config, "confluent-kafka consumer"):
+            self._consumer = ck.Consumer(conf)
+
+    def partitions(self, topic: str, timeout_s: float = 10.0) -> list[int]:
+        with scrubbed_errors(self._config, f"partitions of {topic!r}"):
+            meta = self._consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise KafkaClientError(f"topic {topic!r} does not exist (or is not visible)")
+        return sorted(meta.partitions)
+
+    def assign(self, offsets: Mapping[TopicPartition, int]) -> None:
+        with scrubbed_errors(self._config, "assign"):
+            self._consumer.assign([ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()])
+        self._assigned = dict(offsets)
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        with scrubbed_errors(self._config, "subscribe"):
+            self._consumer.subscribe(list(topics))
+
+    def poll(self, timeout_s: float, max_records: int) -> list[KafkaRecord]:
+        with scrubbed_errors(self._config, "poll"):
+            # consume() waits its whole timeout unless the batch fills: drain what is buffered,
+            # and only when nothing is, wait for one message and drain again.
+            messages = self._consumer.consume(max_records, 0)
+            if not messages:
+                first = self._consumer.poll(timeout_s)
+                if first is not None:
+                    messages = [first, *self._consumer.consume(max_records - 1, 0)]
+        records = []
+        for m in messages:
+            error = m.error()
+            if error is None:
+                records.append(_record(m))
+            elif error.code() != ck.KafkaError._PARTITION_EOF:
+                raise KafkaClientError(scrub(f"poll: {error}", self._config.secrets()))
+        return records
+
+    def position(self, tp: TopicPartition) -> int:
+        with scrubbed_errors(self._config, "position"):
+            (found,) = self._consumer.position([ck.TopicPartition(*tp)])
+        if found.offset >= 0:
+            return found.offset
+        return self._assigned.get(tp, found.offset)  # nothing consumed since assign()
+
+    def _watermarks(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        with scrubbed_errors(self._config, "watermark offsets"):
+            return {
+                tp: self._consumer.get_watermark_offsets(
+                    ck.TopicPartition(*tp), timeout=_TIMEOUT_S, cached=False
+                )
+                for tp in map(TopicPartition._make, tps)
+            }
+
+    def beginning_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: low for tp, (low, _) in self._watermarks(tps).items()}
+
+    def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: high for tp, (_, high) in self._watermarks(tps).items()}
+
+    def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        self._need_group("committed offsets")
+        with scrubbed_errors(self._config, "committed offsets"):
+            found = self._consumer.committed(
+                [ck.TopicPartition(*tp) for tp in tps], timeout=_TIMEOUT_S
+            )
+        return {
+            TopicPartition(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None
+            for tp in found
+        }
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._need_group("commit")
+        with scrubbed_errors(self._config, "commit"):
+            result = self._consumer.commit(
+                offsets=[ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        failed = [tp for tp in result or () if tp.error is not None]
+        if failed:
+            raise KafkaClientError(
+                scrub(
+                    f"commit failed for {failed[0].topic}[{failed[0].partition}]: "
+                    f"{failed[0].error}",
+                    self._config.secrets(),
+                )
+            )
+
+    def close(self) -> None:
+        with scrubbed_errors(self._config, "close"):
+            self._consumer.close()
+
+    def _need_group(self, what: str) -> None:
+        if self._config.group_id is None:
+            raise KafkaClientError(f"{what} needs a consumer group: set group_id in the config")
+
+
+class Producer(KafkaProducerClient):
+    """A confluent-kafka ``Producer`` with ``acks=all``."""
+
+    def __init__(self, config: KafkaConfig):
+        self._config = config
+        conf = config.confluent_config()
+        if "group.id" not in config.confluent:
+            conf.pop("group.id", None)  # a consumer property
+        conf.setdefault("acks", "all")
+        conf.setdefault("logger", _LIBRDKAFKA_LOG)
+        with scrubbed_errors(config, "confluent-kafka producer"):
+            self._producer = ck.Producer(conf)
+        self._queued = 0
+        self._errors: list[tuple[str, int | None, str]] = []
+
+    def _on_delivery(self, error: Any, message: Any) -> None:
+        if error is not None:
+            reason = scrub(str(error), self._config.secrets())
+            self._errors.append((message.topic(), message.partition(), reason))
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | Sequence[tuple[str, bytes | None]] = (),
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if headers:
+            kwargs["headers"] = list(headers)
+        if partition is not None:
+            kwargs["partition"] = partition
+        if timestamp_ms is not None:
+            kwargs["timestamp"] = timestamp_ms
+        with scrubbed_errors(self._config, f"send to {topic!r}"):
+            while True:
+                try:
+                    self._producer.produce(topic, value, key, **kwargs)
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    self._producer.poll(0.05)
+            self._producer.poll(0)
+        self._queued += 1
+
+    def flush(self, timeout_s: float = 60.0) -> int:
+        with scrubbed_errors(self._config, "flush"):
+            remaining = self._producer.flush(timeout_s)
+        queued, self._queued = self._queued, 0
+        errors, self._errors = self._errors, []
+        if remaining:
+            errors.append(("*", None, f"{remaining} not acknowledged within {timeout_s:g}s"))
+        failed = len(errors) - 1 + remaining if remaining else len(errors)
+        if errors:
+            raise DeliveryError(
+                f"{failed} of {queued} records were not delivered; "
+                f"first: topic {errors[0][0]!r}: {errors[0][2]}",
+                failed,
+                errors[:10],
+            )
+        return queued
+
+    def close(self) -> None:
+        with scrubbed_errors(self._config, "close"):
+            self._producer.flush(0)
+        self._producer = None  # librdkafka's producer stops when it is freed

@@ -1,0 +1,21 @@
+"""Errors of the Kafka layer; their messages never carry a secret."""
+
+from __future__ import annotations
+
+
+class KafkaClientError(RuntimeError):
+    """A Kafka client could not be built or a request failed (message already scrubbed)."""
+
+
+class DeliveryError(KafkaClientError):
+    """Records were not acknowledged by the broker when a producer flushed.
+
+    Attributes:
+        failed: how many records failed.
+        errors: up to ten ``(topic, partition, reason)`` examples.
+    """
+
+    def __init__(self, message: str, failed: int, errors: list[tuple[str, int | None, str]]):
+        super().__init__(message)
+        self.failed = failed
+        self.errors = errors

@@ -1,0 +1,196 @@
+"""The kafka-python implementation of the client interface (pure Python, the default)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as _KTP
+from kafka.errors import KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata
+
+from ae_pipeline.kafka.client import KafkaConsumerClient, KafkaProducerClient, scrubbed_errors
+from ae_pipeline.kafka.config import KafkaConfig
+from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError
+from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
+from ae_pipeline.kafka.redaction import scrub
+
+_KNOWN = (
+    set(KafkaConsumer.DEFAULT_CONFIG)
+    | set(KafkaProducer.DEFAULT_CONFIG)
+    | set(KafkaAdminClient.DEFAULT_CONFIG)
+)
+
+
+def client_kwargs(config: KafkaConfig, cls: type, **defaults: Any) -> dict[str, Any]:
+    """Keyword arguments for the kafka-python class ``cls``: the common settings, then
+    ``defaults``, then the ``kafka_python`` section's keys that ``cls`` accepts.
+
+    Raises:
+        ValueError: for a ``kafka_python`` key that no kafka-python client accepts.
+    """
+    unknown = sorted(set(config.kafka_python) - _KNOWN)
+    if unknown:
+        raise ValueError(f"kafka-python accepts no setting named {unknown}")
+    kwargs = config.kafka_python_config()
+    kwargs.update(defaults)
+    accepted = cls.DEFAULT_CONFIG
+    kwargs.update({k: v for k, v in config.kafka_python.items() if k in accepted})
+    return kwargs
+
+
+def _record(r: Any) -> KafkaRecord:
+    return KafkaRecord(
+        r.topic,
+        r.partition,
+        r.offset,
+        r.timestamp if r.timestamp is not None else -1,
+        r.key,
+        r.value,
+        tuple(r.headers) if r.headers else (),
+    )
+
+
+class Consumer(KafkaConsumerClient):
+    """A kafka-python ``KafkaConsumer``; auto-commit off, no topic auto-creation."""
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        auto_offset_reset: str = "earliest",
+        max_poll_records: int = 500,
+    ):
+        self._config = config
+        kwargs = client_kwargs(
+            config,
+            KafkaConsumer,
+            group_id=config.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=auto_offset_reset,
+            max_poll_records=max_poll_records,
+            allow_auto_create_topics=False,
+        )
+        with scrubbed_errors(config, "kafka-python consumer"):
+            self._consumer = KafkaConsumer(**kwargs)
+
+    def partitions(self, topic: str, timeout_s: float = 10.0) -> list[int]:
+        deadline = time.monotonic() + timeout_s
+        with scrubbed_errors(self._config, f"partitions of {topic!r}"):
+            while True:
+                found = self._consumer.partitions_for_topic(topic)
+                if found or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        if not found:
+            raise KafkaClientError(f"topic {topic!r} does not exist (or is not visible)")
+        return sorted(found)
+
+    def assign(self, offsets: Mapping[TopicPartition, int]) -> None:
+        with scrubbed_errors(self._config, "assign"):
+            self._consumer.assign([_KTP(*tp) for tp in offsets])
+            for tp, offset in offsets.items():
+                self._consumer.seek(_KTP(*tp), offset)
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        with scrubbed_errors(self._config, "subscribe"):
+            self._consumer.subscribe(list(topics))
+
+    def poll(self, timeout_s: float, max_records: int) -> list[KafkaRecord]:
+        with scrubbed_errors(self._config, "poll"):
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        return [_record(r) for records in batches.values() for r in records]
+
+    def position(self, tp: TopicPartition) -> int:
+        with scrubbed_errors(self._config, "position"):
+            return self._consumer.position(_KTP(*tp))
+
+    def beginning_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        with scrubbed_errors(self._config, "beginning offsets"):
+            found = self._consumer.beginning_offsets([_KTP(*tp) for tp in tps])
+        return {TopicPartition(tp.topic, tp.partition): o for tp, o in found.items()}
+
+    def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        with scrubbed_errors(self._config, "end offsets"):
+            found = self._consumer.end_offsets([_KTP(*tp) for tp in tps])
+        return {TopicPartition(tp.topic, tp.partition): o for tp, o in found.items()}
+
+    def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        self._need_group("committed offsets")
+        with scrubbed_errors(self._config, "committed offsets"):
+            return {TopicPartition(*tp): self._consumer.committed(_KTP(*tp)) for tp in tps}
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._need_group("commit")
+        with scrubbed_errors(self._config, "commit"):
+            self._consumer.commit(
+                {_KTP(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+            )
+
+    def close(self) -> None:
+        with scrubbed_errors(self._config, "close"):
+            self._consumer.close(autocommit=False)
+
+    def _need_group(self, what: str) -> None:
+        if self._config.group_id is None:
+            raise KafkaClientError(f"{what} needs a consumer group: set group_id in the config")
+
+
+class Producer(KafkaProducerClient):
+    """A kafka-python ``KafkaProducer`` with ``acks=all``."""
+
+    def __init__(self, config: KafkaConfig):
+        self._config = config
+        kwargs = client_kwargs(config, KafkaProducer, acks="all")
+        with scrubbed_errors(config, "kafka-python producer"):
+            self._producer = KafkaProducer(**kwargs)
+        self._pending: list[tuple[str, Any]] = []
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | Sequence[tuple[str, bytes | None]] = (),
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        with scrubbed_errors(self._config, f"send to {topic!r}"):
+            future = self._producer.send(
+                topic,
+                value=value,
+                key=key,
+                headers=list(headers) or None,
+                partition=partition,
+                timestamp_ms=timestamp_ms,
+            )
+        self._pending.append((topic, future))
+
+    def flush(self, timeout_s: float = 60.0) -> int:
+        with contextlib.suppress(KafkaTimeoutError):  # unfinished futures are reported below
+            self._producer.flush(timeout=timeout_s)
+        pending, self._pending = self._pending, []
+        errors: list[tuple[str, int | None, str]] = []
+        for topic, future in pending:
+            if not future.is_done:
+                errors.append((topic, None, f"not acknowledged within {timeout_s:g}s"))
+            elif future.failed():
+                reason = scrub(
+                    f"{type(future.exception).__name__}: {future.exception}", self._config.secrets()
+                )
+                errors.append((topic, None, reason))
+        if errors:
+            raise DeliveryError(
+                f"{len(errors)} of {len(pending)} records were not delivered; "
+                f"first: topic {errors[0][0]!r}: {errors[0][2]}",
+                len(errors),
+                errors[:10],
+            )
+        return len(pending)
+
+    def close(self) -> None:
+        with scrubbed_errors(self._config, "close"):
+            self._producer.close(timeout=5)

@@ -1,0 +1,107 @@
+"""Both Kafka clients behind one interface, against the real broker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from ae_pipeline.kafka import (
+    DeliveryError,
+    KafkaClientError,
+    KafkaRecord,
+    TopicPartition,
+    committed_offsets,
+    create_consumer,
+    create_producer,
+    end_offsets,
+    topic_partitions,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(params=["kafka-python", "confluent"])
+def client(request):
+    if request.param == "confluent":
+        pytest.importorskip("confluent_kafka", reason="the [fast] extra")
+    return request.param
+
+
+def _drain(consumer, n: int, timeout_s: float = 20.0) -> list[KafkaRecord]:
+    out: list[KafkaRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        out.extend(consumer.poll(0.5, 100))
+    return out
+
+
+def test_produce_assign_poll_offsets_and_commit(client, kafka_config, new_topic):
+    topic = new_topic(partitions=3)
+    with create_producer(kafka_config, client) as producer:
+        for i in range(30):
+            producer.send(
+                topic,
+                f"v{i}".encode(),
+                key=f"k{i}".encode(),
+                headers=[("h", b"%d" % i)],
+                partition=i % 3,
+                timestamp_ms=1_700_000_000_000 + i,
+            )
+        assert producer.flush(30) == 30
+    tps = topic_partitions(kafka_config, topic, client=client)
+    assert tps == [TopicPartition(topic, p) for p in range(3)]
+    assert end_offsets(kafka_config, topic, client=client) == dict.fromkeys(tps, 10)
+
+    with create_consumer(kafka_config, client) as consumer:
+        assert consumer.partitions(topic) == [0, 1, 2]
+        assert consumer.beginning_offsets(tps) == dict.fromkeys(tps, 0)
+        consumer.assign({tps[0]: 0, tps[1]: 4, tps[2]: 10})
+        records = _drain(consumer, 16)
+        assert len(records) == 16
+        assert consumer.poll(0.2, 100) == []  # caught up: nothing more, quickly
+        assert consumer.position(tps[1]) == 10
+        first = min((r for r in records if r.partition == 0), key=lambda r: r.offset)
+        assert first == KafkaRecord(topic, 0, 0, 1_700_000_000_000, b"k0", b"v0", (("h", b"0"),))
+        assert sorted((r.partition, r.offset) for r in records) == [
+            *((0, o) for o in range(10)),
+            *((1, o) for o in range(4, 10)),
+        ]
+        assert consumer.committed(tps) == dict.fromkeys(tps, None)
+        consumer.commit({tps[0]: 10, tps[1]: 7})
+    assert committed_offsets(kafka_config, topic, client=client) == {
+        tps[0]: 10,
+        tps[1]: 7,
+        tps[2]: None,
+    }
+
+
+def test_unknown_topic_and_missing_group_are_clear_errors(client, kafka_config):
+    with create_consumer(kafka_config.with_group(None), client) as consumer:
+        with pytest.raises(KafkaClientError, match="does not exist"):
+            consumer.partitions(f"missing-{uuid.uuid4().hex[:6]}", timeout_s=1.0)
+        with pytest.raises(KafkaClientError, match="group_id"):
+            consumer.commit({TopicPartition("t", 0): 1})
+
+
+def test_broker_rejection_is_a_delivery_error(client, kafka_config):
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    topic = f"small-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_config.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "200"})])
+    finally:
+        admin.close()
+    topic_partitions(kafka_config, topic)  # wait for metadata
+    with create_producer(kafka_config, client) as producer:
+        producer.send(topic, b"small")
+        assert producer.flush(30) == 1
+        producer.send(topic, b"x" * 5_000)
+        with pytest.raises(DeliveryError) as info:
+            producer.flush(30)
+    assert info.value.failed == 1
+    assert "1 of 1 records were not delivered" in str(info.value)
+    assert "large" in str(info.value).lower()
