@@ -1,0 +1,284 @@
+"""Encode, denoise and flag records in any Beam pipeline, with a dead-letter output.
+
+:class:`Encode`, :class:`Denoise` and :class:`FlagAnomalies` (and :class:`ScoreRecords`, which
+takes the mode as an argument) work on any PCollection of records: JSON ``bytes``/``str``,
+dicts, ``beam.Row``, :class:`ae_pipeline.kafka.KafkaRecord` objects, ``(key, value)`` tuples
+(what Beam's ``ReadFromKafka`` emits), or lists of those (what
+:class:`ae_pipeline.beam.kafka_io.ReadKafkaRecords` emits: one list per poll). Records are
+batched early (``beam.BatchElements``, or the lists as they come with ``prebatched=True``) and
+scored by :meth:`ae_pipeline.serving.ServingModel.score_records`, the same code the plain Kafka
+consumer runs.
+
+Each transform returns two PCollections of JSON-serialisable dicts, reachable as
+``out.results`` / ``out.dead_letters`` (or ``out["results"]``, or ``results, dead = out``):
+every input record leaves as exactly one result or one dead letter (with its ``reason``, one of
+:data:`ae_pipeline.features.REASONS`). Beam Metrics in namespace :data:`NAMESPACE` count
+``records_in``, ``results``, ``dead_letters``, ``dead_letters_<reason>`` and ``anomalies``.
+
+The model comes from a fixed version directory (``model_version_dir=``) or follows the newest
+version published under a registry root (``model_root=``, checked at most every
+``poll_interval_s`` seconds per worker process; a version that fails to load is logged and
+the previous model keeps serving). Both are loaded once per worker process (``shared.Shared``)
+and every output carries ``model_version``. Following the registry this way works on every
+runner, Prism included, where ``WatchFilePattern`` (RunInference's model-update side input)
+does not run on Beam 2.62 (see :mod:`ae_pipeline.beam.model_handler`).
+
+Example:
+    >>> out = records | FlagAnomalies(model_root="gs://bucket/models")  # doctest: +SKIP
+    >>> out.results | "Alerts" >> beam.Filter(lambda r: r["is_anomaly"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from ae_pipeline.features import REASONS, FeatureSpec
+from ae_pipeline.serving import ModelWatcher, ServingModel, as_input, check_mode
+
+_log = logging.getLogger(__name__)
+
+NAMESPACE = "ae_pipeline.scoring"
+RESULTS = "results"
+DEAD_LETTERS = "dead_letters"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a scoring DoFn gets its model: one version directory, or the newest under a root.
+
+    Attributes:
+        version_dir: a fixed version directory.
+        root: a registry root to follow (newest published version).
+        poll_interval_s: seconds between registry checks when following a root.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        spec: a :class:`FeatureSpec` dict overriding the model's saved spec.
+        threshold: overrides the model's calibrated threshold.
+        top_k: per-feature contributions in ``flag`` results (None: all).
+        batch_size: rows per forward pass.
+    """
+
+    version_dir: str | None = None
+    root: str | None = None
+    poll_interval_s: float = 30.0
+    device: str = "auto"
+    spec: Mapping[str, Any] | None = None
+    threshold: float | None = None
+    top_k: int | None = 5
+    batch_size: int = 8192
+
+    def __post_init__(self) -> None:
+        if (self.version_dir is None) == (self.root is None):
+            raise ValueError("give exactly one of model_version_dir and model_root")
+        if self.poll_interval_s < 0:
+            raise ValueError(f"poll_interval_s must be >= 0, got {self.poll_interval_s}")
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :meth:`ServingModel.load`."""
+        return {
+            "device": self.device,
+            "spec": FeatureSpec.from_dict(self.spec) if self.spec is not None else None,
+            "threshold": self.threshold,
+            "top_k": self.top_k,
+            "batch_size": self.batch_size,
+        }
+
+    def tag(self) -> str:
+        """Identifies what a shared (per-process) model or watcher was built from."""
+        return repr(self)
+
+
+class _Fixed:
+    """A fixed model behind the same ``current()`` call as a :class:`ModelWatcher`."""
+
+    def __init__(self, model: ServingModel) -> None:
+        self.model = model
+
+    def current(self) -> ServingModel:
+        return self.model
+
+
+class ScoreBatchesFn(beam.DoFn):
+    """Scores lists of records; emits results on the main output and dead letters tagged
+    :data:`DEAD_LETTERS`.
+
+    Args:
+        mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+        source: where the model comes from.
+        passthrough: record fields copied into each result.
+    """
+
+    def __init__(self, mode: str, source: ModelSource, passthrough: Sequence[str] = ()) -> None:
+        self._mode = check_mode(mode)
+        self._source = source
+        self._passthrough = tuple(passthrough)
+        self._shared = shared.Shared()
+
+    def _open(self) -> _Fixed | ModelWatcher:
+        src = self._source
+        if src.version_dir is not None:
+            return _Fixed(ServingModel.load(src.version_dir, **src.load_kwargs()))
+        watcher = ModelWatcher(src.root, interval_s=src.poll_interval_s, **src.load_kwargs())
+        watcher.current()  # fail early (in setup) when nothing can be served yet
+        return watcher
+
+    def setup(self) -> None:
+        self._provider = self._shared.acquire(self._open, tag=self._source.tag())
+        self._version: str | None = None
+        self._records_in = Metrics.counter(NAMESPACE, "records_in")
+        self._results = Metrics.counter(NAMESPACE, "results")
+        self._dead = Metrics.counter(NAMESPACE, "dead_letters")
+        self._by_reason = {r: Metrics.counter(NAMESPACE, f"dead_letters_{r}") for r in REASONS}
+        self._anomalies = Metrics.counter(NAMESPACE, "anomalies")
+        self._batch_sizes = Metrics.distribution(NAMESPACE, "batch_size")
+        self._latency = Metrics.distribution(NAMESPACE, "score_batch_micros")
+
+    def process(self, batch: Any) -> Iterator[Any]:
+        values: list[Any] = []
+        sources: list[Any] = []
+        for element in batch if isinstance(batch, list) else [batch]:
+            for item in element if isinstance(element, list) else [element]:
+                value, source = as_input(item)
+                values.append(value)
+                sources.append(source)
+        if not values:
+            return
+        model = self._provider.current()
+        if model.version != self._version:
+            _log.info("scoring (%s) with model version %s", self._mode, model.version)
+            self._version = model.version
+        start = time.perf_counter()
+        results, dead = model.score_records(
+            values, self._mode, sources=sources, passthrough=self._passthrough
+        )
+        self._latency.update(int((time.perf_counter() - start) * 1e6))
+        self._records_in.inc(len(values))
+        self._batch_sizes.update(len(values))
+        self._results.inc(len(results))
+        if self._mode == "flag":
+            self._anomalies.inc(sum(1 for r in results if r["is_anomaly"]))
+        yield from results
+        if dead:
+            self._dead.inc(len(dead))
+            for letter in dead:
+                counter = self._by_reason.get(letter["reason"])
+                if counter is not None:
+                    counter.inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
+
+
+class ScoreRecords(beam.PTransform):
+    """Scores records in ``mode`` (see the module docstring); returns results and dead letters.
+
+    Args:
+        mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+        model_version_dir: score with this version directory.
+        model_root: follow the newest version published under this registry root.
+        poll_interval_s: seconds between registry checks (with ``model_root``).
+        device: ``"auto"`` (GPU when the worker has one), ``"cpu"``, ``"cuda"``...
+        spec: a :class:`FeatureSpec` (or its dict) overriding the model's saved spec; one that
+            does not fit the model is refused when the model loads.
+        threshold: overrides the calibrated anomaly threshold.
+        top_k: per-feature contributions kept in ``flag`` results (None: all).
+        passthrough: record fields copied into each result.
+        min_batch_size: smallest batch ``beam.BatchElements`` forms.
+        max_batch_size: largest batch ``beam.BatchElements`` forms.
+        max_batch_duration_secs: with a value, ``BatchElements`` batches across bundles
+            (stateful; streaming), emitting at least this often.
+        prebatched: the input elements are already lists of records (e.g. the per-poll lists
+            of ``ReadKafkaRecords``): skip ``BatchElements``.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        *,
+        model_version_dir: str | None = None,
+        model_root: str | None = None,
+        poll_interval_s: float = 30.0,
+        device: str = "auto",
+        spec: FeatureSpec | Mapping[str, Any] | None = None,
+        threshold: float | None = None,
+        top_k: int | None = 5,
+        passthrough: Sequence[str] = (),
+        min_batch_size: int = 1,
+        max_batch_size: int = 1000,
+        max_batch_duration_secs: float | None = None,
+        prebatched: bool = False,
+    ) -> None:
+        super().__init__()
+        self._mode = check_mode(mode)
+        if isinstance(spec, FeatureSpec):
+            spec = spec.to_dict()
+        self._source = ModelSource(
+            version_dir=model_version_dir,
+            root=model_root,
+            poll_interval_s=poll_interval_s,
+            device=device,
+            spec=spec,
+            threshold=threshold,
+            top_k=top_k,
+        )
+        self._passthrough = tuple(passthrough)
+        self._batching = {
+            "min_batch_size": min_batch_size,
+            "max_batch_size": max_batch_size,
+            "max_batch_duration_secs": max_batch_duration_secs,
+        }
+        self._prebatched = prebatched
+
+    def expand(self, pcoll: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        batches = (
+            pcoll if self._prebatched else pcoll | "Batch" >> beam.BatchElements(**self._batching)
+        )
+        fn = ScoreBatchesFn(self._mode, self._source, self._passthrough)
+        return batches | "Score" >> beam.ParDo(fn).with_outputs(DEAD_LETTERS, main=RESULTS)
+
+    def display_data(self) -> dict[str, Any]:
+        return {
+            "mode": self._mode,
+            "model": self._source.version_dir or f"newest under {self._source.root}",
+        }
+
+
+class Encode(ScoreRecords):
+    """Latent vector of each record (``latent``); see :class:`ScoreRecords` for the arguments."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("encode", **kwargs)
+
+
+class Denoise(ScoreRecords):
+    """Reconstruction of each record in its original units (``reconstruction``, keyed by
+    feature name); see :class:`ScoreRecords` for the arguments."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("denoise", **kwargs)
+
+
+class FlagAnomalies(ScoreRecords):
+    """``score``, ``threshold``, ``is_anomaly``, top ``contributions`` and ``model_version`` of
+    each record; see :class:`ScoreRecords` for the arguments."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("flag", **kwargs)
+
+
+__all__ = [
+    "DEAD_LETTERS",
+    "NAMESPACE",
+    "RESULTS",
+    "Denoise",
+    "Encode",
+    "FlagAnomalies",
+    "ModelSource",
+    "ScoreBatchesFn",
+    "ScoreRecords",
+]

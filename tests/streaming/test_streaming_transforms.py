@@ -1,0 +1,214 @@
+"""Encode / Denoise / FlagAnomalies and the RunInference model handler on the FnApiRunner."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import streaming_kit as kit
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import ModelMetadata, RunInference
+from apache_beam.testing.util import assert_that, equal_to
+
+from ae_pipeline.beam.model_handler import AutoencoderModelHandler
+from ae_pipeline.beam.transforms import NAMESPACE, Denoise, Encode, FlagAnomalies
+from ae_pipeline.kafka import KafkaRecord
+from ae_pipeline.registry import ModelRegistry
+from ae_pipeline.serving import ServingModel
+
+
+def _counters(result) -> dict[str, int]:
+    found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    totals: dict[str, int] = {}
+    for c in found:
+        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + c.committed
+    return totals
+
+
+def test_flag_anomalies_accounts_for_every_record_of_every_kind(beam_options, model_root, trained):
+    values, n_poison = kit.records_with_poison(300, anomalies=10)
+    rows = kit.normal_rows(3, seed=9)
+    as_dict = {"id": 1000, **dict(zip(kit.COLUMNS, map(float, rows[0]), strict=True))}
+    mixed = [
+        *values,
+        as_dict,
+        beam.Row(**{**as_dict, "id": 1001}),
+        KafkaRecord("in", 2, 77, 1_700_000_000_000, b"kr", kit.record(1002, rows[1])),
+        (b"tk", kit.record(1003, rows[2])),
+        KafkaRecord("in", 2, 78, -1, b"bad", b"\xff\xfe"),
+    ]
+    expected_good = 300 + 4
+    model = ServingModel.load(ModelRegistry(model_root).path(ModelRegistry(model_root).latest()))
+    offline, _ = model.score_records(mixed, "flag")
+    expected_flags = sorted((r["key"], r["is_anomaly"]) for r in offline)
+
+    p = beam.Pipeline(options=beam_options("fnapi"))
+    out = (
+        p
+        | beam.Create(mixed, reshuffle=False)
+        | FlagAnomalies(model_root=model_root, device="cpu", max_batch_size=64)
+    )
+    results, dead = out
+    assert_that(
+        results | beam.Map(lambda r: (r["key"], r["is_anomaly"])),
+        equal_to(expected_flags),
+        label="flags equal the offline scores",
+    )
+    assert_that(
+        dead | beam.Map(lambda d: d["reason"]),
+        equal_to([*kit.POISON, "bad_json"]),
+        label="poison is dead-lettered with its reason",
+    )
+    assert_that(
+        dead
+        | beam.Filter(lambda d: "offset" in d)
+        | beam.Map(lambda d: (d["partition"], d["offset"])),
+        equal_to([(2, 78)]),
+        label="dead letters keep Kafka coordinates",
+    )
+    result = p.run()
+    result.wait_until_finish()
+    counts = _counters(result)
+    assert counts["records_in"] == len(mixed) == expected_good + n_poison + 1
+    assert counts["results"] == expected_good
+    assert counts["dead_letters"] == n_poison + 1
+    assert counts["dead_letters_bad_json"] == 2 and counts["dead_letters_missing_field"] == 1
+    assert counts["anomalies"] == sum(f for _, f in expected_flags) >= 10
+
+
+def test_encode_and_denoise_take_per_poll_lists_and_a_fixed_version(
+    beam_options, version_dir, trained
+):
+    x = kit.normal_rows(40, seed=4)
+    polls = [
+        [KafkaRecord("t", 0, i, -1, None, kit.record(i, x[i])) for i in range(j, j + 10)]
+        for j in range(0, 40, 10)
+    ]
+    polls[1].append(KafkaRecord("t", 0, 99, -1, None, b"not json"))
+    version = version_dir.rsplit("/", 1)[1]
+    latent = (
+        trained.model.encode(__import__("torch").from_numpy(trained.scaler.transform(x)))
+        .detach()
+        .numpy()
+    )
+    with beam.Pipeline(options=beam_options("fnapi")) as p:
+        polled = p | beam.Create(polls, reshuffle=False)
+        enc = polled | "E" >> Encode(model_version_dir=version_dir, device="cpu", prebatched=True)
+        den = polled | "D" >> Denoise(model_version_dir=version_dir, device="cpu", prebatched=True)
+        assert_that(
+            enc.results | beam.Map(lambda r: (r["offset"], r["latent"])),
+            _close_to({i: latent[i] for i in range(40)}),
+            label="latent codes",
+        )
+        assert_that(
+            enc.results | "V" >> beam.Map(lambda r: r["model_version"]),
+            equal_to([version] * 40),
+            label="model version",
+        )
+        assert_that(
+            den.results
+            | beam.Map(lambda r: abs(r["reconstruction"]["f4"] - x[r["offset"], 4]) < 30),
+            equal_to([True] * 40),
+            label="reconstruction in original units",
+        )
+        assert_that(enc.dead_letters | beam.Map(lambda d: d["offset"]), equal_to([99]), label="dl")
+
+
+def test_a_model_that_does_not_fit_the_records_fails_at_load(beam_options, version_dir):
+    p = beam.Pipeline(options=beam_options("fnapi"))
+    _ = (
+        p
+        | beam.Create([b"{}"])
+        | FlagAnomalies(model_version_dir=version_dir, spec={"columns": ["f0", "f1"]})
+    )
+    with pytest.raises(Exception, match="records have 2"):
+        p.run().wait_until_finish()
+
+
+def _close_to(expected: dict, atol: float = 1e-4):
+    """A matcher: ``(id, vector)`` pairs equal to ``expected[id]`` within ``atol``."""
+
+    def check(actual):
+        got = dict(actual)
+        assert sorted(got) == sorted(expected), (sorted(got), sorted(expected))
+        for k, v in got.items():
+            np.testing.assert_allclose(v, expected[k], atol=atol)
+
+    return check
+
+
+# ------------------------------------------------------------------------ model handler
+
+
+def test_model_handler_scores_blocks_with_run_inference(beam_options, version_dir, trained):
+    blocks = [kit.normal_rows(n, seed=n) for n in (5, 7, 1)]
+    blocks.append(kit.normal_rows(1, seed=99)[0])  # a single vector
+    handler = AutoencoderModelHandler(version_dir, mode="flag", device="cpu", max_batch_size=3)
+    version = version_dir.rsplit("/", 1)[1]
+    model = handler.load_model()
+    expected = [model.score_matrix(b, "flag")["score"].round(6).tolist() for b in blocks]
+    expected[-1] = expected[-1][0]
+    assert handler.get_num_bytes(blocks) == sum(b.nbytes for b in blocks)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 3}
+    with beam.Pipeline(options=beam_options("fnapi")) as p:
+        preds = p | beam.Create(blocks, reshuffle=False) | RunInference(handler)
+        assert_that(
+            preds
+            | beam.Map(
+                lambda r: (
+                    r.model_id,
+                    np.round(r.inference["score"], 6).tolist(),
+                    r.inference["contributions"].shape,
+                )
+            ),
+            equal_to(
+                [
+                    (version, e, (*np.shape(b)[:-1], 6) if np.ndim(b) == 2 else (6,))
+                    for e, b in zip(expected, blocks, strict=True)
+                ]
+            ),
+        )
+
+
+def test_model_handler_follows_the_model_update_side_input(beam_options, model_root, trained):
+    registry = ModelRegistry(model_root)
+    first = registry.latest()
+    second = kit.publish(model_root, trained)
+    handler = AutoencoderModelHandler(registry.path(first), mode="encode", device="cpu")
+    marker = f"{registry.path(second)}/_PUBLISHED"
+    with beam.Pipeline(options=beam_options("fnapi")) as p:
+        meta = p | "Meta" >> beam.Create([ModelMetadata(model_id=marker, model_name=second)])
+        preds = (
+            p | beam.Create([kit.normal_rows(4)]) | RunInference(handler, model_metadata_pcoll=meta)
+        )
+        assert_that(
+            preds | beam.Map(lambda r: (r.model_id, r.inference.shape)),
+            equal_to([(second, (4, 2))]),
+        )
+
+
+def test_model_handler_update_path_keeps_the_old_version_when_the_new_one_is_bad(
+    model_root, trained, tmp_path
+):
+    registry = ModelRegistry(model_root)
+    first = registry.path(registry.latest())
+    handler = AutoencoderModelHandler(f"{first}/_PUBLISHED", device="cpu")
+    assert handler.model_path == first
+    handler.update_model_path("")  # WatchFilePattern before any new version: no change
+    assert handler.model_path == first
+
+    def corrupt(d):
+        kit.publish_files(d, trained)
+        with open(f"{d}/config.json", "a") as f:
+            f.write(" ")
+
+    bad = registry.publish(corrupt)
+    handler.update_model_path(f"{registry.path(bad)}/_PUBLISHED")
+    assert handler.model_path == first
+    assert handler.load_model().version == registry.versions()[0]
+    good = kit.publish(model_root, trained)
+    handler.update_model_path(f"{registry.path(good)}/_PUBLISHED")
+    assert handler.load_model().version == good
+    assert json.loads(json.dumps(repr(handler)))
