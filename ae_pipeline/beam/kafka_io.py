@@ -1,0 +1,530 @@
+"""Read and write Kafka records in Beam pipelines, in Python, with either Kafka client.
+
+:class:`ReadKafkaRecords` is a splittable DoFn over topic partitions: one element per
+partition (discovered when the pipeline starts), an ``OffsetRange`` restriction claimed one
+record offset at a time, a watermark from record timestamps (moved on to "now" when a
+partition is idle, so windows close on quiet partitions), self-checkpoints every
+``max_bundle_seconds`` or when a poll comes back empty, and consumer-group offsets committed
+by a bundle finalizer, i.e. only once the runner has made the bundle's output durable
+(at-least-once). It runs on Prism, Flink, Dataflow and the FnApiRunner.
+
+Unbounded by default; ``bounded=True`` stops every partition at the end offset it had when
+the pipeline started, ``max_records_per_partition`` after that many offsets, ``max_seconds``
+after that much wall time (any of them makes the read bounded, for batch runs and tests).
+
+:class:`WriteKafkaRecords` produces ``(key, value[, headers])`` tuples, :class:`KafkaRecord`
+objects or lists of either, with one producer per DoFn instance, flushed at the end of each
+bundle: a failed delivery fails the bundle (which the runner retries).
+
+:func:`java_read` / :func:`java_write` are Beam's cross-language Java KafkaIO with the same
+config, expanded by the Java expansion service from the local classpath.
+
+Example:
+    >>> read = ReadKafkaRecords(                                        # doctest: +SKIP
+    ...     "events", {"bootstrap.servers": "127.0.0.1:9092", "group.id": "scorers"},
+    ...     client="confluent")
+    >>> with beam.Pipeline(options=options) as p:                       # doctest: +SKIP
+    ...     batches = p | read                        # PCollection[list[KafkaRecord]]
+    ...     _ = (batches | beam.FlatMap(lambda b: [(r.key, r.value) for r in b])
+    ...          | WriteKafkaRecords("copy", {"bootstrap.servers": "127.0.0.1:9092"}))
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from ae_pipeline.kafka import (
+    DEFAULT_CLIENT,
+    KafkaConfig,
+    KafkaConsumerClient,
+    KafkaRecord,
+    TopicPartition,
+    create_consumer,
+    create_producer,
+)
+from ae_pipeline.kafka.client import _module as _client_module
+
+_LOG = logging.getLogger(__name__)
+
+MAX_OFFSET = 2**63 - 1
+"""The end of an unbounded partition's restriction (Java's ``Long.MAX_VALUE``)."""
+
+STARTS = ("committed", "earliest", "latest")
+_NAMESPACE = "ae_pipeline.kafka"
+
+
+@dataclass(frozen=True)
+class PartitionToRead:
+    """The element of the splittable read: one partition and where to stop.
+
+    Attributes:
+        topic: topic name.
+        partition: partition number.
+        start_offset: first offset to read.
+        stop_offset: offset to stop before (None: unbounded).
+        deadline: wall-clock time (seconds since the epoch) to stop at (None: never).
+    """
+
+    topic: str
+    partition: int
+    start_offset: int
+    stop_offset: int | None = None
+    deadline: float | None = None
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+class _DiscoverPartitions(beam.DoFn):
+    """Impulse -> one :class:`PartitionToRead` per partition, offsets resolved now."""
+
+    def __init__(self, config, client, topics, start, reset, bounded, max_records, max_seconds):
+        self._config = config
+        self._client = client
+        self._topics = topics
+        self._start = start
+        self._reset = reset
+        self._bounded = bounded
+        self._max_records = max_records
+        self._max_seconds = max_seconds
+
+    def process(self, _: Any) -> Iterator[PartitionToRead]:
+        deadline = time.time() + self._max_seconds if self._max_seconds is not None else None
+        with create_consumer(self._config, self._client) as consumer:
+            tps = [TopicPartition(t, p) for t in self._topics for p in consumer.partitions(t)]
+            starts = self._start_offsets(consumer, tps)
+            ends = consumer.end_offsets(tps) if self._bounded else {}
+        for tp in tps:
+            start = starts[tp]
+            stop = max(start, ends[tp]) if self._bounded else None
+            if self._max_records is not None:
+                stop = min(stop if stop is not None else MAX_OFFSET, start + self._max_records)
+            _LOG.info("reading %s[%d] from offset %d to %s", *tp, start, stop or "unbounded")
+            yield PartitionToRead(tp.topic, tp.partition, start, stop, deadline)
+
+    def _start_offsets(self, consumer: KafkaConsumerClient, tps) -> dict[TopicPartition, int]:
+        if self._start == "earliest":
+            return consumer.beginning_offsets(tps)
+        if self._start == "latest":
+            return consumer.end_offsets(tps)
+        committed = consumer.committed(tps)
+        missing = [tp for tp, offset in committed.items() if offset is None]
+        if missing:
+            fallback = (
+                consumer.beginning_offsets(missing)
+                if self._reset == "earliest"
+                else consumer.end_offsets(missing)
+            )
+            committed.update(fallback)
+        return committed
+
+
+class _PartitionTracker(OffsetRestrictionTracker):
+    """Offset tracker that only splits at the current position (checkpoints).
+
+    A split at a fraction of ``[offset, MAX_OFFSET)`` would start a residual at an offset that
+    does not exist yet; and checkpoint-only splits keep each partition's reads (and commits)
+    in order.
+    """
+
+    def try_split(self, fraction_of_remainder: float):
+        if fraction_of_remainder != 0:
+            return None
+        return super().try_split(0)
+
+    def is_bounded(self) -> bool:
+        return self.current_restriction().stop < MAX_OFFSET
+
+
+class _PartitionRestrictions(RestrictionProvider):
+    def initial_restriction(self, element: PartitionToRead) -> OffsetRange:
+        stop = element.stop_offset if element.stop_offset is not None else MAX_OFFSET
+        return OffsetRange(element.start_offset, stop)
+
+    def create_tracker(self, restriction: OffsetRange) -> _PartitionTracker:
+        return _PartitionTracker(restriction)
+
+    def restriction_size(self, element: PartitionToRead, restriction: OffsetRange) -> float:
+        # An unbounded partition's true backlog is unknown here; keep it small and equal.
+        return float(restriction.size()) if restriction.stop < MAX_OFFSET else 1.0
+
+    def truncate(self, element: PartitionToRead, restriction: OffsetRange):
+        # On drain, an unbounded partition stops at its last checkpoint.
+        return restriction if restriction.stop < MAX_OFFSET else None
+
+
+def _event_time(record: KafkaRecord) -> Timestamp:
+    if record.timestamp_ms < 0:
+        return Timestamp.now()
+    return Timestamp(micros=record.timestamp_ms * 1000)
+
+
+def _advance(watermark: ManualWatermarkEstimator, to: Timestamp) -> None:
+    current = watermark.current_watermark()
+    if current is None or to > current:
+        watermark.set_watermark(to)
+
+
+class _ReadPartitionsFn(beam.DoFn):
+    """Reads the claimed offsets of one partition per call (bounded restrictions)."""
+
+    def __init__(self, config: KafkaConfig, client: str, options: dict[str, Any]):
+        self._config = config
+        self._client = client
+        self._batch = options["batch"]
+        self._max_batch = options["max_batch_size"]
+        self._poll_timeout = options["poll_timeout_s"]
+        self._bundle_seconds = options["max_bundle_seconds"]
+        self._commit = options["commit_offsets"]
+        self._idle_lag = Duration.of(options["idle_watermark_lag_s"])
+        self._max_consumers = options["max_cached_consumers"]
+        self._records = Metrics.counter(_NAMESPACE, "records_read")
+        self._polls = Metrics.counter(_NAMESPACE, "polls")
+
+    def setup(self) -> None:
+        # One consumer per recently read partition (LRU), positioned where the last call ended.
+        self._consumers: collections.OrderedDict[TopicPartition, KafkaConsumerClient] = (
+            collections.OrderedDict()
+        )
+        self._positions: dict[TopicPartition, int] = {}
+        self._committer: KafkaConsumerClient | None = None
+        self._committed: dict[TopicPartition, int] = {}
+
+    def teardown(self) -> None:
+        for consumer in [*self._consumers.values(), self._committer]:
+            if consumer is not None:
+                try:
+                    consumer.close()
+                except Exception as e:  # closing is best effort
+                    _LOG.warning("closing a Kafka consumer failed: %s", e)
+        self._consumers.clear()
+        self._committer = None
+
+    def _consumer_at(self, tp: TopicPartition, offset: int) -> KafkaConsumerClient:
+        consumer = self._consumers.pop(tp, None)
+        if consumer is None:
+            while len(self._consumers) >= self._max_consumers:
+                old_tp, old = self._consumers.popitem(last=False)
+                self._positions.pop(old_tp, None)
+                old.close()
+            consumer = create_consumer(
+                self._config.with_group(None), self._client, max_poll_records=self._max_batch
+            )
+        self._consumers[tp] = consumer
+        if self._positions.get(tp) != offset:
+            consumer.assign({tp: offset})
+            self._positions[tp] = offset
+        return consumer
+
+    def _emit(self, records: list[KafkaRecord]) -> Iterator[window.TimestampedValue]:
+        if self._batch:
+            yield window.TimestampedValue(records, max(_event_time(r) for r in records))
+        else:
+            for r in records:
+                yield window.TimestampedValue(r, _event_time(r))
+
+    def _read(self, part: PartitionToRead, tracker, watermark, finalizer) -> Iterator[Any]:
+        restriction = tracker.current_restriction()
+        if restriction.start >= restriction.stop:
+            return
+        tp = part.topic_partition
+        consumer = self._consumer_at(tp, restriction.start)
+        call_ends = time.monotonic() + self._bundle_seconds
+        expected = restriction.start  # next offset to claim
+        try:
+            while True:
+                stop = tracker.current_restriction().stop
+                if part.deadline is not None and time.time() >= part.deadline:
+                    tracker.try_claim(stop)  # fails: marks the restriction done
+                    return
+                records = consumer.poll(self._poll_timeout, self._max_batch)
+                self._polls.inc()
+                if not records:
+                    if consumer.position(tp) >= stop:  # offsets up to stop hold no records
+                        tracker.try_claim(stop)
+                        return
+                    _advance(watermark, Timestamp.now() - self._idle_lag)
+                    tracker.defer_remainder(Duration.of(0))
+                    return
+                self._positions[tp] = records[-1].offset + 1
+                claimed = []
+                for record in records:
+                    if record.offset < expected:
+                        continue  # already claimed (never expected after a seek)
+                    if not tracker.try_claim(record.offset):
+                        break
+                    claimed.append(record)
+                    expected = record.offset + 1
+                if claimed:
+                    self._records.inc(len(claimed))
+                    yield from self._emit(claimed)
+                    _advance(watermark, max(_event_time(r) for r in claimed))
+                if records[-1].offset >= stop - 1:
+                    return  # claimed stop - 1, or a claim past stop failed: done
+                if time.monotonic() >= call_ends:
+                    tracker.defer_remainder(Duration.of(0))
+                    return
+        finally:
+            if self._commit and expected > restriction.start:
+                finalizer.register(functools.partial(self._commit_offset, tp, expected))
+
+    def _commit_offset(self, tp: TopicPartition, offset: int) -> None:
+        """Commit after the runner made the bundle durable (the bundle finalizer)."""
+        if offset <= self._committed.get(tp, -1):
+            return  # a later bundle already committed further
+        if self._committer is None:
+            self._committer = create_consumer(self._config, self._client)
+        self._committer.commit({tp: offset})
+        self._committed[tp] = offset
+        _LOG.debug("committed %s[%d] at %d for group %s", *tp, offset, self._config.group_id)
+
+    def process(
+        self,
+        part: PartitionToRead,
+        finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam fills it by position
+        tracker=beam.DoFn.RestrictionParam(_PartitionRestrictions()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
+    ):
+        yield from self._read(part, tracker, watermark, finalizer)
+
+
+class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
+    """:class:`_ReadPartitionsFn` for unbounded restrictions."""
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        part: PartitionToRead,
+        finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam fills it by position
+        tracker=beam.DoFn.RestrictionParam(_PartitionRestrictions()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
+    ):
+        yield from self._read(part, tracker, watermark, finalizer)
+
+
+class ReadKafkaRecords(beam.PTransform):
+    """Read Kafka topics as a splittable DoFn over their partitions.
+
+    Emits ``list[KafkaRecord]`` (one list per poll of one partition, timestamped with its
+    latest record) or, with ``batch=False``, single :class:`KafkaRecord` elements timestamped
+    with their own Kafka timestamps.
+
+    Args:
+        topics: one topic or several.
+        config: a :class:`KafkaConfig` or one config dict (see :meth:`KafkaConfig.from_dict`).
+        client: ``"kafka-python"`` (default, pure Python) or ``"confluent"`` (fast).
+        start: ``"committed"`` (the group's offsets; default when the config has a group),
+            ``"earliest"`` (default without a group) or ``"latest"``.
+        reset: where ``"committed"`` starts a partition the group never committed:
+            ``"earliest"`` or ``"latest"``.
+        bounded: stop each partition at the end offset it had when the read started.
+        max_records_per_partition: stop each partition after this many offsets (makes the
+            read bounded; on compacted or transactional topics offsets are not all records).
+        max_seconds: stop every partition this long after the read started (makes the read
+            bounded).
+        batch: emit one list per poll (default) rather than one element per record.
+        max_batch_size: most records per poll (and per list).
+        poll_timeout_s: how long one poll waits for records.
+        max_bundle_seconds: a partition's read checkpoints after this long, so that its output
+            moves on downstream and its offsets get committed.
+        commit_offsets: commit the group's offsets once each bundle's output is durable
+            (default: when the config has a group id).
+        idle_watermark_lag_s: on an empty poll the partition's watermark moves to now minus
+            this lag (records produced later with older timestamps would be late).
+        max_cached_consumers: consumers (one per partition) each DoFn instance keeps open.
+        redistribute: reshuffle the partitions before reading them, so that runners spread
+            them over workers.
+    """
+
+    def __init__(
+        self,
+        topics: str | Sequence[str],
+        config: KafkaConfig | Mapping[str, Any],
+        *,
+        client: str = DEFAULT_CLIENT,
+        start: str | None = None,
+        reset: str = "earliest",
+        bounded: bool = False,
+        max_records_per_partition: int | None = None,
+        max_seconds: float | None = None,
+        batch: bool = True,
+        max_batch_size: int = 500,
+        poll_timeout_s: float = 0.5,
+        max_bundle_seconds: float = 1.0,
+        commit_offsets: bool | None = None,
+        idle_watermark_lag_s: float = 2.0,
+        max_cached_consumers: int = 16,
+        redistribute: bool = True,
+    ):
+        super().__init__()
+        self._config = KafkaConfig.from_dict(config)
+        self._topics = [topics] if isinstance(topics, str) else list(topics)
+        if not self._topics:
+            raise ValueError("no topics to read")
+        _client_module(client)  # fail now, not on a worker, for an unknown/missing client
+        has_group = self._config.group_id is not None
+        start = start or ("committed" if has_group else "earliest")
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, not {start!r}")
+        if reset not in ("earliest", "latest"):
+            raise ValueError(f"reset must be 'earliest' or 'latest', not {reset!r}")
+        commit_offsets = has_group if commit_offsets is None else commit_offsets
+        if (start == "committed" or commit_offsets) and not has_group:
+            raise ValueError("start='committed' and commit_offsets need group_id in the config")
+        self._client = client
+        self._start, self._reset = start, reset
+        self._bounded = bounded
+        self._max_records = max_records_per_partition
+        self._max_seconds = max_seconds
+        self._redistribute = redistribute
+        self._options = {
+            "batch": batch,
+            "max_batch_size": max_batch_size,
+            "poll_timeout_s": poll_timeout_s,
+            "max_bundle_seconds": max_bundle_seconds,
+            "commit_offsets": commit_offsets,
+            "idle_watermark_lag_s": idle_watermark_lag_s,
+            "max_cached_consumers": max_cached_consumers,
+        }
+
+    @property
+    def is_bounded(self) -> bool:
+        """Whether every partition's read ends (and so the output PCollection is bounded)."""
+        return self._bounded or self._max_records is not None or self._max_seconds is not None
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        discover = _DiscoverPartitions(
+            self._config,
+            self._client,
+            self._topics,
+            self._start,
+            self._reset,
+            self._bounded,
+            self._max_records,
+            self._max_seconds,
+        )
+        parts = pbegin | "Impulse" >> beam.Impulse() | "Partitions" >> beam.ParDo(discover)
+        if self._redistribute:
+            parts = parts | "Redistribute" >> beam.Reshuffle()
+        fn_class = _ReadPartitionsFn if self.is_bounded else _ReadUnboundedPartitionsFn
+        read = beam.ParDo(fn_class(self._config, self._client, self._options))
+        output_type = list[KafkaRecord] if self._options["batch"] else KafkaRecord
+        return parts | "Read" >> read.with_output_types(output_type)
+
+    def display_data(self) -> dict[str, Any]:
+        return {
+            "topics": ",".join(self._topics),
+            "bootstrap_servers": self._config.bootstrap_servers,
+            "group_id": self._config.group_id or "",
+            "client": self._client,
+            "start": self._start,
+            "bounded": self.is_bounded,
+        }
+
+
+def _to_bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"Kafka keys and values must be bytes, str or None, not {type(value)}")
+
+
+def _messages(element: Any, topic: str | None) -> Iterator[tuple[str, Any, Any, Any]]:
+    """``(topic, key, value, headers)`` for each record in ``element``."""
+    if isinstance(element, list):
+        for item in element:
+            yield from _messages(item, topic)
+        return
+    if hasattr(element, "value"):  # KafkaRecord-like
+        target = topic or getattr(element, "topic", None)
+        key, value = getattr(element, "key", None), element.value
+        headers = getattr(element, "headers", None) or ()
+    elif isinstance(element, tuple) and len(element) in (2, 3):
+        target, key, value = topic, element[0], element[1]
+        headers = element[2] if len(element) == 3 else ()
+    else:
+        raise TypeError(
+            "WriteKafkaRecords takes (key, value[, headers]) tuples, KafkaRecord-like objects "
+            f"or lists of them, not {type(element).__name__}"
+        )
+    if not target:
+        raise ValueError("no topic: give WriteKafkaRecords a topic or write KafkaRecords")
+    yield target, _to_bytes(key), _to_bytes(value), [(n, _to_bytes(v)) for n, v in headers]
+
+
+class _WriteFn(beam.DoFn):
+    def __init__(self, topic, config, client, flush_timeout_s):
+        self._topic = topic
+        self._config = config
+        self._client = client
+        self._flush_timeout = flush_timeout_s
+        self._written = Metrics.counter(_NAMESPACE, "records_written")
+
+    def setup(self) -> None:
+        self._producer = create_producer(self._config, self._client)
+
+    def process(self, element: Any) -> Iterable[None]:
+        for topic, key, value, headers in _messages(element, self._topic):
+            self._producer.send(topic, value, key=key, headers=headers)
+        return ()
+
+    def finish_bundle(self) -> None:
+        self._written.inc(self._producer.flush(self._flush_timeout))
+
+    def teardown(self) -> None:
+        producer = getattr(self, "_producer", None)
+        if producer is not None:
+            producer.close()
+
+
+class WriteKafkaRecords(beam.PTransform):
+    """Produce records to Kafka; every bundle's records are acknowledged (``acks=all``)
+    before the bundle completes.
+
+    Elements may be ``(key, value)`` or ``(key, value, headers)`` tuples, objects with
+    ``value`` (and optionally ``key``, ``headers``, ``topic``) attributes such as
+    :class:`KafkaRecord`, or lists of these (e.g. the batches :class:`ReadKafkaRecords` emits).
+    ``str`` keys and values are encoded as UTF-8. Returns an empty PCollection.
+
+    Args:
+        topic: topic to write to (None: each record's own ``topic``).
+        config: a :class:`KafkaConfig` or one config dict.
+        client: ``"kafka-python"`` or ``"confluent"``.
+        flush_timeout_s: how long a bundle waits for acknowledgements.
+
+    Raises:
+        ae_pipeline.kafka.DeliveryError: (in the bundle) when any record was not delivered.
+    """
+
+    def __init__(
+        self,
+        topic: str | None,
+        config: KafkaConfig | Mapping[str, Any],
+        *,
+        client: str = DEFAULT_CLIENT,
+        flush_timeout_s: float = 60.0,
+    ):
+        super().__init__()
+        _client_module(client)
+        self._fn = _WriteFn(topic, KafkaConfig.from_dict(config), client, flush_timeout_s)
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        return pcoll | "Produce" >> beam.ParDo(self._fn)

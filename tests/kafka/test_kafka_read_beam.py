@@ -1,0 +1,60 @@
+"""ReadKafkaRecords (a splittable DoFn over partitions) on FnApiRunner, Prism and Flink."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+from ae_pipeline.beam.kafka_io import ReadKafkaRecords
+from ae_pipeline.kafka import committed_offsets, end_offsets
+
+pytestmark = pytest.mark.kafka
+
+N = 60
+PARTITIONS = 3
+
+
+def _triples(batch):
+    return [(r.topic, r.partition, r.offset) for r in batch]
+
+
+def _bounded_read(options, topic, config, expected, **read_args):
+    with beam.Pipeline(options=options) as p:
+        triples = (
+            p
+            | ReadKafkaRecords(topic, config, bounded=True, **read_args)
+            | beam.FlatMap(_triples)
+        )
+        assert_that(triples, equal_to(expected))
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+@pytest.mark.parametrize("runner", ["fnapi", pytest.param("prism", marks=pytest.mark.prism)])
+def test_bounded_read_gives_exactly_the_records(
+    runner, client, kafka_config, new_topic, produce, beam_options
+):
+    topic = new_topic(PARTITIONS)
+    expected = produce(topic, N, PARTITIONS)
+    _bounded_read(
+        beam_options(runner), topic, kafka_config.with_group(None), expected, client=client,
+        max_batch_size=7,
+    )
+
+
+@pytest.mark.parametrize(
+    "runner, client",
+    [("fnapi", "kafka-python"), pytest.param("prism", "confluent", marks=pytest.mark.prism)],
+)
+def test_group_offsets_are_committed_after_the_bundle_and_resumed(
+    runner, client, kafka_config, new_topic, produce, beam_options
+):
+    topic = new_topic(PARTITIONS)
+    first = produce(topic, N, PARTITIONS)
+    # start="committed" by default with a group; a group without commits starts at earliest.
+    _bounded_read(beam_options(runner), topic, kafka_config, first, client=client)
+    assert committed_offsets(kafka_config, topic) == end_offsets(kafka_config, topic)
+
+    second = produce(topic, 15, PARTITIONS, start=N)
+    _bounded_read(beam_options(runner), topic, kafka_config, second, client=client)
+    assert committed_offsets(kafka_config, topic) == end_offsets(kafka_config, topic)
