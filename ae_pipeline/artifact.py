@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -138,10 +139,8 @@ def library_versions() -> dict[str, str]:
         "safetensors": safetensors.__version__,
         "python": platform.python_version(),
     }
-    try:
+    with contextlib.suppress(metadata.PackageNotFoundError):
         versions["apache_beam"] = metadata.version("apache-beam")
-    except metadata.PackageNotFoundError:
-        pass
     return versions
 
 
@@ -474,8 +473,7 @@ def check_compatibility(
     wanted = [str(c) for c in feature_columns]
     if len(wanted) != input_dim:
         raise ArtifactError(
-            f"{path}: the model takes {input_dim} features, the records have {len(wanted)} "
-            f"columns"
+            f"{path}: the model takes {input_dim} features, the records have {len(wanted)} columns"
         )
     if saved is not None and wanted != saved:
         missing = [c for c in saved if c not in wanted]

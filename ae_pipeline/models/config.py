@@ -497,7 +497,8 @@ class TrainConfig(_Serializable):
             bit-identical weights on the same device and thread count. ``None``: not seeded.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available).
         mixed_precision: float16 autocast with loss scaling; used on CUDA only.
-        num_threads: torch CPU threads to use (``None``: leave as is).
+        num_threads: torch CPU threads to use while training, restored afterwards (``None``:
+            leave as is).
         grad_clip: clip the gradient norm to this value (``None``: no clipping).
         progress: show a tqdm progress bar over epochs.
     """

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +71,7 @@ class Scorer:
         x = np.asarray(x)
         if x.ndim < 2:
             raise ValueError(f"expected an N x {self.input_dim} block, got shape {x.shape}")
-        x = x.reshape(x.shape[0], -1)
+        x = x.reshape(x.shape[0], math.prod(x.shape[1:]))
         if x.shape[1] != self.input_dim:
             raise ValueError(
                 f"records have {x.shape[1]} features, the model expects {self.input_dim} "

@@ -177,8 +177,24 @@ class Trainer:
         """
         cfg = self.config
         device = resolve_device(cfg.device)
+        threads = torch.get_num_threads()
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
+        try:
+            return self._fit(model, data, labels, val, val_labels, device)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(
+        self,
+        model: nn.Module,
+        data: Any,
+        labels: Any,
+        val: Any,
+        val_labels: Any,
+        device: torch.device,
+    ) -> History:
+        cfg = self.config
         train_src = as_source(data, labels)
         val_src = None if val is None else as_source(val, val_labels)
         if train_src.one_shot and cfg.epochs > 1:
