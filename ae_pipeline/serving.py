@@ -436,6 +436,21 @@ def check_mode(mode: str) -> str:
 # ---------------------------------------------------------------------------- hot reload
 
 
+class FixedModel:
+    """One model version behind the same :meth:`current` call as a :class:`ModelWatcher`."""
+
+    def __init__(self, model: ServingModel) -> None:
+        self.model = model
+        self.swaps = 1
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    def current(self) -> ServingModel:
+        return self.model
+
+
 class ModelWatcher:
     """Serves the newest published version under a model root, swapping when a new one appears.
 
@@ -530,8 +545,42 @@ class ModelWatcher:
             return False
 
 
+def open_model(
+    *,
+    version_dir: str | None = None,
+    root: str | None = None,
+    interval_s: float = 30.0,
+    **load_kwargs: Any,
+) -> FixedModel | ModelWatcher:
+    """A model provider (``.current()`` returns the model to use): one fixed version
+    directory, or a :class:`ModelWatcher` following the newest version under ``root``.
+
+    Raises:
+        ValueError: unless exactly one of ``version_dir`` and ``root`` is given.
+        ArtifactError: the fixed version cannot be loaded.
+    """
+    if (version_dir is None) == (root is None):
+        raise ValueError("give exactly one of a model version directory and a model root")
+    if version_dir is not None:
+        return FixedModel(ServingModel.load(version_dir, **load_kwargs))
+    return ModelWatcher(root, interval_s=interval_s, **load_kwargs)  # type: ignore[arg-type]
+
+
+def to_json(obj: Any) -> bytes:
+    """Serialises a result or dead letter (or any JSON data with numpy values) to bytes."""
+    try:
+        import orjson
+
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+    except ImportError:  # pragma: no cover - orjson is a Beam dependency
+        import json
+
+        return json.dumps(obj, default=lambda v: v.tolist()).encode()
+
+
 __all__ = [
     "MODES",
+    "FixedModel",
     "ModelWatcher",
     "NoModelError",
     "ServingError",
@@ -539,5 +588,7 @@ __all__ = [
     "Source",
     "as_input",
     "check_mode",
+    "open_model",
+    "to_json",
     "version_name",
 ]

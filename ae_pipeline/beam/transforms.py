@@ -41,7 +41,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from ae_pipeline.features import REASONS, FeatureSpec
-from ae_pipeline.serving import ModelWatcher, ServingModel, as_input, check_mode
+from ae_pipeline.serving import FixedModel, ModelWatcher, as_input, check_mode, open_model
 
 _log = logging.getLogger(__name__)
 
@@ -95,16 +95,6 @@ class ModelSource:
         return repr(self)
 
 
-class _Fixed:
-    """A fixed model behind the same ``current()`` call as a :class:`ModelWatcher`."""
-
-    def __init__(self, model: ServingModel) -> None:
-        self.model = model
-
-    def current(self) -> ServingModel:
-        return self.model
-
-
 class ScoreBatchesFn(beam.DoFn):
     """Scores lists of records; emits results on the main output and dead letters tagged
     :data:`DEAD_LETTERS`.
@@ -121,13 +111,16 @@ class ScoreBatchesFn(beam.DoFn):
         self._passthrough = tuple(passthrough)
         self._shared = shared.Shared()
 
-    def _open(self) -> _Fixed | ModelWatcher:
+    def _open(self) -> FixedModel | ModelWatcher:
         src = self._source
-        if src.version_dir is not None:
-            return _Fixed(ServingModel.load(src.version_dir, **src.load_kwargs()))
-        watcher = ModelWatcher(src.root, interval_s=src.poll_interval_s, **src.load_kwargs())
-        watcher.current()  # fail early (in setup) when nothing can be served yet
-        return watcher
+        provider = open_model(
+            version_dir=src.version_dir,
+            root=src.root,
+            interval_s=src.poll_interval_s,
+            **src.load_kwargs(),
+        )
+        provider.current()  # fail early (in setup) when nothing can be served yet
+        return provider
 
     def setup(self) -> None:
         self._provider = self._shared.acquire(self._open, tag=self._source.tag())

@@ -1,0 +1,322 @@
+"""The scoring service as a plain Kafka consumer-group process (no Beam runner).
+
+:class:`ScoringConsumer` runs the loop
+
+    poll a batch -> ``ServingModel.score_records`` -> produce results and dead letters
+    -> flush (every record acknowledged) -> commit the batch's offsets
+
+so offsets are committed only after the outputs they cover are written: at-least-once. A crash
+between flush and commit replays the batch (duplicates, never losses); results carry the input
+``topic``/``partition``/``offset`` so that consumers downstream can count or drop duplicates.
+Run N processes with the same group id to scale out (up to the number of partitions).
+
+SIGTERM / SIGINT (after :meth:`ScoringConsumer.install_signal_handlers`) stop it gracefully:
+the batch in hand is finished, flushed and committed, then the consumer leaves its group. With
+a model root it hot-reloads: a :class:`~ae_pipeline.serving.ModelWatcher` swaps to a newly
+published version between batches and keeps the old one if the new one fails to load.
+
+Results are JSON, keyed by the input record's key, with a ``model_version`` header; dead
+letters are JSON too (``reason``, ``detail``, original value base64 in ``value_b64``, topic,
+partition, offset) with a ``reason`` header.
+
+Example:
+    >>> consumer = ScoringConsumer(                                   # doctest: +SKIP
+    ...     {"bootstrap.servers": "127.0.0.1:9092", "group.id": "scorers"},
+    ...     input_topic="events", output_topic="scores", dead_letter_topic="events-dlq",
+    ...     mode="flag", model_root="/models")
+    >>> consumer.install_signal_handlers()                            # doctest: +SKIP
+    >>> stats = consumer.run()                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ae_pipeline.kafka import (
+    DEFAULT_CLIENT,
+    KafkaClientError,
+    KafkaConfig,
+    KafkaConsumerClient,
+    KafkaProducerClient,
+    TopicPartition,
+    create_consumer,
+    create_producer,
+)
+from ae_pipeline.serving import (
+    FixedModel,
+    ModelWatcher,
+    NoModelError,
+    check_mode,
+    open_model,
+    to_json,
+)
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConsumerStats:
+    """What a :class:`ScoringConsumer` has done so far.
+
+    Attributes:
+        records_in: records polled and scored.
+        results: results produced.
+        dead_letters: dead letters produced.
+        dead_letters_by_reason: dead letters per reason.
+        anomalies: results flagged anomalous (``flag`` mode).
+        batches: batches processed (each produced, flushed and committed).
+        commit_failures: commits refused (e.g. after a rebalance; the batch will be replayed).
+        model_version: the version that scored the last batch.
+        model_swaps: how many times a model was (re)loaded.
+        seconds: wall time of :meth:`ScoringConsumer.run`.
+        stopped_by: why the loop ended (``signal``, ``max_records``, ``idle``, ``stop``).
+    """
+
+    records_in: int = 0
+    results: int = 0
+    dead_letters: int = 0
+    dead_letters_by_reason: dict[str, int] = field(default_factory=Counter)
+    anomalies: int = 0
+    batches: int = 0
+    commit_failures: int = 0
+    model_version: str | None = None
+    model_swaps: int = 0
+    seconds: float = 0.0
+    stopped_by: str | None = None
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records_in / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["dead_letters_by_reason"] = dict(self.dead_letters_by_reason)
+        data["records_per_s"] = round(self.records_per_s, 1)
+        return data
+
+
+class ScoringConsumer:
+    """Scores a topic as a consumer-group member; see the module docstring.
+
+    Args:
+        config: a :class:`~ae_pipeline.kafka.KafkaConfig` or config dict; needs a group id.
+        input_topic: the topic to score.
+        output_topic: where results go.
+        dead_letter_topic: where rejected records go.
+        mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+        model_root: follow the newest version published under this root (hot reload).
+        model_version_dir: or score with this one version.
+        model_poll_interval_s: seconds between registry checks (with ``model_root``).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        client: ``"kafka-python"`` (default) or ``"confluent"`` (several times faster).
+        max_batch: most records per poll (and per produce/flush/commit cycle).
+        poll_timeout_s: how long one poll waits; also how quickly a stop request is seen.
+        flush_timeout_s: how long to wait for the outputs' acknowledgements.
+        top_k: per-feature contributions in ``flag`` results (None: all).
+        passthrough: record fields copied into each result.
+        wait_for_model_s: at start, wait this long for a first published version.
+        consumer: an already built consumer client (tests); default: built from ``config``.
+        producer: an already built producer client (tests).
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig | Mapping[str, Any],
+        *,
+        input_topic: str,
+        output_topic: str,
+        dead_letter_topic: str,
+        mode: str = "flag",
+        model_root: str | None = None,
+        model_version_dir: str | None = None,
+        model_poll_interval_s: float = 30.0,
+        device: str = "auto",
+        client: str = DEFAULT_CLIENT,
+        max_batch: int = 500,
+        poll_timeout_s: float = 0.5,
+        flush_timeout_s: float = 60.0,
+        top_k: int | None = 5,
+        passthrough: tuple[str, ...] = (),
+        wait_for_model_s: float = 0.0,
+        consumer: KafkaConsumerClient | None = None,
+        producer: KafkaProducerClient | None = None,
+    ) -> None:
+        self.config = KafkaConfig.from_dict(config)
+        if self.config.group_id is None:
+            raise ValueError("the consumer needs a group id (group.id) to commit its offsets")
+        if (model_root is None) == (model_version_dir is None):
+            raise ValueError("give exactly one of model_root and model_version_dir")
+        self.mode = check_mode(mode)
+        self.input_topic = input_topic
+        self.output_topic = output_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.client = client
+        self.max_batch = max_batch
+        self.poll_timeout_s = poll_timeout_s
+        self.flush_timeout_s = flush_timeout_s
+        self.passthrough = tuple(passthrough)
+        self._model_args = {
+            "version_dir": model_version_dir,
+            "root": model_root,
+            "interval_s": model_poll_interval_s,
+            "device": device,
+            "top_k": top_k,
+        }
+        self.wait_for_model_s = wait_for_model_s
+        self._consumer = consumer
+        self._producer = producer
+        self._model: FixedModel | ModelWatcher | None = None
+        self._stop = threading.Event()
+        self._stop_reason = "stop"
+        self.stats = ConsumerStats()
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self, reason: str = "stop") -> None:
+        """Ask the loop to finish the batch in hand, commit it and return (thread-safe)."""
+        self._stop_reason = reason
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the loop gracefully (main thread only)."""
+
+        def handle(signum: int, _frame: Any) -> None:
+            _log.info("received %s: finishing the batch in hand", signal.Signals(signum).name)
+            self.stop("signal")
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    # ------------------------------------------------------------------ loop
+
+    def _open_model(self) -> FixedModel | ModelWatcher:
+        provider = open_model(**self._model_args)
+        deadline = time.monotonic() + self.wait_for_model_s
+        while True:
+            try:
+                provider.current()
+                return provider
+            except NoModelError:
+                if time.monotonic() >= deadline or self._stop.is_set():
+                    raise
+                _log.info("waiting for a model version under %s", self._model_args["root"])
+                self._stop.wait(min(5.0, max(0.1, deadline - time.monotonic())))
+
+    def run(
+        self, *, max_records: int | None = None, idle_timeout_s: float | None = None
+    ) -> ConsumerStats:
+        """Consume, score, produce and commit until stopped.
+
+        Args:
+            max_records: return after about this many records (whole batches).
+            idle_timeout_s: return after this long without any record (batch-style runs).
+
+        Returns:
+            The :class:`ConsumerStats` (also in ``self.stats``).
+
+        Raises:
+            ae_pipeline.kafka.DeliveryError: outputs could not be delivered; the batch was not
+                committed and will be replayed by the next consumer of its partitions.
+        """
+        start = time.monotonic()
+        self._model = self._model or self._open_model()
+        consumer = self._consumer or create_consumer(
+            self.config, self.client, max_poll_records=self.max_batch
+        )
+        producer = self._producer or create_producer(self.config, self.client)
+        _log.info(
+            "scoring %s -> %s (dead letters: %s), mode %s, group %s, client %s, model %s",
+            self.input_topic,
+            self.output_topic,
+            self.dead_letter_topic,
+            self.mode,
+            self.config.group_id,
+            self.client,
+            self._model.version,
+        )
+        try:
+            consumer.subscribe([self.input_topic])
+            last_record = time.monotonic()
+            while not self._stop.is_set():
+                records = consumer.poll(self.poll_timeout_s, self.max_batch)
+                if not records:
+                    if idle_timeout_s is not None and (
+                        time.monotonic() - last_record >= idle_timeout_s
+                    ):
+                        self._stop_reason = "idle"
+                        break
+                    continue
+                last_record = time.monotonic()
+                self._process(records, consumer, producer)
+                if max_records is not None and self.stats.records_in >= max_records:
+                    self._stop_reason = "max_records"
+                    break
+            self.stats.stopped_by = self._stop_reason
+        finally:
+            self.stats.seconds = time.monotonic() - start
+            if self._consumer is None:
+                _close(consumer, "consumer")
+            if self._producer is None:
+                _close(producer, "producer")
+        _log.info("consumer stopped (%s): %s", self.stats.stopped_by, self.stats.to_dict())
+        return self.stats
+
+    def _process(
+        self, records: list, consumer: KafkaConsumerClient, producer: KafkaProducerClient
+    ) -> None:
+        assert self._model is not None
+        model = self._model.current()
+        results, dead = model.score_records(records, self.mode, passthrough=self.passthrough)
+        version = model.version.encode()
+        keys = {(r.partition, r.offset): r.key for r in records}
+        for result in results:
+            key = keys.get((result.get("partition"), result.get("offset")))
+            producer.send(
+                self.output_topic, to_json(result), key=key, headers=[("model_version", version)]
+            )
+        for letter in dead:
+            key = keys.get((letter.get("partition"), letter.get("offset")))
+            producer.send(
+                self.dead_letter_topic,
+                to_json(letter),
+                key=key,
+                headers=[("reason", letter["reason"].encode()), ("model_version", version)],
+            )
+        producer.flush(self.flush_timeout_s)  # raises DeliveryError: no commit, replayed
+        offsets: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        try:
+            consumer.commit(offsets)
+        except KafkaClientError as err:  # e.g. the group rebalanced: the batch is replayed
+            self.stats.commit_failures += 1
+            _log.warning("commit of %s failed (the batch will be replayed): %s", offsets, err)
+        stats = self.stats
+        stats.batches += 1
+        stats.records_in += len(records)
+        stats.results += len(results)
+        stats.dead_letters += len(dead)
+        for letter in dead:
+            stats.dead_letters_by_reason[letter["reason"]] += 1
+        if self.mode == "flag":
+            stats.anomalies += sum(1 for r in results if r["is_anomaly"])
+        stats.model_version = model.version
+        stats.model_swaps = self._model.swaps
+
+
+def _close(client: Any, what: str) -> None:
+    try:
+        client.close()
+    except Exception as err:  # closing is best effort
+        _log.warning("closing the Kafka %s failed: %s", what, err)
+
+
+__all__ = ["ConsumerStats", "ScoringConsumer"]
