@@ -9,6 +9,7 @@ the supervised fine-tuning objective.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import torch
@@ -21,6 +22,13 @@ from ae_pipeline.models.losses import LossFn, get_loss, total_variation
 from ae_pipeline.models.regularizers import gaussian_kl, sparsity_penalty, weight_penalty
 
 Parts = dict[str, torch.Tensor]
+
+
+def _full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+    """Turns autocast off for loss terms (BCE is unsafe under autocast); free when it is off."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class Objective(Protocol):
@@ -66,7 +74,7 @@ class ReconstructionObjective:
         cfg = self.config
         inp = corrupt(x, cfg.corruption) if training and cfg.corruption is not None else x
         out = model.forward_all(inp)
-        with torch.autocast(x.device.type, enabled=False):
+        with _full_precision(x):
             recon = out.reconstruction.float()
             total = self.loss_fn(recon, x.float().reshape(recon.shape))
             parts: Parts = {"reconstruction": total}
@@ -109,7 +117,7 @@ class ClassificationObjective:
         if y is None:
             raise ValueError("supervised fine-tuning needs labels with every batch")
         logits = model.classify(x)
-        with torch.autocast(x.device.type, enabled=False):
+        with _full_precision(x):
             total = F.cross_entropy(logits.float(), y)
             parts: Parts = {
                 "cross_entropy": total,

@@ -230,7 +230,7 @@ class Trainer:
         model.to(device)
         optimizer = _make_optimizer(model, cfg)
         use_amp = cfg.mixed_precision and device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        scaler = torch.amp.GradScaler("cuda") if use_amp else None
         history = History(device=str(device))
         best_state: dict[str, torch.Tensor] | None = None
         bad_epochs = 0
@@ -253,17 +253,26 @@ class Trainer:
                 with autocast:
                     loss, parts = objective(model, x, y, training=True)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                if use_amp:
+                    scaler.scale(loss).backward()
+                    if cfg.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if cfg.grad_clip is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
                 n = x.shape[0]
                 seen += n
                 loss_sum += loss.detach() * n
                 for key, value in parts.items():
-                    part_sums[key] = part_sums.get(key, 0.0) + value.detach() * n
+                    if value is not loss:  # a lone term is the loss: copied at epoch end
+                        part_sums[key] = part_sums.get(key, 0.0) + value.detach() * n
+                    else:
+                        part_sums[key] = loss_sum
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
