@@ -15,9 +15,10 @@ the batch in hand is finished, flushed and committed, then the consumer leaves i
 a model root it hot-reloads: a :class:`~ae_pipeline.serving.ModelWatcher` swaps to a newly
 published version between batches and keeps the old one if the new one fails to load.
 
-Results are JSON, keyed by the input record's key, with a ``model_version`` header; dead
-letters are JSON too (``reason``, ``detail``, original value base64 in ``value_b64``, topic,
-partition, offset) with a ``reason`` header.
+Outputs are the messages of :func:`ae_pipeline.serving.to_message`: JSON values keyed by the
+record's key (its key field, else the input message key) with a ``model_version`` header; dead
+letters (``reason``, ``detail``, the original value base64 in ``value_b64``, topic, partition,
+offset) also carry a ``reason`` header.
 
 Example:
     >>> consumer = ScoringConsumer(                                   # doctest: +SKIP
@@ -55,7 +56,7 @@ from ae_pipeline.serving import (
     NoModelError,
     check_mode,
     open_model,
-    to_json,
+    to_message,
 )
 
 _log = logging.getLogger(__name__)
@@ -274,21 +275,10 @@ class ScoringConsumer:
         assert self._model is not None
         model = self._model.current()
         results, dead = model.score_records(records, self.mode, passthrough=self.passthrough)
-        version = model.version.encode()
-        keys = {(r.partition, r.offset): r.key for r in records}
-        for result in results:
-            key = keys.get((result.get("partition"), result.get("offset")))
-            producer.send(
-                self.output_topic, to_json(result), key=key, headers=[("model_version", version)]
-            )
-        for letter in dead:
-            key = keys.get((letter.get("partition"), letter.get("offset")))
-            producer.send(
-                self.dead_letter_topic,
-                to_json(letter),
-                key=key,
-                headers=[("reason", letter["reason"].encode()), ("model_version", version)],
-            )
+        for topic, outputs in ((self.output_topic, results), (self.dead_letter_topic, dead)):
+            for output in outputs:
+                key, value, headers = to_message(output)
+                producer.send(topic, value, key=key, headers=headers)
         producer.flush(self.flush_timeout_s)  # raises DeliveryError: no commit, replayed
         offsets: dict[TopicPartition, int] = {}
         for r in records:

@@ -566,6 +566,22 @@ def open_model(
     return ModelWatcher(root, interval_s=interval_s, **load_kwargs)  # type: ignore[arg-type]
 
 
+def to_message(output: Mapping[str, Any]) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """A result or dead letter as a Kafka message ``(key, value, headers)``.
+
+    The key is the output's ``key`` (UTF-8 text; None when absent), the value its JSON, and
+    the headers carry ``model_version`` (and ``reason`` for a dead letter), so that consumers
+    can route without parsing. The Beam job and the plain consumer both produce these.
+    """
+    key = output.get("key")
+    if key is not None and not isinstance(key, bytes):
+        key = str(key).encode()
+    headers = [("model_version", str(output.get("model_version", "")).encode())]
+    if "reason" in output:
+        headers.append(("reason", str(output["reason"]).encode()))
+    return key, to_json(output), headers
+
+
 def to_json(obj: Any) -> bytes:
     """Serialises a result or dead letter (or any JSON data with numpy values) to bytes."""
     try:
@@ -590,5 +606,6 @@ __all__ = [
     "check_mode",
     "open_model",
     "to_json",
+    "to_message",
     "version_name",
 ]
