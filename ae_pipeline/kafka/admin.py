@@ -18,6 +18,7 @@ from typing import Any
 from ae_pipeline.kafka.client import DEFAULT_CLIENT, create_consumer, scrubbed_errors
 from ae_pipeline.kafka.config import KafkaConfig
 from ae_pipeline.kafka.records import TopicPartition
+from ae_pipeline.kafka.redaction import guard_logs
 
 ConfigLike = KafkaConfig | Mapping[str, Any]
 
@@ -48,6 +49,7 @@ def create_topics(
     from ae_pipeline.kafka.kafka_python_client import client_kwargs
 
     config = KafkaConfig.from_dict(config)
+    guard_logs(config.secrets())
     wanted = dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, partitions)
     with scrubbed_errors(config, "create topics"):
         admin = KafkaAdminClient(**client_kwargs(config, KafkaAdminClient))

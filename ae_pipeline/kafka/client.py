@@ -21,7 +21,7 @@ from typing import Any
 from ae_pipeline.kafka.config import KafkaConfig
 from ae_pipeline.kafka.errors import KafkaClientError
 from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
-from ae_pipeline.kafka.redaction import scrub
+from ae_pipeline.kafka.redaction import guard_logs, scrub
 
 CLIENTS = ("kafka-python", "confluent")
 DEFAULT_CLIENT = "kafka-python"
@@ -147,7 +147,9 @@ def create_consumer(
         KafkaClientError: when the client refuses the config (message scrubbed).
     """
     config = KafkaConfig.from_dict(config)
-    return _module(client).Consumer(config, **options)
+    module = _module(client)
+    guard_logs(config.secrets())
+    return module.Consumer(config, **options)
 
 
 def create_producer(
@@ -155,20 +157,21 @@ def create_producer(
 ) -> KafkaProducerClient:
     """A producer (``acks=all``) built from one config; see :func:`create_consumer`."""
     config = KafkaConfig.from_dict(config)
-    return _module(client).Producer(config)
+    module = _module(client)
+    guard_logs(config.secrets())
+    return module.Producer(config)
 
 
 @contextlib.contextmanager
 def scrubbed_errors(config: KafkaConfig, what: str) -> Iterator[None]:
     """Re-raise any client exception as :class:`KafkaClientError` without secrets.
 
-    The original exception is neither chained nor kept as context: its message may hold one.
+    The original exception is neither chained nor shown as context: its message may hold one.
     """
     try:
         yield
-        return
     except KafkaClientError:
         raise
     except Exception as e:
         message = scrub(f"{what}: {type(e).__name__}: {e}", config.secrets())
-    raise KafkaClientError(message)
+        raise KafkaClientError(message) from None

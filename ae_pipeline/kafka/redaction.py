@@ -3,7 +3,9 @@
 A configuration key is secret when its name says so (``*password*``, ``*secret*``,
 ``*token*``, a JAAS config, a private or PEM key, credentials). :func:`redact` copies a
 mapping with every secret value masked; :func:`scrub` removes known secret values from free
-text such as a client library's error message.
+text such as a client library's error message; :func:`guard_logs` scrubs them from the log
+records of the Kafka client libraries (kafka-python logs its whole configuration, and the
+SASL/PLAIN authentication bytes, at DEBUG level).
 
 Example:
     >>> redact({"sasl.username": "alice", "sasl.password": "hunter2"})
@@ -14,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -68,3 +71,51 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
+
+
+def _variants(secret: str) -> set[str]:
+    """The secret as it appears in text, in a str repr and in a bytes repr."""
+    return {secret, repr(secret)[1:-1], repr(secret.encode("utf-8"))[2:-1]}
+
+
+class _ScrubLogRecords(logging.Filter):
+    """Rewrites log records that contain a registered secret (message, arguments, traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__("ae_pipeline.secrets")
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = scrub(message, self.secrets)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text, self.secrets)
+        return True
+
+
+_LOG_FILTER = _ScrubLogRecords()
+GUARDED_LOGGERS = ("kafka", "ae_pipeline")
+
+
+def guard_logs(secrets: Iterable[str], prefixes: Iterable[str] = GUARDED_LOGGERS) -> None:
+    """Scrub ``secrets`` from the log records of the loggers under ``prefixes``.
+
+    A logger's filter only sees that logger's own records, so the filter goes on each logger
+    under the prefixes that exists now, and on the root logger's handlers (which see every
+    record that propagates, whatever logger made it). Loggers and root handlers added later
+    are covered by the next call: the client factories call it each time they build a client.
+    """
+    for secret in secrets:
+        if secret:
+            _LOG_FILTER.secrets.update(_variants(secret))
+    if not _LOG_FILTER.secrets:
+        return
+    prefixes = tuple(prefixes)
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in prefixes]
+    for filterer in [*(logging.getLogger(n) for n in {*prefixes, *names}), *logging.root.handlers]:
+        if _LOG_FILTER not in filterer.filters:
+            filterer.addFilter(_LOG_FILTER)

@@ -7,7 +7,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from ae_pipeline.beam.kafka_io import ReadKafkaRecords
-from ae_pipeline.kafka import committed_offsets, end_offsets
+from ae_pipeline.kafka import TopicPartition, committed_offsets, end_offsets
 
 pytestmark = pytest.mark.kafka
 
@@ -22,9 +22,7 @@ def _triples(batch):
 def _bounded_read(options, topic, config, expected, **read_args):
     with beam.Pipeline(options=options) as p:
         triples = (
-            p
-            | ReadKafkaRecords(topic, config, bounded=True, **read_args)
-            | beam.FlatMap(_triples)
+            p | ReadKafkaRecords(topic, config, bounded=True, **read_args) | beam.FlatMap(_triples)
         )
         assert_that(triples, equal_to(expected))
 
@@ -37,9 +35,25 @@ def test_bounded_read_gives_exactly_the_records(
     topic = new_topic(PARTITIONS)
     expected = produce(topic, N, PARTITIONS)
     _bounded_read(
-        beam_options(runner), topic, kafka_config.with_group(None), expected, client=client,
+        beam_options(runner),
+        topic,
+        kafka_config.with_group(None),
+        expected,
+        client=client,
         max_batch_size=7,
     )
+
+
+def _committed_when_seen(config):
+    """A DoFn step that, while the read's bundle is still running, looks up the group's
+    committed offset of each batch's partition."""
+
+    def check(batch):
+        tp = batch[0].topic_partition
+        committed = committed_offsets(config, [tp])[tp]
+        return [(r.topic, r.partition, r.offset, committed) for r in batch]
+
+    return beam.FlatMap(check)
 
 
 @pytest.mark.parametrize(
@@ -53,8 +67,20 @@ def test_group_offsets_are_committed_after_the_bundle_and_resumed(
     first = produce(topic, N, PARTITIONS)
     # start="committed" by default with a group; a group without commits starts at earliest.
     _bounded_read(beam_options(runner), topic, kafka_config, first, client=client)
-    assert committed_offsets(kafka_config, topic) == end_offsets(kafka_config, topic)
+    ends = end_offsets(kafka_config, topic)
+    assert committed_offsets(kafka_config, topic) == ends
 
     second = produce(topic, 15, PARTITIONS, start=N)
-    _bounded_read(beam_options(runner), topic, kafka_config, second, client=client)
+    with beam.Pipeline(options=beam_options(runner)) as p:
+        seen = (
+            p
+            | ReadKafkaRecords(topic, kafka_config, client=client, bounded=True)
+            | _committed_when_seen(kafka_config)
+        )
+        # Only the new records; and while they were being read, nothing past them was
+        # committed: the commit waits for the bundle finalizer.
+        assert_that(
+            seen,
+            equal_to([(t, p, o, ends[TopicPartition(t, p)]) for t, p, o in second]),
+        )
     assert committed_offsets(kafka_config, topic) == end_offsets(kafka_config, topic)

@@ -91,3 +91,24 @@ def test_unknown_key_error_names_keys_but_never_values():
         KafkaConfig.from_dict({"bootstrap.servers": "b:1", "sasl.pasword": SECRET})
     assert "sasl.pasword" in str(info.value)
     assert SECRET not in str(info.value)
+
+
+def test_guard_logs_scrubs_kafka_client_log_records(caplog):
+    import logging
+
+    from ae_pipeline.kafka.redaction import guard_logs
+
+    secret = "gu4rd-Me'\x01"
+    child = logging.getLogger("kafka.some.module.created.before")
+    guard_logs([secret])
+    caplog.set_level(logging.DEBUG, logger="kafka")
+    child.debug("config %s", {"sasl_plain_password": secret})
+    child.debug("auth bytes %r", b"alice\x00" + secret.encode())
+    try:
+        raise RuntimeError(f"failed with {secret}")
+    except RuntimeError:
+        logging.getLogger("ae_pipeline.kafka.test").exception("boom")
+    assert len(caplog.records) == 3
+    assert secret not in caplog.text
+    assert repr(secret.encode())[2:-1] not in caplog.text
+    assert "***" in caplog.text

@@ -1,0 +1,156 @@
+"""SASL/PLAIN against a real broker: credentials pass through both clients and the Beam read,
+and the password never shows in str/repr, error messages, logs or stderr."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords
+from ae_pipeline.kafka import (
+    KafkaClientError,
+    KafkaConfig,
+    TopicPartition,
+    create_consumer,
+    create_producer,
+    create_topics,
+)
+from ae_pipeline.local.kafka_broker import KafkaBroker, free_port
+
+pytestmark = pytest.mark.kafka
+
+PASSWORD = "Tr0ub4dor-&3-sasl"
+WRONG = "wrong-Pa55word-9"
+
+
+@pytest.fixture(scope="module")
+def sasl_broker():
+    """A second broker with a SASL_PLAINTEXT listener (user alice) beside its PLAINTEXT one."""
+    broker = KafkaBroker()
+    sasl_port = free_port()
+    broker.extra_config.update(
+        {
+            "listeners": f"PLAINTEXT://127.0.0.1:{broker.port},"
+            f"SASL_PLAINTEXT://127.0.0.1:{sasl_port},"
+            f"CONTROLLER://127.0.0.1:{broker.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker.port},"
+            f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
+            "SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'user_alice="{PASSWORD}";'
+            ),
+        }
+    )
+    broker.start()
+    broker.sasl_bootstrap = f"127.0.0.1:{sasl_port}"
+    yield broker
+    broker.stop()
+
+
+def _config(broker, password: str, **extra) -> KafkaConfig:
+    return KafkaConfig.from_dict(
+        {
+            "bootstrap.servers": broker.sasl_bootstrap,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": "alice",
+            "sasl.password": password,
+            **extra,
+        }
+    )
+
+
+def _assert_hidden(secret: str, *texts: str) -> None:
+    for text in texts:
+        assert secret not in text
+
+
+@pytest.fixture
+def all_logs(caplog):
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("kafka").setLevel(logging.DEBUG)
+    yield caplog
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_sasl_credentials_work_and_never_show(client, sasl_broker, all_logs, capfd):
+    config = _config(sasl_broker, PASSWORD)
+    topic = f"sasl-{client}"
+    create_topics(config, {topic: 1})
+    with create_producer(config, client) as producer:
+        producer.send(topic, b"v", key=b"k")
+        assert producer.flush(30) == 1
+    with create_consumer(config, client) as consumer:
+        consumer.assign({TopicPartition(topic, 0): 0})
+        records = consumer.poll(10, 10)
+    assert [(r.key, r.value) for r in records] == [(b"k", b"v")]
+    out, err = capfd.readouterr()
+    _assert_hidden(PASSWORD, repr(config), str(config), all_logs.text, out, err)
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_a_wrong_password_fails_without_showing_it(client, sasl_broker, all_logs, capfd):
+    # kafka-python retries a failed bootstrap until bootstrap_timeout_ms (default 30 s).
+    config = _config(sasl_broker, WRONG, kafka_python={"bootstrap_timeout_ms": 3000})
+    with pytest.raises(KafkaClientError) as info, create_consumer(config, client) as consumer:
+        consumer.partitions("anything", timeout_s=2)
+    out, err = capfd.readouterr()
+    shown = "".join(traceback.format_exception(info.value))
+    _assert_hidden(WRONG, shown, repr(info.value), all_logs.text, out, err)
+    # The client's own exception is neither the cause nor shown as context.
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_client_config_errors_are_scrubbed():
+    pytest.importorskip("confluent_kafka")
+    # librdkafka echoes a rejected value into its error message: here, the password.
+    config = KafkaConfig(
+        "127.0.0.1:1",
+        security_protocol="SASL_PLAINTEXT",
+        sasl_username="alice",
+        sasl_password=WRONG,
+        confluent={"compression.type": WRONG},
+    )
+    with pytest.raises(KafkaClientError) as info:
+        create_producer(config, "confluent")
+    assert 'Invalid value "***" for configuration property' in str(info.value)
+    _assert_hidden(WRONG, "".join(traceback.format_exception(info.value)))
+
+
+def test_beam_round_trip_over_sasl_never_logs_the_password(
+    sasl_broker, all_logs, capfd, beam_options
+):
+    config = _config(sasl_broker, PASSWORD, **{"group.id": "sasl-beam"})
+    source, copy = "sasl-beam-in", "sasl-beam-out"
+    create_topics(config, {source: 2, copy: 1})
+    with create_producer(config) as producer:
+        for i in range(10):
+            producer.send(source, b"%d" % i, partition=i % 2)
+        producer.flush(30)
+    read = ReadKafkaRecords(source, config, bounded=True, client="confluent")
+    write = WriteKafkaRecords(copy, config)
+    with beam.Pipeline(options=beam_options("fnapi")) as p:
+        batches = p | read
+        _ = batches | write
+        assert_that(
+            batches | beam.FlatMap(lambda b: [r.value for r in b]),
+            equal_to([b"%d" % i for i in range(10)]),
+        )
+    out, err = capfd.readouterr()
+    _assert_hidden(
+        PASSWORD,
+        all_logs.text,
+        out,
+        err,
+        repr(read),
+        str(read.display_data()),
+        str(p.to_runner_api().components.transforms),
+    )
