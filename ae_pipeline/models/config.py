@@ -485,10 +485,11 @@ class TrainConfig(_Serializable):
         optimizer: ``"adam"`` or ``"adamw"``.
         weight_decay: decoupled weight decay (AdamW) or L2 in the gradient (Adam).
         patience: stop after this many epochs without an improvement of the validation loss
-            (``None``: never stop early).
+            (of the training loss when there is no validation data; ``None``: never stop
+            early).
         min_delta: smallest decrease of the validation loss that counts as an improvement.
-        restore_best: after training, load the weights of the epoch with the best validation
-            loss.
+        restore_best: after training, load the weights of the epoch with the best monitored
+            loss (validation loss, else training loss).
         validation_fraction: share of an in-memory training array held out for validation
             when no validation data is given.
         shuffle: reshuffle in-memory data every epoch (streamed chunks are shuffled within

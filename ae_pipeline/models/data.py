@@ -9,7 +9,8 @@ Training data can be
 * a one-shot iterator (a generator): usable for a single epoch only.
 
 A chunk is an array of rows or an ``(x, y)`` tuple; chunks of any size are re-cut into
-batches of the requested size.
+batches of the requested size. A top-level 2-tuple of arrays always means ``(x, labels)``: pass
+several chunks as a list (or a callable), not a tuple.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Benchmarks of ae-pipeline; figures are written under benchmarks/results/."""
