@@ -23,22 +23,18 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from ae_pipeline.beam.options import ModelLocationOptions, ParquetInputOptions, require
 from ae_pipeline.beam.parquet import REJECTED, Block, ReadFeatureBlocks
 from ae_pipeline.features import FeatureSpec, Scaler
 
 
-class EncodeOptions(PipelineOptions):
+class EncodeOptions(ModelLocationOptions, ParquetInputOptions):
     """Options of the encode job (plus every Beam pipeline option)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", required=True, help="Parquet file, glob or directory")
-        parser.add_argument("--output", required=True, help="output directory")
-        parser.add_argument("--model_root", default=None, help="use the newest version here")
-        parser.add_argument("--model_version_dir", default=None, help="or this exact version")
-        parser.add_argument("--key_column", default=None)
-        parser.add_argument("--with_errors", action="store_true")
-        parser.add_argument("--block_rows", type=int, default=65536)
+        parser.add_argument("--output", default=None, help="output directory for the codes")
+        parser.add_argument("--with_errors", action="store_true", help="add reconstruction errors")
 
 
 def resolve_model_dir(model_root: str | None, version_dir: str | None) -> str:
@@ -94,6 +90,8 @@ def run(argv: list[str] | None = None) -> dict:
     """Run the encode job; returns ``{"rows": n, "rejected": m, "model": dir}``."""
     options = PipelineOptions(argv)
     opts = options.view_as(EncodeOptions)
+    require(opts.input, "input", "the Parquet file, glob or directory to encode")
+    require(opts.output, "output", "the directory to write the codes to")
     model_dir = resolve_model_dir(opts.model_root, opts.model_version_dir)
     from ae_pipeline.artifact import load_artifact
 

@@ -30,12 +30,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
 from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords
+from ae_pipeline.beam.options import ModelLocationOptions
 from ae_pipeline.beam.transforms import ScoreRecords
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT
 from ae_pipeline.serving import MODES, to_message
 
 
-class StreamOptions(PipelineOptions):
+class StreamOptions(ModelLocationOptions):
     """Options of the streaming scoring job (plus every Beam pipeline option)."""
 
     @classmethod
@@ -49,20 +50,11 @@ class StreamOptions(PipelineOptions):
             "flag: score, threshold, is_anomaly, per-feature contributions",
         )
         g.add_argument(
-            "--model_root",
-            default=None,
-            help="registry root the training job publishes to: follow its newest version",
-        )
-        g.add_argument(
-            "--model_version_dir", default=None, help="score with this one version directory"
-        )
-        g.add_argument(
             "--model_poll_interval_s",
             type=float,
             default=30.0,
             help="seconds between checks for a newer version (with --model_root)",
         )
-        g.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
         g.add_argument("--top_k", type=int, default=5, help="contributions per flag (0: all)")
         g.add_argument("--passthrough", default="", help="comma list of record fields to copy")
         g.add_argument("--threshold", type=float, default=None, help="override the threshold")

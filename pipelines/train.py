@@ -21,6 +21,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from ae_pipeline.beam.options import ModelLocationOptions, ParquetInputOptions, require
 from ae_pipeline.beam.training import TrainAutoencoder, TrainJob, summarize, to_json
 from ae_pipeline.features import FeatureSpec
 
@@ -32,19 +33,15 @@ def _ints(text: str) -> list[int]:
         raise ValueError(f"expected comma-separated integers like '128,32', got {text!r}") from None
 
 
-class TrainOptions(PipelineOptions):
+class TrainOptions(ModelLocationOptions, ParquetInputOptions):
     """Options of the training job (plus every Beam pipeline option)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("data")
-        g.add_argument("--input", required=True, help="Parquet file, glob or directory")
         g.add_argument("--feature_columns", default="", help="comma list; default all numeric")
-        g.add_argument("--key_column", default=None, help="passed through; split by its hash")
         g.add_argument("--label_column", default=None, help="integer labels (supervised)")
-        g.add_argument("--block_rows", type=int, default=65536, help="rows per Beam element")
         g = parser.add_argument_group("model")
-        g.add_argument("--model_root", required=True, help="where versions are published")
         g.add_argument("--architecture", default="mlp", choices=["mlp", "stacked", "vae", "conv"])
         g.add_argument("--hidden_dims", default="64", help="encoder widths, e.g. 128,64")
         g.add_argument("--latent_dim", type=int, default=8)
@@ -70,7 +67,6 @@ class TrainOptions(PipelineOptions):
         g.add_argument("--optimizer", default="adam", choices=["adam", "adamw"])
         g.add_argument("--patience", type=int, default=5, help="early stopping; 0 disables")
         g.add_argument("--seed", type=int, default=0)
-        g.add_argument("--device", default="auto", help="cpu, cuda, auto")
         g.add_argument("--train_config_json", default="{}", help="any TrainConfig fields")
         g.add_argument("--progress", default="true", choices=["true", "false"])
         g = parser.add_argument_group("calibration and publishing")
@@ -93,6 +89,8 @@ class TrainOptions(PipelineOptions):
 
 def build_job(opts: TrainOptions) -> tuple[FeatureSpec, TrainJob]:
     """Turn parsed options into a feature spec and a :class:`TrainJob`."""
+    require(opts.input, "input", "the Parquet file, glob or directory to train on")
+    require(opts.model_root, "model_root", "where to publish the model version")
     cols = [c.strip() for c in opts.feature_columns.split(",") if c.strip()]
     spec = FeatureSpec(columns=cols, key_column=opts.key_column, label_column=opts.label_column)
     model = {
