@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -229,69 +228,16 @@ class Trainer:
         cfg = self.config
         model.to(device)
         optimizer = _make_optimizer(model, cfg)
-        use_amp = cfg.mixed_precision and device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda") if use_amp else None
+        scaler = (
+            torch.amp.GradScaler("cuda") if cfg.mixed_precision and device.type == "cuda" else None
+        )
         history = History(device=str(device))
         best_state: dict[str, torch.Tensor] | None = None
         bad_epochs = 0
         bar = tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", disable=not cfg.progress)
         for epoch in bar:
-            model.train()
-            start = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            part_sums: dict[str, torch.Tensor] = {}
-            seen = 0
-            for x, y in train_src.batches(cfg.batch_size, shuffle=cfg.shuffle, generator=generator):
-                _check_width(model, x)
-                x = x.to(device, non_blocking=True)
-                y = None if y is None else y.to(device, non_blocking=True)
-                autocast = (
-                    torch.autocast("cuda", dtype=torch.float16)
-                    if use_amp
-                    else contextlib.nullcontext()
-                )
-                with autocast:
-                    loss, parts = objective(model, x, y, training=True)
-                optimizer.zero_grad(set_to_none=True)
-                if use_amp:
-                    scaler.scale(loss).backward()
-                    if cfg.grad_clip is not None:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    if cfg.grad_clip is not None:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
-                n = x.shape[0]
-                seen += n
-                loss_sum += loss.detach() * n
-                for key, value in parts.items():
-                    if value is not loss:  # a lone term is the loss: copied at epoch end
-                        part_sums[key] = part_sums.get(key, 0.0) + value.detach() * n
-                    else:
-                        part_sums[key] = loss_sum
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-            if seen == 0:
-                raise ValueError("the training data yielded no batches")
-            train_loss = float(loss_sum) / seen
-            if not math.isfinite(train_loss):
-                raise ValueError(
-                    f"training loss became {train_loss} at epoch {epoch}; lower the learning rate "
-                    "or check the data for NaN/inf"
-                )
-            stats = EpochStats(
-                epoch=epoch,
-                train_loss=train_loss,
-                val_loss=None,
-                seconds=seconds,
-                samples=seen,
-                samples_per_s=seen / seconds if seconds > 0 else float("inf"),
-                train_parts={k: float(v) / seen for k, v in part_sums.items()},
+            stats = self._train_epoch(
+                epoch, model, objective, optimizer, scaler, train_src, device, generator
             )
             if val_src is not None:
                 val_metrics = self._evaluate(model, objective, val_src, device)
@@ -306,8 +252,8 @@ class Trainer:
             else:
                 bad_epochs += 1
             bar.set_postfix(
-                loss=f"{train_loss:.4g}",
-                val=f"{stats.val_loss:.4g}" if stats.val_loss is not None else "-",
+                loss=f"{stats.train_loss:.4g}",
+                val="-" if stats.val_loss is None else f"{stats.val_loss:.4g}",
             )
             if any(cb(stats, model) for cb in self.callbacks):
                 break
@@ -320,6 +266,74 @@ class Trainer:
             history.restored_best = True
         model.eval()
         return history
+
+    def _train_epoch(
+        self,
+        epoch: int,
+        model: nn.Module,
+        objective: Objective,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None,
+        source: BatchSource,
+        device: torch.device,
+        generator: torch.Generator | None,
+    ) -> EpochStats:
+        """One pass over the training data; ``scaler`` is set for mixed precision."""
+        cfg = self.config
+        model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        part_sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        for x, y in source.batches(cfg.batch_size, shuffle=cfg.shuffle, generator=generator):
+            _check_width(model, x)
+            x = x.to(device, non_blocking=True)
+            y = None if y is None else y.to(device, non_blocking=True)
+            if scaler is None:
+                loss, parts = objective(model, x, y, training=True)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+            else:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    loss, parts = objective(model, x, y, training=True)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            n = x.shape[0]
+            seen += n
+            loss_sum += loss.detach() * n
+            for key, value in parts.items():
+                # a term that is the whole loss shares its running sum (one op less per batch)
+                part_sums[key] = (
+                    loss_sum if value is loss else part_sums.get(key, 0.0) + value.detach() * n
+                )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        if seen == 0:
+            raise ValueError("the training data yielded no batches")
+        train_loss = float(loss_sum) / seen
+        if not math.isfinite(train_loss):
+            raise ValueError(
+                f"training loss became {train_loss} at epoch {epoch}; lower the learning rate "
+                "or check the data for NaN/inf"
+            )
+        return EpochStats(
+            epoch=epoch,
+            train_loss=train_loss,
+            val_loss=None,
+            seconds=seconds,
+            samples=seen,
+            samples_per_s=seen / seconds if seconds > 0 else float("inf"),
+            train_parts={k: float(v) / seen for k, v in part_sums.items()},
+        )
 
     def evaluate(self, model: nn.Module, data: Any, *, labels: Any = None) -> dict[str, float]:
         """Returns the mean loss (``"loss"``) and loss terms of ``model`` on ``data``.
