@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"--model_root={out / 'models'}",
                 "--bounded",
                 *runner_args("prism"),
-            ]
+            ],
+            log_level=logging.WARNING,
         )
         elapsed = time.perf_counter() - t0
         results = read_topic(bootstrap, "sensors-flags", len(records) - 5)

@@ -165,12 +165,15 @@ def build(pipeline: beam.Pipeline, opts: StreamOptions) -> Any:
     return scored
 
 
-def main(argv: list[str] | None = None, *, wait: bool = True) -> PipelineResult:
+def main(
+    argv: list[str] | None = None, *, wait: bool = True, log_level: int = logging.INFO
+) -> PipelineResult:
     """Builds and runs the job.
 
     Args:
         argv: command-line arguments (job options and Beam pipeline options).
         wait: block until the pipeline ends (a streaming job runs until cancelled).
+        log_level: root log level (the runner's own chatter included).
 
     Returns:
         The ``PipelineResult``.
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None, *, wait: bool = True) -> PipelineResult:
     options = PipelineOptions(argv)
     opts = options.view_as(StreamOptions)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     pipeline = beam.Pipeline(options=options)
