@@ -12,8 +12,9 @@ so ``len(results) + len(dead_letters) == len(records)`` always holds. Three mode
   by feature name (a list when the features have no names, e.g. a ``vector_field`` of pixels);
 * ``flag``: ``score`` (mean squared reconstruction error of the scaled record, the same number
   :class:`~ae_pipeline.models.Scorer` computes offline), ``threshold``, ``is_anomaly``
-  (``score > threshold``) and the ``top_k`` per-feature ``contributions`` (squared errors;
-  over all features they sum to ``score * D``).
+  (``score > threshold``) and ``contributions``: the ``top_k`` features with the largest
+  squared errors, ``{feature: squared error}`` in descending order (over all features they sum
+  to ``score * D``).
 
 Every result and dead letter carries ``model_version`` and the record's ``key``; when the
 record came from Kafka, ``topic``, ``partition`` and ``offset`` too. A dead letter has the
@@ -405,21 +406,19 @@ class ServingModel:
         else:
             top = np.argsort(-contributions, axis=1, kind="stable")
         values = np.take_along_axis(contributions, top, axis=1).tolist()
-        names = self.feature_names or [str(j) for j in range(dim)]
+        names = np.asarray(self.feature_names or [str(j) for j in range(dim)], dtype=object)
         threshold = float(self.threshold)  # type: ignore[arg-type]
         return [
             {
                 "score": s,
                 "threshold": threshold,
                 "is_anomaly": a,
-                "contributions": [
-                    {"feature": names[j], "contribution": c} for j, c in zip(idx, vals, strict=True)
-                ],
+                "contributions": dict(zip(idx, vals, strict=True)),
             }
             for s, a, idx, vals in zip(
                 scores["score"].tolist(),
                 scores["is_anomaly"].tolist(),
-                top.tolist(),
+                names[top].tolist(),
                 values,
                 strict=True,
             )
