@@ -107,12 +107,14 @@ def as_input(element: Any) -> tuple[Any, Source | None]:
             return value(), Source(
                 element.topic(), element.partition(), element.offset(), element.key(), ts
             )
+        # KafkaRecord has timestamp_ms; kafka-python's ConsumerRecord has timestamp (ms).
+        ts = getattr(element, "timestamp_ms", getattr(element, "timestamp", None))
         return value, Source(
             getattr(element, "topic", None),
             getattr(element, "partition", None),
             getattr(element, "offset", None),
             getattr(element, "key", None),
-            getattr(element, "timestamp_ms", None) or getattr(element, "timestamp", None),
+            ts if isinstance(ts, int) and ts >= 0 else None,
         )
     if type(element) is tuple and len(element) == 2:
         return element[1], Source(key=element[0])
