@@ -493,57 +493,75 @@ class ModelWatcher:
         """The version being served, or None before the first load."""
         return self._model.version if self._model is not None else None
 
+    def _due(self) -> bool:
+        return (
+            self._model is None
+            or self._last_poll is None
+            or self._clock() - self._last_poll >= self.interval_s
+        )
+
     def current(self) -> ServingModel:
         """The model to score with (polling the registry when ``interval_s`` has passed).
+
+        While one thread polls and loads a new version, the others asking for the model wait
+        for it: a version published at least ``interval_s`` before a call is always the one
+        that call gets (unless it failed to load).
 
         Raises:
             NoModelError: nothing usable is published under the root yet.
         """
-        now = self._clock()
-        if (
-            self._model is None
-            or self._last_poll is None
-            or now - self._last_poll >= self.interval_s
-        ):
-            self.poll()
-        if self._model is None:
+        if self._due():
+            with self._lock:
+                if self._due():
+                    self._poll_locked()
+        model = self._model
+        if model is None:
             bad = f"; versions that failed to load: {self.failed}" if self.failed else ""
             raise NoModelError(f"no loadable model version under {self.registry.root}{bad}")
-        return self._model
+        return model
 
     def poll(self) -> bool:
         """Asks the registry for the newest version now; returns True if the model changed."""
         with self._lock:
-            self._last_poll = self._clock()
-            try:
-                versions = self.registry.versions()
-            except Exception as err:  # a flaky object store must not stop serving
-                _log.warning("cannot list model versions under %s: %s", self.registry.root, err)
-                return False
-            current = self.version
-            # The newest version that has not failed before and is newer than the current one.
-            for version in reversed(versions):
-                if current is not None and version <= current:
-                    return False
-                if version in self.failed:
-                    continue
-                path = self.registry.path(version)
-                try:
-                    model = self._loader(path)
-                except Exception as err:
-                    self.failed[version] = f"{type(err).__name__}: {err}"
-                    _log.error(
-                        "model version %s failed to load; still serving %s: %s",
-                        version,
-                        current or "nothing",
-                        err,
-                    )
-                    continue
-                self._model = model
-                self.swaps += 1
-                _log.info("now serving model version %s (was %s)", version, current)
-                return True
+            return self._poll_locked()
+
+    def _poll_locked(self) -> bool:
+        started = self._clock()
+        try:
+            return self._swap_to_newest()
+        finally:
+            self._last_poll = started
+
+    def _swap_to_newest(self) -> bool:
+        try:
+            versions = self.registry.versions()
+        except Exception as err:  # a flaky object store must not stop serving
+            _log.warning("cannot list model versions under %s: %s", self.registry.root, err)
             return False
+        current = self.version
+        # The newest version that has not failed before and is newer than the current one.
+        for version in reversed(versions):
+            if current is not None and version <= current:
+                return False
+            if version in self.failed:
+                continue
+            path = self.registry.path(version)
+            try:
+                model = self._loader(path)
+            except Exception as err:
+                self.failed[version] = f"{type(err).__name__}: {err}"
+                _log.error(
+                    "model version %s failed to load; still serving %s: %s",
+                    version,
+                    current or "nothing",
+                    err,
+                )
+                continue
+            self._model = model
+            self.swaps += 1
+            _log.info("now serving model version %s (was %s)", version, current)
+            return True
+        return False
 
 
 def open_model(

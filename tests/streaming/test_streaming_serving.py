@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -216,3 +217,31 @@ def test_watcher_swaps_to_new_versions_and_keeps_the_old_one_when_a_new_one_is_b
     assert watcher.current().version == third
     results, _ = watcher.current().score_records([kit.record(0, kit.normal_rows(1)[0])], "flag")
     assert results[0]["model_version"] == third
+
+
+def test_watcher_callers_wait_for_a_load_in_progress_instead_of_using_the_old_model(
+    tmp_path, trained
+):
+    import threading
+
+    root = str(tmp_path / "models")
+    first = kit.publish(root, trained)
+    loading = threading.Event()
+
+    def slow_loader(path):
+        if not path.endswith(first):
+            loading.set()
+            time.sleep(0.3)
+        return SimpleNamespace(version=pathlib.Path(path).name)
+
+    watcher = ModelWatcher(root, interval_s=0.05, loader=slow_loader)
+    assert watcher.current().version == first
+    second = kit.publish(root, trained)
+    time.sleep(0.06)
+    got = []
+    a = threading.Thread(target=lambda: got.append(watcher.current().version))
+    a.start()
+    assert loading.wait(5)
+    got.append(watcher.current().version)  # asked while the other thread is loading
+    a.join()
+    assert got == [second, second]
