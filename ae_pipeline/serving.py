@@ -21,13 +21,13 @@ record came from Kafka, ``topic``, ``partition`` and ``offset`` too. A dead lett
 ``reason`` (one of :data:`ae_pipeline.features.REASONS`), a ``detail`` and the original value
 (``value_b64`` for bytes, ``value`` otherwise).
 
-:class:`ModelWatcher` follows a model root: it polls
-:meth:`ae_pipeline.registry.ModelRegistry.latest` at most every ``interval_s`` seconds and swaps
-to a newer version; a version that fails to load is logged and skipped, and the previous model
+:class:`ModelWatcher` follows a model root: at most every ``interval_s`` seconds it lists the
+published versions (:meth:`ae_pipeline.registry.ModelRegistry.versions`) and swaps to the
+newest; a version that fails to load is logged and skipped, and the previous model
 keeps serving.
 
-This module imports no Beam transforms (only the registry/artifact file access, which goes
-through Beam's ``FileSystems``).
+This module imports nothing from Apache Beam itself; the registry and artifact modules it uses
+read files through Beam's ``FileSystems`` (so ``gs://`` and ``s3://`` roots work).
 
 Example:
     >>> import tempfile
@@ -57,7 +57,7 @@ import numpy as np
 
 from ae_pipeline.artifact import ArtifactError, LoadedArtifact, load_artifact
 from ae_pipeline.features import FeatureSpec, Scaler, decode_records
-from ae_pipeline.registry import ModelRegistry
+from ae_pipeline.registry import MARKER, ModelRegistry, version_of_marker
 
 _log = logging.getLogger(__name__)
 
@@ -173,10 +173,9 @@ def _coordinates(source: Source | None) -> dict[str, Any]:
 
 
 def version_name(version_dir: str) -> str:
-    """The version name of a version directory: its last path component."""
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.split(version_dir.rstrip("/"))[1]
+    """The version name of a version directory: its last path component (local paths and
+    ``gs://`` / ``s3://`` URLs alike)."""
+    return version_dir.rstrip("/").rsplit("/", 1)[-1]
 
 
 class ServingModel:
@@ -242,12 +241,8 @@ class ServingModel:
         Raises:
             ArtifactError: the artifact is missing, corrupt or unsafe, or the spec does not fit.
         """
-        from apache_beam.io.filesystems import FileSystems
-
-        from ae_pipeline.registry import MARKER
-
-        if FileSystems.split(version_dir.rstrip("/"))[1] == MARKER:
-            version_dir = FileSystems.split(version_dir.rstrip("/"))[0]
+        if version_name(version_dir) == MARKER:
+            version_dir = version_of_marker(version_dir.rstrip("/"))
         artifact = load_artifact(version_dir, device=device)
         saved = (artifact.meta.get("extra") or {}).get("feature_spec")
         if spec is None:
