@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ae-pipeline: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    status = module.main(rest)
+    return status if isinstance(status, int) else 0  # stream returns its PipelineResult
 
 
 if __name__ == "__main__":

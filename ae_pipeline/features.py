@@ -215,6 +215,20 @@ class DecodedBatch:
     records: list[Any]
 
 
+_INVALID = object()
+
+
+def _loads_lenient(raw: Any) -> Any:
+    """Second chance for text orjson refuses: Python's parser accepts NaN/Infinity literals,
+    so such records are reported as ``non_finite`` rather than ``bad_json``."""
+    import json
+
+    try:
+        return json.loads(raw)
+    except (ValueError, TypeError):
+        return _INVALID
+
+
 def _as_mapping(obj: Any) -> Mapping[str, Any] | None:
     if isinstance(obj, Mapping):
         return obj
@@ -265,8 +279,10 @@ def decode_records(objs: Iterable[Any], spec: FeatureSpec) -> DecodedBatch:
             try:
                 obj = _json.loads(obj)
             except (_JSONDecodeError, UnicodeDecodeError, TypeError) as e:
-                errors.append(RecordError(i, BAD_JSON, f"not valid JSON: {e}"[:200]))
-                continue
+                obj = _loads_lenient(obj)
+                if obj is _INVALID:
+                    errors.append(RecordError(i, BAD_JSON, f"not valid JSON: {e}"[:200]))
+                    continue
         record = _as_mapping(obj)
         if record is None:
             errors.append(

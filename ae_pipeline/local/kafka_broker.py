@@ -153,8 +153,8 @@ class KafkaBroker:
                     self._java_cmd(
                         "kafka.tools.StorageTool",
                         "format",
-                        "-t",
-                        _kafka_uuid(),
+                        # "=" form: a generated id may start with "-".
+                        f"--cluster-id={_kafka_uuid()}",
                         "-c",
                         str(config),
                         "--ignore-formatted",
