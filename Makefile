@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format bench bench-quick soak kafka-up kafka-down clean
+.PHONY: setup demo test lint format bench bench-deps bench-quick soak kafka-up kafka-down clean
 
 setup:  ## virtual env, jars, Prism, data sets (idempotent; fast on a second run)
 	@bash deploy/local/bootstrap.sh
@@ -24,10 +24,14 @@ format: setup
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
 
-bench: setup  ## benchmarks; figures under benchmarks/results/
-	$(PY) -m benchmarks.run
+bench-deps: setup  ## extra packages the quality benchmarks compare against (PyOD, river, ...)
+	@if [ -f requirements/bench.txt ]; then .venv/bin/pip install -q --disable-pip-version-check -r requirements/bench.txt; fi
 
-bench-quick: setup
+bench: bench-deps  ## every benchmark; figures under benchmarks/results/, report in REPORT.md
+	$(PY) -m benchmarks.run
+	@if [ -f benchmarks/report.py ]; then $(PY) -m benchmarks.report; fi
+
+bench-quick: bench-deps  ## the same at small sizes (minutes), to keep the scripts alive
 	$(PY) -m benchmarks.run --quick
 
 soak: setup
