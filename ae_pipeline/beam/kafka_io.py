@@ -43,6 +43,7 @@ import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms import window
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration, Timestamp
@@ -190,7 +191,6 @@ class _ReadPartitionsFn(beam.DoFn):
         self._max_batch = options["max_batch_size"]
         self._poll_timeout = options["poll_timeout_s"]
         self._bundle_seconds = options["max_bundle_seconds"]
-        self._commit = options["commit_offsets"]
         self._idle_lag = Duration.of(options["idle_watermark_lag_s"])
         self._max_consumers = options["max_cached_consumers"]
         self._records = Metrics.counter(_NAMESPACE, "records_read")
@@ -280,7 +280,8 @@ class _ReadPartitionsFn(beam.DoFn):
                     tracker.defer_remainder(Duration.of(0))
                     return
         finally:
-            if self._commit and expected > restriction.start:
+            _LOG.debug("read %s[%d] offsets [%d, %d)", *tp, restriction.start, expected)
+            if finalizer is not None and expected > restriction.start:
                 finalizer.register(functools.partial(self._commit_offset, tp, expected))
 
     def _commit_offset(self, tp: TopicPartition, offset: int) -> None:
@@ -296,25 +297,63 @@ class _ReadPartitionsFn(beam.DoFn):
     def process(
         self,
         part: PartitionToRead,
-        finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam fills it by position
+        tracker=beam.DoFn.RestrictionParam(_PartitionRestrictions()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
+    ):
+        yield from self._read(part, tracker, watermark, None)
+
+
+# Four variants of one read, because runners look at the process signature: a bundle
+# finalizer parameter (needed to commit offsets) is refused by Flink's batch mode, and
+# unbounded_per_element marks the output unbounded.
+
+
+class _CommittingReadPartitionsFn(_ReadPartitionsFn):
+    """:class:`_ReadPartitionsFn` that commits offsets once bundles are durable."""
+
+    def process(
+        self,
+        part: PartitionToRead,
+        finalizer=beam.DoFn.BundleFinalizerParam,  # first: Beam passes it by position
         tracker=beam.DoFn.RestrictionParam(_PartitionRestrictions()),
         watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
     ):
         yield from self._read(part, tracker, watermark, finalizer)
 
 
-class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
+class _UnboundedReadPartitionsFn(_ReadPartitionsFn):
     """:class:`_ReadPartitionsFn` for unbounded restrictions."""
 
     @beam.DoFn.unbounded_per_element()
     def process(
         self,
         part: PartitionToRead,
-        finalizer=beam.DoFn.BundleFinalizerParam,  # before the SDF params: Beam fills it by position
+        tracker=beam.DoFn.RestrictionParam(_PartitionRestrictions()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
+    ):
+        yield from self._read(part, tracker, watermark, None)
+
+
+class _UnboundedCommittingReadPartitionsFn(_ReadPartitionsFn):
+    """:class:`_CommittingReadPartitionsFn` for unbounded restrictions."""
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        part: PartitionToRead,
+        finalizer=beam.DoFn.BundleFinalizerParam,
         tracker=beam.DoFn.RestrictionParam(_PartitionRestrictions()),
         watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
     ):
         yield from self._read(part, tracker, watermark, finalizer)
+
+
+_READ_FNS = {
+    (True, False): _ReadPartitionsFn,
+    (True, True): _CommittingReadPartitionsFn,
+    (False, False): _UnboundedReadPartitionsFn,
+    (False, True): _UnboundedCommittingReadPartitionsFn,
+}
 
 
 class ReadKafkaRecords(beam.PTransform):
@@ -421,7 +460,14 @@ class ReadKafkaRecords(beam.PTransform):
         parts = pbegin | "Impulse" >> beam.Impulse() | "Partitions" >> beam.ParDo(discover)
         if self._redistribute:
             parts = parts | "Redistribute" >> beam.Reshuffle()
-        fn_class = _ReadPartitionsFn if self.is_bounded else _ReadUnboundedPartitionsFn
+        commit = self._options["commit_offsets"]
+        if commit and self.is_bounded and _is_flink_batch(pbegin.pipeline.options):
+            raise ValueError(
+                "Flink's portable runner has no bundle finalization in batch mode "
+                "(apache/beam#19526), so a bounded read cannot commit offsets there: pass "
+                "commit_offsets=False, or run with --streaming"
+            )
+        fn_class = _READ_FNS[self.is_bounded, commit]
         read = beam.ParDo(fn_class(self._config, self._client, self._options))
         output_type = list[KafkaRecord] if self._options["batch"] else KafkaRecord
         return parts | "Read" >> read.with_output_types(output_type)
@@ -435,6 +481,13 @@ class ReadKafkaRecords(beam.PTransform):
             "start": self._start,
             "bounded": self.is_bounded,
         }
+
+
+def _is_flink_batch(options: PipelineOptions | None) -> bool:
+    if options is None:
+        return False
+    runner = options.view_as(StandardOptions).runner or ""
+    return "flink" in str(runner).lower() and not options.view_as(StandardOptions).streaming
 
 
 def _to_bytes(value: Any) -> bytes | None:

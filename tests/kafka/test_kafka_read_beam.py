@@ -84,3 +84,21 @@ def test_group_offsets_are_committed_after_the_bundle_and_resumed(
             equal_to([(t, p, o, ends[TopicPartition(t, p)]) for t, p, o in second]),
         )
     assert committed_offsets(kafka_config, topic) == end_offsets(kafka_config, topic)
+
+
+@pytest.mark.flink
+def test_bounded_read_on_flink_batch(kafka_config, new_topic, produce, beam_options):
+    topic = new_topic(PARTITIONS)
+    expected = produce(topic, N, PARTITIONS)
+    # Flink's portable batch mode has no bundle finalization: commits need --streaming.
+    with pytest.raises(ValueError, match="commit_offsets=False, or run with --streaming"):
+        _bounded_read(beam_options("flink"), topic, kafka_config, expected)
+    _bounded_read(
+        beam_options("flink"),
+        topic,
+        kafka_config,
+        expected,
+        client="confluent",
+        commit_offsets=False,
+    )
+    assert set(committed_offsets(kafka_config, topic).values()) == {None}
