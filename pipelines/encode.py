@@ -23,7 +23,12 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from ae_pipeline.beam.options import ModelLocationOptions, ParquetInputOptions, require
+from ae_pipeline.beam.options import (
+    ModelLocationOptions,
+    ParquetInputOptions,
+    exit_with_help_if_asked,
+    require,
+)
 from ae_pipeline.beam.parquet import REJECTED, Block, ReadFeatureBlocks
 from ae_pipeline.features import FeatureSpec, Scaler
 
@@ -88,6 +93,7 @@ class _EncodeBlock(beam.DoFn):
 
 def run(argv: list[str] | None = None) -> dict:
     """Run the encode job; returns ``{"rows": n, "rejected": m, "model": dir}``."""
+    exit_with_help_if_asked(argv, EncodeOptions, "ae-pipeline encode", __doc__)
     options = PipelineOptions(argv)
     opts = options.view_as(EncodeOptions)
     require(opts.input, "input", "the Parquet file, glob or directory to encode")

@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
 from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords
-from ae_pipeline.beam.options import ModelLocationOptions
+from ae_pipeline.beam.options import ModelLocationOptions, exit_with_help_if_asked
 from ae_pipeline.beam.transforms import ScoreRecords
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT
 from ae_pipeline.serving import MODES, to_message
@@ -178,6 +178,7 @@ def main(
     Returns:
         The ``PipelineResult``.
     """
+    exit_with_help_if_asked(argv, StreamOptions, "ae-pipeline stream", __doc__)
     options = PipelineOptions(argv)
     opts = options.view_as(StreamOptions)
     logging.basicConfig(

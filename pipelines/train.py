@@ -21,7 +21,12 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from ae_pipeline.beam.options import ModelLocationOptions, ParquetInputOptions, require
+from ae_pipeline.beam.options import (
+    ModelLocationOptions,
+    ParquetInputOptions,
+    exit_with_help_if_asked,
+    require,
+)
 from ae_pipeline.beam.training import TrainAutoencoder, TrainJob, summarize, to_json
 from ae_pipeline.features import FeatureSpec
 
@@ -150,6 +155,7 @@ def _write_result(result: dict, path: str) -> None:
 
 def run(argv: list[str] | None = None) -> dict:
     """Run the training job; returns its result dict (published version or refusal)."""
+    exit_with_help_if_asked(argv, TrainOptions, "ae-pipeline train", __doc__)
     options = PipelineOptions(argv)
     opts = options.view_as(TrainOptions)
     spec, job = build_job(opts)

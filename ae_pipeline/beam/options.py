@@ -44,3 +44,27 @@ def require(value, flag: str, what: str):
     if value in (None, ""):
         raise ValueError(f"missing --{flag}: {what}")
     return value
+
+
+def exit_with_help_if_asked(argv: list[str] | None, options_class: type, prog: str, doc: str):
+    """Print the job's own options (not only Beam's) for ``-h``/``--help``, then exit 0.
+
+    ``PipelineOptions(argv)`` would print an empty usage; this lists every flag of
+    ``options_class`` and of the option classes it inherits, with their help text.
+    """
+    import argparse
+    import sys
+
+    if not argv or not {"-h", "--help"} & set(argv):
+        return
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Plus any Beam pipeline option (--runner, --streaming, --temp_location, ...).",
+    )
+    for cls in reversed(options_class.mro()):
+        if "_add_argparse_args" in cls.__dict__ and cls is not PipelineOptions:
+            cls._add_argparse_args(parser)
+    parser.print_help()
+    sys.exit(0)
