@@ -191,7 +191,6 @@ def machine(threads: int) -> dict[str, Any]:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "load_average_at_start": list(os.getloadavg()),
     }
 
 
@@ -209,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     repeats = args.repeats or (5 if args.quick else 9)
     torch.set_num_threads(args.threads)
 
+    load_at_start = list(os.getloadavg())
     x_np, _ = load_fashion_mnist("train", limit=samples)
     x = torch.from_numpy(x_np)
     runners = {"trainer": run_trainer, "hand_loop": run_hand_loop}
@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "repeats": repeats,
         "quick": args.quick,
         "machine": machine(args.threads),
+        "load_average_1_5_15min": {"start": load_at_start, "end": list(os.getloadavg())},
         "peak_rss_reset_per_method": resettable,
         "rss_before_runs_mib": baseline_rss,
         "training": summary,
