@@ -1,0 +1,825 @@
+"""Streaming scoring: Beam throughput, plain-consumer throughput, latency and memory.
+
+All figures come from one run, on one local Kafka broker (``ae_pipeline.local.kafka_broker``),
+with one small model (24 features, 24-16-4-16-24) trained and published at start. Repeated
+measurements alternate their order and the medians are reported.
+
+(a) Beam flagging throughput: records/s of ``FlagAnomalies`` (JSON records in, one result per
+    record out) on the FnApiRunner and on Prism (batch mode), against a baseline in the same
+    runner on the same records. Beam 2.62 has no ``AnomalyDetection(ZScore)``
+    (``apache_beam.ml.anomaly`` arrived later), so the baseline is what a naive user writes: a
+    ``beam.Map`` that parses each record with ``json`` and updates a running mean / std per
+    feature (Welford) and flags ``max |z| > 3``. Both read the same JSON-lines files
+    (``FlatMap`` over file names, so the source costs the same) and end in the same counting
+    sink. Reported end to end (wall of ``pipeline.run()`` to finish; the headline) and
+    "active" (records / time from the first output to the last, noted by the sink, which
+    leaves out the runner's start-up and the model load). Goal >= 10x.
+(b) Plain consumer (``ScoringConsumer``) records/s with each client against the I/O limit (a
+    bare poll -> produce -> flush -> commit loop with the same client and batch size, no
+    scoring) and the compute limit (``orjson`` decode + batched ``Scorer.errors`` of the same
+    records, no Kafka). Timed from the first non-empty poll to the last batch committed.
+    Goal: confluent consumer >= 0.7x the smaller limit.
+(c) Latency, produce to result, at a steady 2,000 records/s: a paced producer stamps the send
+    time into each record (``ts``, passed through to the result); a reader of the output topic
+    computes receive time - ``ts``. For ``pipelines.consume`` (confluent; goal p99 < 1 s) and
+    for ``pipelines.stream`` on Prism streaming (goal p99 < 3 s). The first seconds after the
+    first result are warm-up and left out.
+(d) RSS of the consumer process over the latency run (5 minutes; 30 s with ``--quick``),
+    sampled every second; the slope of a least-squares line over the samples after the first
+    20% (MiB per minute).
+
+Usage::
+
+    python -m benchmarks.bench_streaming            # ~15 minutes
+    python -m benchmarks.bench_streaming --quick    # ~3 minutes
+
+Writes ``benchmarks/results/streaming.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results" / "streaming.json"
+D = 24
+COLUMNS = [f"f{j}" for j in range(D)]
+BATCH = 500
+RATE = 2000
+
+
+# ---------------------------------------------------------------------------- data and model
+
+
+def normal_rows(n: int, seed: int) -> np.ndarray:
+    """``n`` rows of ``D`` features near a 4-D manifold, in original units."""
+    mix = np.random.default_rng(1).normal(size=(4, D))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)) @ mix + 0.1 * rng.normal(size=(n, D))
+    return (x * 3.0 + 10.0).astype(np.float32)
+
+
+def encode_records(rows: np.ndarray, start: int = 0) -> list[bytes]:
+    import orjson
+
+    out = []
+    for i, row in enumerate(rows.tolist()):
+        rec = {"id": start + i, **dict(zip(COLUMNS, row, strict=True))}
+        out.append(orjson.dumps(rec))
+    return out
+
+
+def publish_model(root: Path) -> tuple[str, Any, Any]:
+    """Trains a small model on synthetic rows and publishes it; returns (version dir,
+    model, scaler)."""
+    from ae_pipeline.artifact import save_artifact
+    from ae_pipeline.features import ColumnStats, FeatureSpec, Scaler
+    from ae_pipeline.models import ModelConfig, Scorer, TrainConfig, Trainer, build_model
+    from ae_pipeline.registry import ModelRegistry
+
+    x = normal_rows(20_000, 0)
+    scaler = Scaler.fit("standard", ColumnStats.of(x))
+    cfg = ModelConfig(D, hidden_dims=[16], latent_dim=4)
+    model = build_model(cfg, seed=0)
+    tcfg = TrainConfig(epochs=3, batch_size=256, lr=3e-3, progress=False, device="cpu", seed=0)
+    Trainer(tcfg).fit(model, scaler.transform(x))
+    calib = normal_rows(5000, 7)
+    errors = Scorer(model).errors(scaler.transform(calib))
+    threshold = {
+        "value": float(np.quantile(errors, 0.99)),
+        "method": "quantile",
+        "param": 0.99,
+        "n_calibration": len(calib),
+        "histogram": {"edges": [], "counts": []},
+    }
+    spec = FeatureSpec(columns=COLUMNS, key_column="id")
+    registry = ModelRegistry(str(root))
+    version = registry.publish(
+        lambda d: save_artifact(
+            d,
+            model,
+            cfg,
+            feature_columns=COLUMNS,
+            scaler=scaler.to_dict(),
+            threshold=threshold,
+            extra={"feature_spec": spec.to_dict()},
+        )
+    )
+    return str(root / version), model, scaler
+
+
+# ---------------------------------------------------------------------------- (a) Beam
+
+
+class NaiveZScore:
+    """The baseline: per element, ``json.loads`` and a running mean / std per feature."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = [0.0] * D
+        self.m2 = [0.0] * D
+
+    def __call__(self, value: bytes) -> dict:
+        rec = json.loads(value)
+        self.n += 1
+        n = self.n
+        zmax = 0.0
+        for j, c in enumerate(COLUMNS):
+            v = float(rec[c])
+            delta = v - self.mean[j]
+            self.mean[j] += delta / n
+            self.m2[j] += delta * (v - self.mean[j])
+            if n > 1:
+                std = math.sqrt(self.m2[j] / (n - 1))
+                if std > 0:
+                    zmax = max(zmax, abs(v - self.mean[j]) / std)
+        return {"id": rec["id"], "score": zmax, "is_anomaly": zmax > 3.0}
+
+
+def _read_lines(path: str) -> list[bytes]:
+    with open(path, "rb") as f:
+        return f.read().splitlines()
+
+
+# First and last output time per run, noted by the counting sink. FnApiRunner and Prism with
+# LOOPBACK run the SDK workers in this process, so the sink can write here.
+_SEEN: dict[str, list[float]] = {}
+
+
+class _Count:
+    def __init__(self, run_id: str) -> None:
+        from apache_beam.metrics import Metrics
+
+        self.counter = Metrics.counter("bench", "out")
+        self.run_id = run_id
+
+    def __call__(self, _element: Any) -> None:
+        self.counter.inc()
+        t = time.perf_counter()
+        seen = _SEEN.setdefault(self.run_id, [t, t])
+        seen[1] = t
+
+
+def beam_run(kind: str, runner: str, files: list[str], version_dir: str) -> dict:
+    """One pipeline run; returns wall seconds and the counted outputs."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from ae_pipeline.beam.transforms import FlagAnomalies
+    from ae_pipeline.local.runners import runner_args
+
+    pipeline = beam.Pipeline(options=PipelineOptions(runner_args(runner)))
+    records = (
+        pipeline
+        | "Files" >> beam.Create(files, reshuffle=False)
+        | "Lines" >> beam.FlatMap(_read_lines)
+    )
+    if kind == "ae":
+        out = records | "Flag" >> FlagAnomalies(model_version_dir=version_dir, device="cpu")
+        results = out.results
+    else:
+        results = records | "ZScore" >> beam.Map(NaiveZScore())
+    run_id = uuid.uuid4().hex
+    _ = results | "Count" >> beam.Map(_Count(run_id))
+    t0 = time.perf_counter()
+    result = pipeline.run()
+    result.wait_until_finish()
+    wall = time.perf_counter() - t0
+    counted = None
+    try:
+        res = result.metrics().query(MetricsFilter().with_name("out"))
+        counted = sum(c.committed or c.attempted or 0 for c in res["counters"])
+    except Exception:  # metrics are best effort on some runners
+        pass
+    seen = _SEEN.pop(run_id, None)
+    active = seen[1] - seen[0] if seen else None
+    return {"wall_s": wall, "outputs": counted, "first_to_last_output_s": active}
+
+
+def bench_beam(runners: list[str], n: int, repeats: int, version_dir: str, tmp: Path) -> dict:
+    per_file = 5000
+    files = []
+    data = tmp / "beam-data"
+    data.mkdir()
+    for k in range(max(1, n // per_file)):
+        path = data / f"part-{k}.jsonl"
+        path.write_bytes(b"\n".join(encode_records(normal_rows(per_file, 100 + k), k * per_file)))
+        files.append(str(path))
+    n = len(files) * per_file
+    out: dict[str, Any] = {"records": n}
+    for runner in runners:
+        runs: dict[str, list[dict]] = {"ae": [], "zscore": []}
+        for r in range(repeats):
+            for kind in ("ae", "zscore") if r % 2 == 0 else ("zscore", "ae"):
+                big = beam_run(kind, runner, files, version_dir)
+                active = big["first_to_last_output_s"]
+                m = {
+                    "wall_s": big["wall_s"],
+                    "first_to_last_output_s": active,
+                    "outputs": big["outputs"],
+                    "records_per_s": n / big["wall_s"],
+                    "active_records_per_s": n / active if active else None,
+                }
+                runs[kind].append(m)
+                print(
+                    f"  (a) {runner:6s} {kind:6s} rep {r + 1}: {m['records_per_s']:9,.0f} rec/s "
+                    f"end to end ({big['wall_s']:.1f}s), first to last output "
+                    f"{active or float('nan'):.1f}s, outputs {big['outputs']}",
+                    flush=True,
+                )
+        ratios = [
+            a["records_per_s"] / z["records_per_s"]
+            for a, z in zip(runs["ae"], runs["zscore"], strict=True)
+        ]
+        marg = [
+            a["active_records_per_s"] / z["active_records_per_s"]
+            if a["active_records_per_s"] and z["active_records_per_s"]
+            else float("nan")
+            for a, z in zip(runs["ae"], runs["zscore"], strict=True)
+        ]
+        out[runner] = {
+            "ae_records_per_s": statistics.median(m["records_per_s"] for m in runs["ae"]),
+            "zscore_records_per_s": statistics.median(m["records_per_s"] for m in runs["zscore"]),
+            "ae_active_records_per_s": statistics.median(
+                m["active_records_per_s"] or float("nan") for m in runs["ae"]
+            ),
+            "zscore_active_records_per_s": statistics.median(
+                m["active_records_per_s"] or float("nan") for m in runs["zscore"]
+            ),
+            "ratio_end_to_end": statistics.median(ratios),
+            "ratio_active": statistics.median(marg),
+            "runs": runs,
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------- (b) consumer
+
+
+class _FirstPoll:
+    """A consumer client wrapper that notes when the first non-empty poll returned."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.first: float | None = None
+
+    def poll(self, timeout_s: float, max_records: int) -> list:
+        records = self._inner.poll(timeout_s, max_records)
+        if records and self.first is None:
+            self.first = time.perf_counter()
+        return records
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def produce_all(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from ae_pipeline.kafka import create_producer
+
+    producer = create_producer({"bootstrap.servers": bootstrap}, "confluent")
+    for i in range(0, len(values), 10_000):
+        for v in values[i : i + 10_000]:
+            producer.send(topic, v)
+        producer.flush(120)
+    producer.close()
+
+
+def consumer_run(bootstrap: str, client: str, topic: str, n: int, version_dir: str) -> dict:
+    from ae_pipeline.consumer import ScoringConsumer
+    from ae_pipeline.kafka import create_consumer, create_producer
+
+    config = {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}"}
+    consumer = _FirstPoll(create_consumer(config, client, max_poll_records=BATCH))
+    producer = create_producer(config, client)
+    sc = ScoringConsumer(
+        config,
+        input_topic=topic,
+        output_topic=f"{topic}-out",
+        dead_letter_topic=f"{topic}-dlq",
+        model_version_dir=version_dir,
+        device="cpu",
+        client=client,
+        max_batch=BATCH,
+        consumer=consumer,  # type: ignore[arg-type]
+        producer=producer,
+    )
+    try:
+        stats = sc.run(max_records=n, idle_timeout_s=30)
+        end = time.perf_counter()
+    finally:
+        consumer.close()
+        producer.close()
+    assert consumer.first is not None
+    return {
+        "records": stats.records_in,
+        "results": stats.results,
+        "seconds": end - consumer.first,
+        "records_per_s": stats.records_in / (end - consumer.first),
+    }
+
+
+def io_run(bootstrap: str, client: str, topic: str, n: int) -> dict:
+    """The I/O limit: poll -> produce each value -> flush -> commit, no scoring."""
+    from ae_pipeline.kafka import TopicPartition, create_consumer, create_producer
+
+    config = {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}"}
+    consumer = create_consumer(config, client, max_poll_records=BATCH)
+    producer = create_producer(config, client)
+    consumer.subscribe([topic])
+    got = 0
+    first = None
+    idle_since = time.perf_counter()
+    try:
+        while got < n:
+            records = consumer.poll(0.5, BATCH)
+            if not records:
+                if time.perf_counter() - idle_since > 30:
+                    break
+                continue
+            idle_since = time.perf_counter()
+            first = first or time.perf_counter()
+            for r in records:
+                producer.send(f"{topic}-io", r.value, key=r.key)
+            producer.flush(60)
+            offsets: dict = {}
+            for r in records:
+                tp = TopicPartition(r.topic, r.partition)
+                offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+            consumer.commit(offsets)
+            got += len(records)
+        end = time.perf_counter()
+    finally:
+        consumer.close()
+        producer.close()
+    assert first is not None
+    return {"records": got, "seconds": end - first, "records_per_s": got / (end - first)}
+
+
+def compute_run(values: list[bytes], model: Any, scaler: Any) -> dict:
+    """The compute limit: orjson decode + batched torch scoring, no Kafka."""
+    import orjson
+
+    from ae_pipeline.models import Scorer
+
+    scorer = Scorer(model)
+    t0 = time.perf_counter()
+    for i in range(0, len(values), BATCH):
+        recs = [orjson.loads(v) for v in values[i : i + BATCH]]
+        x = np.array([[r[c] for c in COLUMNS] for r in recs], dtype=np.float32)
+        scorer.errors(scaler.transform(x))
+    wall = time.perf_counter() - t0
+    return {"records": len(values), "seconds": wall, "records_per_s": len(values) / wall}
+
+
+def serving_run(values: list[bytes], version_dir: str) -> dict:
+    """Diagnostic: the consumer's own scoring path without Kafka (``score_records`` in flag
+    mode, then ``to_message`` of every output), per batch of ``BATCH``."""
+    from ae_pipeline.serving import ServingModel, to_message
+
+    model = ServingModel.load(version_dir, device="cpu")
+    t0 = time.perf_counter()
+    for i in range(0, len(values), BATCH):
+        results, _dead = model.score_records(values[i : i + BATCH], "flag")
+        for o in results:
+            to_message(o)
+    wall = time.perf_counter() - t0
+    return {"records": len(values), "seconds": wall, "records_per_s": len(values) / wall}
+
+
+def bench_consumer(
+    bootstrap: str, n: int, repeats: int, version_dir: str, model: Any, scaler: Any
+) -> dict:
+    from ae_pipeline.kafka import create_topics
+
+    values = encode_records(normal_rows(n, 11))
+    topic = f"tput-{uuid.uuid4().hex[:6]}"
+    create_topics({"bootstrap.servers": bootstrap}, [topic, f"{topic}-out", f"{topic}-dlq"])
+    create_topics({"bootstrap.servers": bootstrap}, [f"{topic}-io"])
+    produce_all(bootstrap, topic, values)
+    out: dict[str, Any] = {"records": n, "batch": BATCH}
+    compute: list[dict] = []
+    for client in ("kafka-python", "confluent"):
+        runs: dict[str, list[dict]] = {"consumer": [], "io": []}
+        for r in range(repeats):
+            for kind in (
+                ("consumer", "io", "compute") if r % 2 == 0 else ("compute", "io", "consumer")
+            ):
+                if kind == "consumer":
+                    m = consumer_run(bootstrap, client, topic, n, version_dir)
+                elif kind == "io":
+                    m = io_run(bootstrap, client, topic, n)
+                else:
+                    m = compute_run(values, model, scaler)
+                    compute.append(m)
+                if kind != "compute":
+                    runs[kind].append(m)
+                print(
+                    f"  (b) {client:12s} {kind:8s} rep {r + 1}: {m['records_per_s']:9,.0f} rec/s "
+                    f"({m['records']} records in {m['seconds']:.2f}s)",
+                    flush=True,
+                )
+        out[client] = {
+            "consumer_records_per_s": statistics.median(
+                m["records_per_s"] for m in runs["consumer"]
+            ),
+            "io_limit_records_per_s": statistics.median(m["records_per_s"] for m in runs["io"]),
+            "runs": runs,
+        }
+    compute_rate = statistics.median(m["records_per_s"] for m in compute)
+    out["compute_limit_records_per_s"] = compute_rate
+    serving = [serving_run(values, version_dir) for _ in range(repeats)]
+    out["serving_path_records_per_s"] = statistics.median(m["records_per_s"] for m in serving)
+    print(
+        f"  (b) diagnostic: score_records(flag) + to_message without Kafka: "
+        f"{out['serving_path_records_per_s']:,.0f} rec/s",
+        flush=True,
+    )
+    out["compute_runs"] = compute
+    for client in ("kafka-python", "confluent"):
+        c = out[client]
+        c["ratio_consumer_over_io"] = c["consumer_records_per_s"] / c["io_limit_records_per_s"]
+        c["ratio_consumer_over_compute"] = c["consumer_records_per_s"] / compute_rate
+        c["ratio_consumer_over_min_limit"] = c["consumer_records_per_s"] / min(
+            compute_rate, c["io_limit_records_per_s"]
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- (c, d) latency
+
+
+def _rss_mib(pid: int) -> float | None:
+    total = 0.0
+    found = False
+    for p in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+                        found = True
+        except OSError:
+            pass
+    return total if found else None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        return []
+    return kids + [g for k in kids for g in _children(k)]
+
+
+class _Reader(threading.Thread):
+    """Reads the output topic; notes (send ts, receive time) of each result."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        import confluent_kafka as ck
+
+        self._consumer = ck.Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self._consumer.subscribe([topic])
+        self.samples: list[tuple[float, float]] = []
+        self.first: float | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import orjson
+
+        while not self.stop.is_set():
+            # consume() with a timeout waits for the whole batch: drain what is buffered, and
+            # when nothing is, wait for one message only (it adds no latency of its own).
+            msgs = self._consumer.consume(1000, 0)
+            if not msgs:
+                first = self._consumer.poll(0.05)
+                msgs = [first] if first is not None else []
+            now = time.time()
+            for m in msgs:
+                if m.error() or m.value() is None:
+                    continue
+                ts = orjson.loads(m.value()).get("ts")
+                if ts is not None:
+                    self.samples.append((ts, now))
+            if msgs and self.first is None:
+                self.first = now
+        self._consumer.close()
+
+
+def paced_latency(
+    bootstrap: str,
+    cmd: list[str],
+    topics: tuple[str, str, str],
+    seconds: float,
+    warmup_s: float,
+    start_timeout_s: float,
+    log: Path,
+) -> dict:
+    """Starts ``cmd`` (the scorer), produces ``RATE`` records/s stamped with ``ts`` into the
+    input topic until ``seconds`` after the first result, samples the scorer's RSS; returns
+    latency percentiles and the RSS series."""
+    import confluent_kafka as ck
+
+    from ae_pipeline.kafka import create_topics
+
+    in_topic, out_topic, dlq = topics
+    create_topics({"bootstrap.servers": bootstrap}, [in_topic, out_topic, dlq])
+    reader = _Reader(bootstrap, out_topic)
+    reader.start()
+    rows = normal_rows(5000, 21)
+    bodies = [
+        b"," + json.dumps(dict(zip(COLUMNS, r, strict=True))).encode()[1:] for r in rows.tolist()
+    ]
+    producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "acks": "all"})
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    rss: list[tuple[float, float]] = []
+    sent = 0
+    t_start = time.time()
+    next_rss = t_start
+    tick = 0.01
+    per_tick = int(RATE * tick)
+    end: float | None = None
+    try:
+        next_send = time.time()
+        while True:
+            now = time.time()
+            if proc.poll() is not None:
+                raise RuntimeError(f"scorer exited with {proc.returncode}; see {log}")
+            if reader.first is None and now - t_start > start_timeout_s:
+                raise RuntimeError(f"no result within {start_timeout_s}s; see {log}")
+            if end is None and reader.first is not None:
+                end = reader.first + warmup_s + seconds
+            if end is not None and now >= end:
+                break
+            if now >= next_send:
+                for _ in range(per_tick):
+                    body = bodies[sent % len(bodies)]
+                    value = b'{"id":%d,"ts":%.6f' % (sent, time.time()) + body
+                    producer.produce(in_topic, value)
+                    sent += 1
+                producer.poll(0)
+                next_send += tick
+            if now >= next_rss:
+                m = _rss_mib(proc.pid)
+                if m is not None:
+                    rss.append((now - t_start, m))
+                next_rss += 1.0
+            time.sleep(max(0.0, min(next_send, next_rss) - time.time()))
+        producer.flush(30)
+        time.sleep(2.0)  # let the last results arrive
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.stop.set()
+        reader.join(10)
+    assert reader.first is not None and end is not None
+    window = (reader.first + warmup_s, end - 0.5)
+    lat = np.array([r - s for s, r in reader.samples if window[0] <= s <= window[1]])
+    sent_in_window = sum(1 for s, _ in reader.samples if window[0] <= s <= window[1])
+    out: dict[str, Any] = {
+        "rate_records_per_s": RATE,
+        "sent": sent,
+        "results_received": len(reader.samples),
+        "measured_results": int(lat.size),
+        "measured_window_s": window[1] - window[0],
+        "startup_to_first_result_s": reader.first - t_start,
+    }
+    if lat.size:
+        out.update(
+            {
+                "p50_s": float(np.percentile(lat, 50)),
+                "p99_s": float(np.percentile(lat, 99)),
+                "max_s": float(lat.max()),
+                "achieved_records_per_s": sent_in_window / (window[1] - window[0]),
+            }
+        )
+    out["rss"] = rss
+    return out
+
+
+def rss_slope(series: list[tuple[float, float]]) -> dict:
+    if len(series) < 5:
+        return {"samples": len(series)}
+    t = np.array([s for s, _ in series])
+    m = np.array([v for _, v in series])
+    keep = t >= t[0] + 0.2 * (t[-1] - t[0])
+    slope = float(np.polyfit(t[keep], m[keep], 1)[0]) * 60.0
+    return {
+        "samples": len(series),
+        "span_s": float(t[-1] - t[0]),
+        "first_mib": float(m[0]),
+        "at_20pct_mib": float(m[keep][0]),
+        "last_mib": float(m[-1]),
+        "max_mib": float(m.max()),
+        "slope_mib_per_min_after_20pct": slope,
+    }
+
+
+def bench_latency(bootstrap: str, version_dir: str, seconds: float, prism_s: float, tmp: Path):
+    from ae_pipeline.local.runners import runner_args
+
+    py = sys.executable
+    tag = uuid.uuid4().hex[:6]
+    topics = (f"lat-{tag}", f"lat-{tag}-out", f"lat-{tag}-dlq")
+    consume = [
+        py, "-m", "pipelines.consume",
+        "--bootstrap_servers", bootstrap, "--group_id", f"lat-{tag}",
+        "--input_topic", topics[0], "--output_topic", topics[1], "--dead_letter_topic", topics[2],
+        "--mode", "flag", "--model_version_dir", version_dir, "--client", "confluent",
+        "--device", "cpu", "--passthrough", "ts", "--log_level", "WARNING",
+    ]  # fmt: skip
+    print(f"  (c,d) consumer at {RATE}/s for {seconds:.0f}s ...", flush=True)
+    cons = paced_latency(bootstrap, consume, topics, seconds, 3.0, 120, tmp / "consume.log")
+    cons["rss_fit"] = rss_slope(cons["rss"])
+    ptopics = (f"pl-{tag}", f"pl-{tag}-out", f"pl-{tag}-dlq")
+    stream = [
+        py, "-m", "pipelines.stream",
+        "--bootstrap_servers", bootstrap, "--group_id", f"pl-{tag}", "--start", "earliest",
+        "--input_topic", ptopics[0], "--output_topic", ptopics[1],
+        "--dead_letter_topic", ptopics[2],
+        "--mode", "flag", "--model_version_dir", version_dir, "--kafka_client", "confluent",
+        "--device", "cpu", "--passthrough", "ts",
+        *runner_args("prism", streaming=True),
+    ]  # fmt: skip
+    print(f"  (c) pipelines.stream on Prism at {RATE}/s for {prism_s:.0f}s ...", flush=True)
+    try:
+        prism = paced_latency(bootstrap, stream, ptopics, prism_s, 10.0, 180, tmp / "stream.log")
+        prism["rss_fit"] = rss_slope(prism["rss"])
+    except Exception as err:
+        log = (tmp / "stream.log").read_text(errors="replace")[-3000:]
+        print(f"  Prism latency run failed: {err}\n{log}", flush=True)
+        prism = {"error": str(err), "log_tail": log}
+    return cons, prism
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c")
+    args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    q = args.quick
+    beam_n, beam_repeats = (20_000, 1) if q else (100_000, 3)
+    cons_n, cons_repeats = (20_000, 1) if q else (100_000, 3)
+    lat_s, prism_s = (30.0, 20.0) if q else (300.0, 60.0)
+
+    from ae_pipeline.local.kafka_broker import KafkaBroker
+
+    result: dict[str, Any] = {
+        "benchmark": "streaming",
+        "quick": q,
+        "features": D,
+        "model": f"{D}-16-4-16-{D}",
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": list(os.getloadavg()),
+        },
+    }
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        version_dir, model, scaler = publish_model(tmp / "models")
+        print(f"model published: {version_dir}", flush=True)
+        if "a" not in skip:
+            result["beam"] = bench_beam(["fnapi", "prism"], beam_n, beam_repeats, version_dir, tmp)
+        with KafkaBroker() as broker:
+            bootstrap = broker.bootstrap_servers
+            print(f"broker at {bootstrap}", flush=True)
+            if "b" not in skip:
+                result["consumer_throughput"] = bench_consumer(
+                    bootstrap, cons_n, cons_repeats, version_dir, model, scaler
+                )
+            if "c" not in skip:
+                cons, prism = bench_latency(bootstrap, version_dir, lat_s, prism_s, tmp)
+                result["latency_consumer"] = cons
+                result["latency_prism"] = prism
+    result["seconds"] = time.perf_counter() - t0
+
+    # headline ratios and goals
+    goals: dict[str, Any] = {}
+    beam_r = result.get("beam", {})
+    for runner in ("fnapi", "prism"):
+        if runner in beam_r:
+            result[f"ratio_beam_{runner}_ae_over_zscore"] = beam_r[runner]["ratio_end_to_end"]
+            result[f"ratio_beam_{runner}_ae_over_zscore_active"] = beam_r[runner]["ratio_active"]
+            goals[f"beam_{runner}_ge_10x"] = beam_r[runner]["ratio_end_to_end"] >= 10
+    ct = result.get("consumer_throughput")
+    if ct:
+        for client, key in (("confluent", "confluent"), ("kafka-python", "kafka_python")):
+            result[f"ratio_consumer_{key}_over_min_limit"] = ct[client][
+                "ratio_consumer_over_min_limit"
+            ]
+        goals["consumer_confluent_ge_0.7x_min_limit"] = (
+            ct["confluent"]["ratio_consumer_over_min_limit"] >= 0.7
+        )
+    lc = result.get("latency_consumer")
+    if lc and "p99_s" in lc:
+        goals["consumer_p99_lt_1s"] = lc["p99_s"] < 1.0
+        result["rss_slope_mib_per_min"] = lc["rss_fit"].get("slope_mib_per_min_after_20pct")
+    lp = result.get("latency_prism")
+    if lp and "p99_s" in lp:
+        goals["prism_p99_lt_3s"] = lp["p99_s"] < 3.0
+    result["goals"] = goals
+    result["ratio_goals"] = (
+        "beam ae/zscore >= 10 (end to end); consumer (confluent) / min(io, compute) >= 0.7"
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print_table(result)
+    print(f"written to {RESULTS} ({result['seconds']:.0f}s)")
+    return 0
+
+
+def print_table(r: dict) -> None:
+    print("\n" + "=" * 78)
+    if "beam" in r:
+        print(f"(a) Beam flagging, {r['beam']['records']:,} JSON records x {D} features")
+        print(f"    {'runner':8s} {'ae rec/s':>11s} {'zscore rec/s':>13s} {'ratio':>7s} "
+              f"{'active ae':>10s} {'active z':>10s} {'ratio':>7s}")  # fmt: skip
+        for runner in ("fnapi", "prism"):
+            b = r["beam"].get(runner)
+            if b:
+                print(
+                    f"    {runner:8s} {b['ae_records_per_s']:11,.0f} "
+                    f"{b['zscore_records_per_s']:13,.0f} {b['ratio_end_to_end']:7.2f} "
+                    f"{b['ae_active_records_per_s']:10,.0f} "
+                    f"{b['zscore_active_records_per_s']:10,.0f} {b['ratio_active']:7.2f}"
+                )
+    ct = r.get("consumer_throughput")
+    if ct:
+        print(f"(b) plain consumer, {ct['records']:,} records; compute limit "
+              f"{ct['compute_limit_records_per_s']:,.0f} rec/s; scoring path without Kafka "
+              f"{ct['serving_path_records_per_s']:,.0f} rec/s")  # fmt: skip
+        for client in ("kafka-python", "confluent"):
+            c = ct[client]
+            print(
+                f"    {client:12s} consumer {c['consumer_records_per_s']:9,.0f}  io limit "
+                f"{c['io_limit_records_per_s']:9,.0f}  consumer/min(limits) "
+                f"{c['ratio_consumer_over_min_limit']:.2f}"
+            )
+    for name in ("latency_consumer", "latency_prism"):
+        lat = r.get(name)
+        if lat and "p99_s" in lat:
+            print(
+                f"(c) {name:17s} p50 {lat['p50_s'] * 1000:7.1f} ms  p99 {lat['p99_s'] * 1000:7.1f}"
+                f" ms  max {lat['max_s'] * 1000:7.1f} ms  ({lat['measured_results']} results, "
+                f"{lat['achieved_records_per_s']:.0f} rec/s sent)"
+            )
+        elif lat:
+            print(f"(c) {name}: {lat.get('error', 'no results')}")
+    lc = r.get("latency_consumer")
+    if lc and "rss_fit" in lc:
+        f = lc["rss_fit"]
+        if "slope_mib_per_min_after_20pct" in f:
+            print(
+                f"(d) consumer RSS {f['first_mib']:.0f} -> {f['last_mib']:.0f} MiB over "
+                f"{f['span_s']:.0f}s; slope after 20%: {f['slope_mib_per_min_after_20pct']:+.2f} "
+                "MiB/min"
+            )
+    print(f"goals: {r.get('goals')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
