@@ -1,0 +1,110 @@
+"""Quality benchmarks: dimensionality reduction, denoising and anomaly detection.
+
+Writes ``benchmarks/results/quality.json`` (with ``ratio_*`` keys for ``benchmarks/run.py``)
+and the denoising image grid; ``python -m benchmarks.report`` turns the results into
+``benchmarks/results/REPORT.md`` and plots. ``--quick``: 1 seed, tiny subsets (< 3 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.quality import anomaly, denoise, dimred
+from benchmarks.quality.common import RESULTS, Settings, log
+
+STUDIES = {"dimred": dimred.run, "denoise": denoise.run, "anomaly": anomaly.run}
+
+
+def goals(res: dict[str, Any]) -> dict[str, Any]:
+    """Checks the goals of issue 6 and the headline ratios."""
+    out: dict[str, Any] = {}
+    dr = res.get("dimred", {}).get("by_d", {}).get("32")
+    if dr:
+        ratio = dr["ae"]["mse"]["mean"] / dr["pca"]["mse"]["mean"]
+        out["ratio_ae32_mse_vs_pca32"] = ratio
+        out["goal_ae32_mse_le_0.75x_pca32"] = bool(ratio <= 0.75)
+    dn = res.get("denoise", {}).get("by_noise")
+    if dn:
+        wins = {}
+        for noise, methods in dn.items():
+            dae = methods["dae"]["psnr"]["mean"]
+            best = max(v["psnr"]["mean"] for m, v in methods.items() if m != "dae")
+            wins[noise] = {"dae_psnr": dae, "best_baseline_psnr": best, "win": bool(dae > best)}
+        out["denoise_wins"] = wins
+        out["goal_dae_beats_every_baseline_psnr"] = all(w["win"] for w in wins.values())
+        g = wins.get("gaussian_0.5")
+        if g:
+            out["ratio_dae_psnr_minus_best_baseline_db_gauss05"] = (
+                g["dae_psnr"] - g["best_baseline_psnr"]
+            )
+    an = res.get("anomaly", {}).get("datasets")
+    if an:
+        per = {}
+        for name, d in an.items():
+            if "methods" not in d:
+                continue
+            m = d["methods"]
+            ae = m["ae"]["roc_auc"]["mean"]
+            best = max(m["pyod_ae"]["roc_auc"]["mean"], m["iforest"]["roc_auc"]["mean"])
+            per[name] = {"ae_roc_auc": ae, "best_pyod_iforest": best, "win": bool(ae >= best)}
+            out[f"ratio_auc_ae_vs_best_pyod_iforest_{name}"] = ae / best
+        wins = sum(p["win"] for p in per.values())
+        out["anomaly_wins"] = per
+        out["goal_ae_auc_ge_best_on_3_of_5"] = bool(wins >= 3)
+        out["anomaly_win_count"] = wins
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1 seed, tiny subsets, for CI")
+    ap.add_argument("--only", nargs="*", choices=sorted(STUDIES), help="studies to run")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    s = Settings.make(args.quick)
+    res: dict[str, Any] = {
+        "benchmark": "quality",
+        "quick": args.quick,
+        "seeds": s.seeds,
+        "settings": s.__dict__,
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+        },
+        "wall_s": {},
+        "load_average_1_5_15min": {"start": list(os.getloadavg())},
+    }
+    t_all = time.perf_counter()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "quality.json"
+    for name, fn in STUDIES.items():
+        if args.only and name not in args.only:
+            continue
+        t0 = time.perf_counter()
+        log(f"=== {name}")
+        res[name] = fn(s)
+        res["wall_s"][name] = time.perf_counter() - t0
+        res["wall_s"]["total"] = time.perf_counter() - t_all
+        res["load_average_1_5_15min"]["end"] = list(os.getloadavg())
+        res.update(goals(res))
+        # Written after every study, so that an interrupted run keeps what it finished.
+        path.write_text(json.dumps(res, indent=1, sort_keys=False) + "\n")
+    log(f"wrote {path} in {res['wall_s']['total']:.0f}s")
+    for k, v in res.items():
+        if k.startswith(("ratio_", "goal_")):
+            print(f"  {k} = {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

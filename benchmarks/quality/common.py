@@ -1,0 +1,120 @@
+"""Shared settings and helpers of the quality studies."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ae_pipeline.models import TrainConfig
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+PLOTS = RESULTS / "plots"
+
+
+@dataclass
+class Settings:
+    """Sizes of one run: the default run or ``--quick``."""
+
+    quick: bool = False
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    fashion_train: int = 5000
+    fashion_test: int = 2000
+    epochs: int = 8
+    conv_train: int = 2000
+    conv_epochs: int = 3
+    dims: list[int] = field(default_factory=lambda: [2, 8, 32, 64])
+    logreg_train: int = 3000
+    denoise_train: int = 5000
+    denoise_epochs: int = 8
+    ovr_train_per_class: int = 600
+    ovr_epochs: int = 10
+    tab_epochs: int = 10
+    shuttle_epochs: int = 5
+    shuttle_limit: int | None = None
+    batch_size: int = 128
+
+    @classmethod
+    def make(cls, quick: bool) -> Settings:
+        if not quick:
+            return cls()
+        return cls(
+            quick=True,
+            seeds=[0],
+            fashion_train=1500,
+            fashion_test=500,
+            epochs=3,
+            conv_train=600,
+            conv_epochs=2,
+            dims=[32],
+            logreg_train=1000,
+            denoise_train=1500,
+            denoise_epochs=3,
+            ovr_train_per_class=200,
+            ovr_epochs=4,
+            tab_epochs=4,
+            shuttle_epochs=2,
+            shuttle_limit=4000,
+        )
+
+
+def train_config(seed: int, epochs: int, **kw: Any) -> TrainConfig:
+    """CPU training settings of every model of the studies (Adam lr 2e-3, batch 128)."""
+    settings = {
+        "epochs": epochs,
+        "lr": 2e-3,
+        "batch_size": 128,
+        "seed": seed,
+        "device": "cpu",
+        "progress": False,
+    }
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.reshape(len(a), -1)
+    b = b.reshape(len(b), -1)
+    return float(((a - b) ** 2).mean())
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over images of the PSNR in dB of pixels in [0, 1]."""
+    a = a.reshape(len(a), -1)
+    b = b.reshape(len(b), -1)
+    per = ((a - b) ** 2).mean(axis=1)
+    return float(np.mean(10 * np.log10(1.0 / np.maximum(per, 1e-10))))
+
+
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """Returns ``(fn(*args, **kwargs), wall seconds)``."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def summary(values: Iterable[float]) -> dict[str, Any]:
+    """Mean, standard deviation, min, max and the values over seeds."""
+    v = np.asarray(list(values), dtype=np.float64)
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n": len(v),
+        "values": [float(x) for x in v],
+    }
+
+
+def log(msg: str) -> None:
+    print(f"[quality {time.strftime('%H:%M:%S')}] {msg}", flush=True)

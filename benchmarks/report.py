@@ -1,0 +1,315 @@
+"""Builds ``benchmarks/results/REPORT.md`` and PNG plots from every ``results/*.json``.
+
+``quality.json`` gets tables (mean +- std over seeds), goal checks and plots (MSE vs d, loss
+curves, ROC curves, score histograms); any other result file is summarised as a table of its
+scalar figures (nested keys flattened), so new benchmarks show up without changes here.
+
+Usage: ``python -m benchmarks.report``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PLOTS = RESULTS / "plots"
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        return plt
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def _ms(s: dict[str, Any], fmt: str = ".4f") -> str:
+    if s.get("n", 1) > 1:
+        return f"{s['mean']:{fmt}} ± {s['std']:{fmt}}"
+    return f"{s['mean']:{fmt}}"
+
+
+def _save(fig: Any, name: str) -> str:
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(PLOTS / name, dpi=90)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return f"plots/{name}"
+
+
+def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif (
+        isinstance(data, (int, float, str, bool))
+        or data is None
+        or (
+            isinstance(data, list)
+            and len(data) <= 4
+            and all(isinstance(v, (int, float, str)) for v in data)
+        )
+    ):
+        out.append((prefix, data))
+    return out
+
+
+def generic_section(name: str, data: dict[str, Any]) -> list[str]:
+    lines = [f"## {name}", ""]
+    ratios = {k: v for k, v in data.items() if k.startswith("ratio")}
+    if ratios:
+        lines += [
+            "Ratios: "
+            + ", ".join(
+                f"`{k}` = {v:.3g}" if isinstance(v, float) else f"`{k}` = {v}"
+                for k, v in ratios.items()
+            ),
+            "",
+        ]
+    rows = [(k, v) for k, v in _flatten(data) if not k.startswith("ratio")]
+    lines += ["| key | value |", "| --- | --- |"]
+    for k, v in rows[:80]:
+        val = f"{v:.4g}" if isinstance(v, float) else str(v)
+        lines.append(f"| `{k}` | {val} |")
+    if len(rows) > 80:
+        lines.append(f"| … | {len(rows) - 80} more in `{name}.json` |")
+    return [*lines, ""]
+
+
+def dimred_section(d: dict[str, Any], plt: Any) -> list[str]:
+    lines = [
+        "### Dimensionality reduction (Fashion-MNIST)",
+        "",
+        f"Train {d['split']['train']} / test {d['split']['test']} images (conv AE trained on "
+        f"{d['split']['conv_train']}), {d['epochs']} epochs (conv {d['conv_epochs']}), "
+        f"hidden {d['hidden_dims']}. Logistic regression on raw pixels: "
+        f"**{d['logreg_raw_pixels']:.4f}** accuracy.",
+        "",
+        "| d | method | test MSE | PSNR dB | logreg acc | train s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for dim, methods in d["by_d"].items():
+        for m, v in methods.items():
+            lines.append(
+                f"| {dim} | {m} | {_ms(v['mse'])} | {_ms(v['psnr'], '.2f')} | "
+                f"{_ms(v['acc'], '.3f')} | {_ms(v['train_s'], '.1f')} |"
+            )
+    if plt:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        dims = [int(k) for k in d["by_d"]]
+        for m in next(iter(d["by_d"].values())):
+            means = [d["by_d"][str(k)][m]["mse"]["mean"] for k in dims]
+            stds = [d["by_d"][str(k)][m]["mse"]["std"] for k in dims]
+            ax.errorbar(dims, means, yerr=stds, marker="o", label=m, capsize=3)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("code size d")
+        ax.set_ylabel("test MSE")
+        ax.legend()
+        lines += ["", f"![MSE vs d]({_save(fig, 'dimred_mse.png')})"]
+        if d.get("loss_curves"):
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for k, v in d["loss_curves"].items():
+                ax.plot(range(1, len(v) + 1), v, label=k)
+            ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("train loss")
+            ax.legend(fontsize=7)
+            lines += ["", f"![loss curves]({_save(fig, 'dimred_loss_curves.png')})"]
+    return [*lines, ""]
+
+
+def denoise_section(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Denoising (Fashion-MNIST)",
+        "",
+        f"Train {d['split']['train']} / test {d['split']['test']}, model {d['model']}, "
+        f"{d['epochs']} epochs; PCA with {d['pca_components']} components; median filter via "
+        f"{d['median_filter']}.",
+        "",
+        "| noise | method | MSE | PSNR dB |",
+        "| --- | --- | --- | --- |",
+    ]
+    for noise, methods in d["by_noise"].items():
+        for m, v in methods.items():
+            bold = "**" if m == "dae" else ""
+            lines.append(
+                f"| {noise} | {bold}{m}{bold} | {_ms(v['mse'])} | {_ms(v['psnr'], '.2f')} |"
+            )
+    if d.get("grid_png") and (PLOTS / d["grid_png"]).exists():
+        lines += ["", f"![original / noisy / denoised](plots/{d['grid_png']})"]
+    return [*lines, ""]
+
+
+def anomaly_section(d: dict[str, Any], plt: Any) -> list[str]:
+    methods = d["methods"]
+    lines = [
+        "### Anomaly detection",
+        "",
+        f"Beam: {d['beam']}",
+        "",
+        "| data set | " + " | ".join(f"{m} ROC-AUC" for m in methods) + " |",
+        "| --- | " + " | ".join("---" for _ in methods) + " |",
+    ]
+    for name, ds in d["datasets"].items():
+        if "methods" not in ds:
+            lines.append(f"| {name} | skipped: {ds.get('skipped')} |")
+            continue
+        lines.append(
+            f"| {name} | " + " | ".join(_ms(ds["methods"][m]["roc_auc"]) for m in methods) + " |"
+        )
+    lines += [
+        "",
+        "| data set | " + " | ".join(f"{m} AP" for m in methods) + " |",
+        "| --- | " + " | ".join("---" for _ in methods) + " |",
+    ]
+    for name, ds in d["datasets"].items():
+        if "methods" in ds:
+            lines.append(
+                f"| {name} | " + " | ".join(_ms(ds["methods"][m]["ap"]) for m in methods) + " |"
+            )
+    lines += [
+        "",
+        "Training (fit) time per model, seconds:",
+        "",
+        "| data set | " + " | ".join(methods) + " |",
+        "| --- | " + " | ".join("---" for _ in methods) + " |",
+    ]
+    for name, ds in d["datasets"].items():
+        if "methods" in ds:
+            lines.append(
+                f"| {name} | "
+                + " | ".join(_ms(ds["methods"][m]["train_s"], ".2f") for m in methods)
+                + " |"
+            )
+    lines += ["", "Data sets:", ""]
+    for name, ds in d["datasets"].items():
+        shape = ds.get("shape", {})
+        lines.append(f"- **{name}**: {ds['description']}; {shape}")
+    if plt:
+        for name, ds in d["datasets"].items():
+            curves = ds.get("curves_seed0_task0")
+            if not curves:
+                continue
+            fig, ax = plt.subplots(figsize=(4, 4))
+            for m, c in curves.items():
+                ax.plot(ds["fpr_grid"], c["roc_tpr"], label=m)
+            ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+            ax.set_xlabel("FPR")
+            ax.set_ylabel("TPR")
+            ax.set_title(f"{name} (seed 0, task 0)", fontsize=9)
+            ax.legend(fontsize=7)
+            roc = _save(fig, f"roc_{name}.png")
+            fig, axes = plt.subplots(1, len(curves), figsize=(3 * len(curves), 2.6))
+            for ax, (m, c) in zip(axes, curves.items(), strict=False):
+                h = c["hist"]
+                edges = h["edges"]
+                width = edges[1] - edges[0]
+                ax.bar(
+                    edges[:-1], h["normal"], width=width, align="edge", alpha=0.6, label="normal"
+                )
+                ax.bar(
+                    edges[:-1], h["anomaly"], width=width, align="edge", alpha=0.6, label="anomaly"
+                )
+                ax.set_yscale("log")
+                ax.set_title(m, fontsize=9)
+            axes[0].legend(fontsize=7)
+            hist = _save(fig, f"hist_{name}.png")
+            lines += ["", f"![ROC {name}]({roc}) ![scores {name}]({hist})"]
+    return [*lines, ""]
+
+
+def goals_section(q: dict[str, Any]) -> list[str]:
+    lines = ["### Goals (issue 6)", ""]
+
+    def mark(ok: Any) -> str:
+        return "met" if ok else "**NOT met**"
+
+    if "goal_ae32_mse_le_0.75x_pca32" in q:
+        lines.append(
+            f"- d=32 AE test MSE <= 0.75x PCA-32's: ratio "
+            f"{q['ratio_ae32_mse_vs_pca32']:.3f} — {mark(q['goal_ae32_mse_le_0.75x_pca32'])}"
+        )
+    if "denoise_wins" in q:
+        lines.append(
+            f"- DAE PSNR beats every baseline: {mark(q['goal_dae_beats_every_baseline_psnr'])}"
+        )
+        for noise, w in q["denoise_wins"].items():
+            verdict = "win" if w["win"] else "**loss**"
+            lines.append(
+                f"  - {noise}: DAE {w['dae_psnr']:.2f} dB vs best baseline "
+                f"{w['best_baseline_psnr']:.2f} dB — {verdict}"
+            )
+    if "anomaly_wins" in q:
+        lines.append(
+            f"- AE ROC-AUC >= best of PyOD AE and IsolationForest on >= 3 of 5 data sets: "
+            f"{q['anomaly_win_count']} of {len(q['anomaly_wins'])} — "
+            f"{mark(q['goal_ae_auc_ge_best_on_3_of_5'])}"
+        )
+        for name, w in q["anomaly_wins"].items():
+            verdict = "win" if w["win"] else "**loss**"
+            lines.append(
+                f"  - {name}: AE {w['ae_roc_auc']:.4f} vs {w['best_pyod_iforest']:.4f} — {verdict}"
+            )
+    return [*lines, ""]
+
+
+def quality_section(q: dict[str, Any], plt: Any) -> list[str]:
+    lines = [
+        "## quality",
+        "",
+        f"Seeds {q['seeds']} ({'--quick' if q['quick'] else 'default run'}); "
+        f"wall time {q['wall_s'].get('total', 0):.0f} s ({q['machine']}; load average "
+        f"{q.get('load_average_1_5_15min', {})}: timings are inflated on a shared machine). "
+        "Every baseline is "
+        "computed in the same run on the same split; ± is the standard deviation over seeds.",
+        "",
+    ]
+    if q["quick"]:
+        lines += [
+            "> **--quick run**: 1 seed, tiny subsets and few epochs, to keep the scripts alive; "
+            "the figures are not representative.",
+            "",
+        ]
+    lines += goals_section(q)
+    if "dimred" in q:
+        lines += dimred_section(q["dimred"], plt)
+    if "denoise" in q:
+        lines += denoise_section(q["denoise"])
+    if "anomaly" in q:
+        lines += anomaly_section(q["anomaly"], plt)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    plt = _plt()
+    lines = [
+        "# Benchmark report",
+        "",
+        "Generated by `python -m benchmarks.report` from `benchmarks/results/*.json`.",
+        "",
+    ]
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        if path.stem == "quality":
+            lines += quality_section(data, plt)
+        else:
+            lines += generic_section(path.stem, data)
+    out = RESULTS / "REPORT.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
