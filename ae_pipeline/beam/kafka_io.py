@@ -17,7 +17,8 @@ objects or lists of either, with one producer per DoFn instance, flushed at the 
 bundle: a failed delivery fails the bundle (which the runner retries).
 
 :func:`java_read` / :func:`java_write` are Beam's cross-language Java KafkaIO with the same
-config, expanded by the Java expansion service from the local classpath.
+config, expanded by :func:`java_expansion_service` from the local classpath and run, without
+Docker, in a local :class:`JavaWorkerPool` (an ``EXTERNAL`` environment).
 
 Example:
     >>> read = ReadKafkaRecords(                                        # doctest: +SKIP
@@ -33,10 +34,15 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import logging
+import os
+import socket
+import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -581,3 +587,179 @@ class WriteKafkaRecords(beam.PTransform):
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         return pcoll | "Produce" >> beam.ParDo(self._fn)
+
+
+# --- Beam's cross-language (Java) KafkaIO, expanded from the local classpath ---------------
+
+# Jars the Java SDK harness needs beyond the expansion service's classpath: jamm is a
+# "provided" dependency of beam-sdks-java-harness (NoClassDefFoundError without it), and
+# slf4j-api 2.x lets the classpath's slf4j-jdk14 2.x binding log (1.7.30 there makes it NOP).
+_HARNESS_EXTRAS = {
+    "jamm-0.4.0.jar": "com/github/jbellis/jamm/0.4.0",
+    "slf4j-api-2.0.16.jar": "org/slf4j/slf4j-api/2.0.16",
+}
+
+
+def _harness_extra_jars() -> list[str]:
+    from ae_pipeline.local.paths import LocalToolMissing, classpath_dir
+
+    m2 = Path(os.environ.get("MAVEN_REPOSITORY", Path.home() / ".m2" / "repository"))
+    found = []
+    for name, folder in _HARNESS_EXTRAS.items():
+        candidates = [classpath_dir("expansion") / "lib" / name, m2 / folder / name]
+        jar = next((c for c in candidates if c.exists()), None)
+        if jar is None and name.startswith("jamm"):
+            raise LocalToolMissing(
+                f"{name} is needed by the Java SDK harness; run `mvn dependency:get "
+                "-Dartifact=com.github.jbellis:jamm:0.4.0` (or add it to "
+                "deploy/local/expansion/pom.xml)"
+            )
+        if jar is not None:
+            found.append(str(jar))
+    return found
+
+
+class JavaWorkerPool:
+    """A local Java SDK worker pool for the ``EXTERNAL`` environment of Java transforms.
+
+    Cross-language transforms run in a Java SDK harness; runners start it in Docker unless
+    the environment is ``EXTERNAL``. This starts Beam's ``ExternalWorkerService`` from the
+    expansion service's classpath (which holds KafkaIO and the Kafka client), so that Prism
+    and Flink can run Java KafkaIO here without Docker.
+
+    Example:
+        >>> with JavaWorkerPool() as pool:                              # doctest: +SKIP
+        ...     service = java_expansion_service(pool.address)
+    """
+
+    def __init__(self, startup_timeout_s: float = 60.0):
+        self.startup_timeout_s = startup_timeout_s
+        self.address: str | None = None
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> JavaWorkerPool:
+        """Start the pool and wait until it accepts connections.
+
+        Raises:
+            ae_pipeline.local.paths.LocalToolMissing: without the classpath or jamm.
+            RuntimeError: when the pool exits or does not listen in time.
+        """
+        from ae_pipeline.local.kafka_broker import free_port
+        from ae_pipeline.local.paths import classpath, logs_dir
+
+        port = free_port()
+        self.address = f"localhost:{port}"
+        options = {"options": {"environmentOptions": [f"external_service_address={self.address}"]}}
+        self.log_path = logs_dir() / f"java-worker-pool-{port}.log"
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                [
+                    "java",
+                    "-cp",
+                    os.pathsep.join([*_harness_extra_jars(), classpath("expansion")]),
+                    "org.apache.beam.fn.harness.ExternalWorkerService",
+                ],
+                env={**os.environ, "PIPELINE_OPTIONS": json.dumps(options)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the Java worker pool exited; see {self.log_path}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the Java worker pool did not listen on {self.address}")
+
+    def stop(self) -> None:
+        """Stop the pool (and every Java SDK harness it runs)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=20)
+        self._proc = None
+
+    def __enter__(self) -> JavaWorkerPool:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def java_expansion_service(worker_pool_address: str | None = None):
+    """Beam's Java expansion service (KafkaIO included) started from the local classpath.
+
+    Args:
+        worker_pool_address: a :class:`JavaWorkerPool` address; the expanded Java transforms
+            then run in that ``EXTERNAL`` environment instead of the Docker default.
+    """
+    from apache_beam.transforms.external import JavaJarExpansionService
+
+    from ae_pipeline.local.paths import launcher_jar
+
+    args = ["{{PORT}}"]
+    if worker_pool_address:
+        args += [
+            "--defaultEnvironmentType=EXTERNAL",
+            f"--defaultEnvironmentConfig={worker_pool_address}",
+        ]
+    return JavaJarExpansionService(str(launcher_jar("expansion")), extra_args=args)
+
+
+def java_read(
+    topics: str | Sequence[str],
+    config: KafkaConfig | Mapping[str, Any],
+    expansion_service: Any,
+    *,
+    start: str = "earliest",
+    max_num_records: int | None = None,
+    commit_offsets: bool = False,
+    with_metadata: bool = False,
+) -> beam.PTransform:
+    """Beam's cross-language ``ReadFromKafka`` with our config (Java client properties).
+
+    Emits ``(key, value)`` bytes pairs, or Beam Rows with topic/partition/offset/timestamp
+    with ``with_metadata=True``. The config, secrets included, travels in the pipeline
+    definition (the Java transform's payload): runners may show it.
+
+    Args:
+        topics: one topic or several.
+        config: a :class:`KafkaConfig` or one config dict.
+        expansion_service: from :func:`java_expansion_service`.
+        start: ``"earliest"`` or ``"latest"`` (Kafka's ``auto.offset.reset``; a group with
+            committed offsets starts there).
+        max_num_records: stop after this many records (a bounded read).
+        commit_offsets: commit the group's offsets in bundle finalization.
+        with_metadata: emit Rows with the records' metadata.
+    """
+    from apache_beam.io.kafka import ReadFromKafka
+
+    config = KafkaConfig.from_dict(config)
+    return ReadFromKafka(
+        consumer_config={**config.java_properties(), "auto.offset.reset": start},
+        topics=[topics] if isinstance(topics, str) else list(topics),
+        max_num_records=max_num_records,
+        commit_offset_in_finalize=commit_offsets,
+        with_metadata=with_metadata,
+        expansion_service=expansion_service,
+    )
+
+
+def java_write(
+    topic: str, config: KafkaConfig | Mapping[str, Any], expansion_service: Any
+) -> beam.PTransform:
+    """Beam's cross-language ``WriteToKafka``; takes ``(key, value)`` bytes pairs (declare
+    ``.with_output_types(tuple[bytes, bytes])`` on the input). See :func:`java_read`."""
+    from apache_beam.io.kafka import WriteToKafka
+
+    properties = KafkaConfig.from_dict(config).with_group(None).java_properties()
+    return WriteToKafka(
+        producer_config=properties, topic=topic, expansion_service=expansion_service
+    )
