@@ -264,9 +264,9 @@ def goals_section(q: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def quality_section(q: dict[str, Any], plt: Any) -> list[str]:
+def quality_section(q: dict[str, Any], plt: Any, name: str = "quality") -> list[str]:
     lines = [
-        "## quality",
+        f"## {name}",
         "",
         f"Seeds {q['seeds']} ({'--quick' if q['quick'] else 'default run'}); "
         f"wall time {q['wall_s'].get('total', 0):.0f} s ({q['machine']}; load average "
@@ -301,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
-        if path.stem == "quality":
-            lines += quality_section(data, plt)
+        if data.get("benchmark") == "quality":
+            lines += quality_section(data, plt, path.stem)
         else:
             lines += generic_section(path.stem, data)
     out = RESULTS / "REPORT.md"
