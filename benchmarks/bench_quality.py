@@ -67,12 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, tiny subsets, for CI")
     ap.add_argument("--only", nargs="*", choices=sorted(STUDIES), help="studies to run")
+    ap.add_argument("--seeds", type=int, help="use only the first N seeds (partial runs)")
+    ap.add_argument("--dims", type=int, nargs="*", help="code sizes of the dimred study")
+    ap.add_argument("--out", default="quality", help="result file name (without .json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     s = Settings.make(args.quick)
+    if args.seeds:
+        s.seeds = s.seeds[: args.seeds]
+    if args.dims:
+        s.dims = args.dims
     res: dict[str, Any] = {
         "benchmark": "quality",
         "quick": args.quick,
+        "partial": bool(args.seeds or args.dims or args.only),
         "seeds": s.seeds,
         "settings": s.__dict__,
         "machine": {
@@ -86,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     t_all = time.perf_counter()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "quality.json"
+    path = RESULTS / f"{args.out}.json"
     for name, fn in STUDIES.items():
         if args.only and name not in args.only:
             continue

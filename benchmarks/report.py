@@ -281,6 +281,12 @@ def quality_section(q: dict[str, Any], plt: Any, name: str = "quality") -> list[
             "the figures are not representative.",
             "",
         ]
+    if q.get("partial"):
+        lines += [
+            "> **Partial run** (fewer seeds, code sizes or studies than the default run; see "
+            "`settings`): a check of the default sizes, not the full benchmark.",
+            "",
+        ]
     lines += goals_section(q)
     if "dimred" in q:
         lines += dimred_section(q["dimred"], plt)
