@@ -13,7 +13,12 @@ measurements alternate their order and the medians are reported.
     (``FlatMap`` over file names, so the source costs the same) and end in the same counting
     sink. Reported end to end (wall of ``pipeline.run()`` to finish; the headline) and
     "active" (records / time from the first output to the last, noted by the sink, which
-    leaves out the runner's start-up and the model load). Goal >= 10x.
+    leaves out the runner's start-up and the model load). Goal >= 10x. A third variant,
+    ``ae_batched``, reads the same lines as lists of 500 (one element per list, as
+    ``ReadKafkaRecords`` emits them) and runs ``FlagAnomalies(prebatched=True,
+    emit_batches=True)``, the configuration of ``pipelines/stream.py``; its ratio is reported
+    beside the headline, not instead of it (its input elements differ from the baseline's).
+    A warm-up run of each (one file) precedes the measurements.
 (b) Plain consumer (``ScoringConsumer``) records/s with each client against the I/O limit (a
     bare poll -> produce -> flush -> commit loop with the same client and batch size, no
     scoring) and the compute limit (``orjson`` decode + batched ``Scorer.errors`` of the same
@@ -25,8 +30,12 @@ measurements alternate their order and the medians are reported.
     for ``pipelines.stream`` on Prism streaming (goal p99 < 3 s). The first seconds after the
     first result are warm-up and left out.
 (d) RSS of the consumer process over the latency run (5 minutes; 30 s with ``--quick``),
-    sampled every second; the slope of a least-squares line over the samples after the first
-    20% (MiB per minute).
+    sampled every second; the slope of a least-squares line (MiB per minute) over the samples
+    from the first result + warm-up (or after the first 20%, whichever is later).
+
+Torch runs with one intra-op thread (``--torch_threads``, also passed to the scorer processes
+as ``OMP_NUM_THREADS``): with torch's default on a shared 2-core machine, small-batch forward
+passes stall on descheduled worker threads.
 
 Usage::
 
@@ -159,6 +168,12 @@ def _read_lines(path: str) -> list[bytes]:
         return f.read().splitlines()
 
 
+def _read_chunks(path: str) -> list[list[bytes]]:
+    """The same lines in lists of ``BATCH`` (what ``ReadKafkaRecords`` emits: one per poll)."""
+    lines = _read_lines(path)
+    return [lines[i : i + BATCH] for i in range(0, len(lines), BATCH)]
+
+
 # First and last output time per run, noted by the counting sink. FnApiRunner and Prism with
 # LOOPBACK run the SDK workers in this process, so the sink can write here.
 _SEEN: dict[str, list[float]] = {}
@@ -171,8 +186,8 @@ class _Count:
         self.counter = Metrics.counter("bench", "out")
         self.run_id = run_id
 
-    def __call__(self, _element: Any) -> None:
-        self.counter.inc()
+    def __call__(self, element: Any) -> None:
+        self.counter.inc(len(element) if isinstance(element, list) else 1)
         t = time.perf_counter()
         seen = _SEEN.setdefault(self.run_id, [t, t])
         seen[1] = t
@@ -188,15 +203,19 @@ def beam_run(kind: str, runner: str, files: list[str], version_dir: str) -> dict
     from ae_pipeline.local.runners import runner_args
 
     pipeline = beam.Pipeline(options=PipelineOptions(runner_args(runner)))
-    records = (
-        pipeline
-        | "Files" >> beam.Create(files, reshuffle=False)
-        | "Lines" >> beam.FlatMap(_read_lines)
-    )
+    names = pipeline | "Files" >> beam.Create(files, reshuffle=False)
+    if kind == "ae_batched":
+        records = names | "Chunks" >> beam.FlatMap(_read_chunks)
+        flag = FlagAnomalies(
+            model_version_dir=version_dir, device="cpu", prebatched=True, emit_batches=True
+        )
+        results = (records | "Flag" >> flag).results
+    else:
+        records = names | "Lines" >> beam.FlatMap(_read_lines)
     if kind == "ae":
         out = records | "Flag" >> FlagAnomalies(model_version_dir=version_dir, device="cpu")
         results = out.results
-    else:
+    elif kind == "zscore":
         results = records | "ZScore" >> beam.Map(NaiveZScore())
     run_id = uuid.uuid4().hex
     _ = results | "Count" >> beam.Map(_Count(run_id))
@@ -226,10 +245,13 @@ def bench_beam(runners: list[str], n: int, repeats: int, version_dir: str, tmp: 
         files.append(str(path))
     n = len(files) * per_file
     out: dict[str, Any] = {"records": n}
+    kinds = ("ae", "zscore", "ae_batched")
     for runner in runners:
-        runs: dict[str, list[dict]] = {"ae": [], "zscore": []}
+        for kind in kinds:  # warm-up (imports, model load, runner binary), not counted
+            beam_run(kind, runner, files[:1], version_dir)
+        runs: dict[str, list[dict]] = {k: [] for k in kinds}
         for r in range(repeats):
-            for kind in ("ae", "zscore") if r % 2 == 0 else ("zscore", "ae"):
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
                 big = beam_run(kind, runner, files, version_dir)
                 active = big["first_to_last_output_s"]
                 m = {
@@ -241,34 +263,30 @@ def bench_beam(runners: list[str], n: int, repeats: int, version_dir: str, tmp: 
                 }
                 runs[kind].append(m)
                 print(
-                    f"  (a) {runner:6s} {kind:6s} rep {r + 1}: {m['records_per_s']:9,.0f} rec/s "
+                    f"  (a) {runner:6s} {kind:10s} rep {r + 1}: {m['records_per_s']:9,.0f} rec/s "
                     f"end to end ({big['wall_s']:.1f}s), first to last output "
                     f"{active or float('nan'):.1f}s, outputs {big['outputs']}",
                     flush=True,
                 )
-        ratios = [
-            a["records_per_s"] / z["records_per_s"]
-            for a, z in zip(runs["ae"], runs["zscore"], strict=True)
-        ]
-        marg = [
-            a["active_records_per_s"] / z["active_records_per_s"]
-            if a["active_records_per_s"] and z["active_records_per_s"]
-            else float("nan")
-            for a, z in zip(runs["ae"], runs["zscore"], strict=True)
-        ]
-        out[runner] = {
-            "ae_records_per_s": statistics.median(m["records_per_s"] for m in runs["ae"]),
-            "zscore_records_per_s": statistics.median(m["records_per_s"] for m in runs["zscore"]),
-            "ae_active_records_per_s": statistics.median(
-                m["active_records_per_s"] or float("nan") for m in runs["ae"]
-            ),
-            "zscore_active_records_per_s": statistics.median(
-                m["active_records_per_s"] or float("nan") for m in runs["zscore"]
-            ),
-            "ratio_end_to_end": statistics.median(ratios),
-            "ratio_active": statistics.median(marg),
-            "runs": runs,
-        }
+
+        def ratio(kind: str, key: str, runs: dict = runs) -> float:
+            return statistics.median(
+                a[key] / z[key] if a[key] and z[key] else float("nan")
+                for a, z in zip(runs[kind], runs["zscore"], strict=True)
+            )
+
+        res: dict[str, Any] = {}
+        for kind in kinds:
+            res[f"{kind}_records_per_s"] = statistics.median(m["records_per_s"] for m in runs[kind])
+            res[f"{kind}_active_records_per_s"] = statistics.median(
+                m["active_records_per_s"] or float("nan") for m in runs[kind]
+            )
+        res["ratio_end_to_end"] = ratio("ae", "records_per_s")
+        res["ratio_active"] = ratio("ae", "active_records_per_s")
+        res["ratio_batched_end_to_end"] = ratio("ae_batched", "records_per_s")
+        res["ratio_batched_active"] = ratio("ae_batched", "active_records_per_s")
+        res["runs"] = runs
+        out[runner] = res
     return out
 
 
@@ -619,6 +637,7 @@ def paced_latency(
         "measured_results": int(lat.size),
         "measured_window_s": window[1] - window[0],
         "startup_to_first_result_s": reader.first - t_start,
+        "measure_from_s": reader.first + warmup_s - t_start,
     }
     if lat.size:
         out.update(
@@ -633,21 +652,26 @@ def paced_latency(
     return out
 
 
-def rss_slope(series: list[tuple[float, float]]) -> dict:
+def rss_slope(series: list[tuple[float, float]], start_s: float) -> dict:
+    """Least-squares slope of RSS over the samples from ``start_s`` (first result + warm-up)
+    or after the first 20% of the run, whichever is later."""
     if len(series) < 5:
         return {"samples": len(series)}
     t = np.array([s for s, _ in series])
     m = np.array([v for _, v in series])
-    keep = t >= t[0] + 0.2 * (t[-1] - t[0])
+    keep = t >= max(start_s, t[0] + 0.2 * (t[-1] - t[0]))
+    if keep.sum() < 3:
+        return {"samples": len(series)}
     slope = float(np.polyfit(t[keep], m[keep], 1)[0]) * 60.0
     return {
         "samples": len(series),
         "span_s": float(t[-1] - t[0]),
+        "fit_from_s": float(t[keep][0] - t[0]),
         "first_mib": float(m[0]),
-        "at_20pct_mib": float(m[keep][0]),
+        "at_fit_start_mib": float(m[keep][0]),
         "last_mib": float(m[-1]),
         "max_mib": float(m.max()),
-        "slope_mib_per_min_after_20pct": slope,
+        "slope_mib_per_min": slope,
     }
 
 
@@ -666,7 +690,7 @@ def bench_latency(bootstrap: str, version_dir: str, seconds: float, prism_s: flo
     ]  # fmt: skip
     print(f"  (c,d) consumer at {RATE}/s for {seconds:.0f}s ...", flush=True)
     cons = paced_latency(bootstrap, consume, topics, seconds, 3.0, 120, tmp / "consume.log")
-    cons["rss_fit"] = rss_slope(cons["rss"])
+    cons["rss_fit"] = rss_slope(cons["rss"], cons["measure_from_s"])
     ptopics = (f"pl-{tag}", f"pl-{tag}-out", f"pl-{tag}-dlq")
     stream = [
         py, "-m", "pipelines.stream",
@@ -680,7 +704,7 @@ def bench_latency(bootstrap: str, version_dir: str, seconds: float, prism_s: flo
     print(f"  (c) pipelines.stream on Prism at {RATE}/s for {prism_s:.0f}s ...", flush=True)
     try:
         prism = paced_latency(bootstrap, stream, ptopics, prism_s, 10.0, 180, tmp / "stream.log")
-        prism["rss_fit"] = rss_slope(prism["rss"])
+        prism["rss_fit"] = rss_slope(prism["rss"], prism["measure_from_s"])
     except Exception as err:
         log = (tmp / "stream.log").read_text(errors="replace")[-3000:]
         print(f"  Prism latency run failed: {err}\n{log}", flush=True)
@@ -695,13 +719,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c")
+    ap.add_argument(
+        "--torch_threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads here and in the scorer processes (0: torch's default)",
+    )
     args = ap.parse_args(argv)
+    if args.torch_threads > 0:
+        # On a shared 2-core machine torch's default (one spinning thread per core) makes each
+        # small-batch forward pass wait for a descheduled worker: seconds per pipeline run.
+        os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     skip = set(filter(None, args.skip.split(",")))
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.ERROR)
     q = args.quick
-    beam_n, beam_repeats = (20_000, 1) if q else (100_000, 3)
-    cons_n, cons_repeats = (20_000, 1) if q else (100_000, 3)
+    beam_n, beam_repeats = (20_000, 2) if q else (50_000, 3)
+    cons_n, cons_repeats = (20_000, 1) if q else (50_000, 3)
     lat_s, prism_s = (30.0, 20.0) if q else (300.0, 60.0)
 
     from ae_pipeline.local.kafka_broker import KafkaBroker
@@ -711,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": q,
         "features": D,
         "model": f"{D}-16-4-16-{D}",
+        "torch_threads": args.torch_threads or "default",
         "machine": {
             "cores": os.cpu_count(),
             "python": platform.python_version(),
@@ -744,6 +782,9 @@ def main(argv: list[str] | None = None) -> int:
         if runner in beam_r:
             result[f"ratio_beam_{runner}_ae_over_zscore"] = beam_r[runner]["ratio_end_to_end"]
             result[f"ratio_beam_{runner}_ae_over_zscore_active"] = beam_r[runner]["ratio_active"]
+            result[f"ratio_beam_{runner}_ae_batched_over_zscore"] = beam_r[runner][
+                "ratio_batched_end_to_end"
+            ]
             goals[f"beam_{runner}_ge_10x"] = beam_r[runner]["ratio_end_to_end"] >= 10
     ct = result.get("consumer_throughput")
     if ct:
@@ -757,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     lc = result.get("latency_consumer")
     if lc and "p99_s" in lc:
         goals["consumer_p99_lt_1s"] = lc["p99_s"] < 1.0
-        result["rss_slope_mib_per_min"] = lc["rss_fit"].get("slope_mib_per_min_after_20pct")
+        result["rss_slope_mib_per_min"] = lc["rss_fit"].get("slope_mib_per_min")
     lp = result.get("latency_prism")
     if lp and "p99_s" in lp:
         goals["prism_p99_lt_3s"] = lp["p99_s"] < 3.0
@@ -776,16 +817,22 @@ def print_table(r: dict) -> None:
     print("\n" + "=" * 78)
     if "beam" in r:
         print(f"(a) Beam flagging, {r['beam']['records']:,} JSON records x {D} features")
-        print(f"    {'runner':8s} {'ae rec/s':>11s} {'zscore rec/s':>13s} {'ratio':>7s} "
-              f"{'active ae':>10s} {'active z':>10s} {'ratio':>7s}")  # fmt: skip
+        print("    records/s end to end (active: first to last output); ratios over zscore")
+        print(f"    {'runner':7s} {'variant':11s} {'rec/s':>9s} {'ratio':>6s} "
+              f"{'active':>9s} {'ratio':>6s}")  # fmt: skip
         for runner in ("fnapi", "prism"):
             b = r["beam"].get(runner)
-            if b:
+            if not b:
+                continue
+            for kind, e2e, act in (
+                ("zscore", None, None),
+                ("ae", "ratio_end_to_end", "ratio_active"),
+                ("ae_batched", "ratio_batched_end_to_end", "ratio_batched_active"),
+            ):
                 print(
-                    f"    {runner:8s} {b['ae_records_per_s']:11,.0f} "
-                    f"{b['zscore_records_per_s']:13,.0f} {b['ratio_end_to_end']:7.2f} "
-                    f"{b['ae_active_records_per_s']:10,.0f} "
-                    f"{b['zscore_active_records_per_s']:10,.0f} {b['ratio_active']:7.2f}"
+                    f"    {runner:7s} {kind:11s} {b[f'{kind}_records_per_s']:9,.0f} "
+                    f"{b[e2e] if e2e else 1.0:6.2f} {b[f'{kind}_active_records_per_s']:9,.0f} "
+                    f"{b[act] if act else 1.0:6.2f}"
                 )
     ct = r.get("consumer_throughput")
     if ct:
@@ -812,10 +859,10 @@ def print_table(r: dict) -> None:
     lc = r.get("latency_consumer")
     if lc and "rss_fit" in lc:
         f = lc["rss_fit"]
-        if "slope_mib_per_min_after_20pct" in f:
+        if "slope_mib_per_min" in f:
             print(
                 f"(d) consumer RSS {f['first_mib']:.0f} -> {f['last_mib']:.0f} MiB over "
-                f"{f['span_s']:.0f}s; slope after 20%: {f['slope_mib_per_min_after_20pct']:+.2f} "
+                f"{f['span_s']:.0f}s; slope from warm-up: {f['slope_mib_per_min']:+.2f} "
                 "MiB/min"
             )
     print(f"goals: {r.get('goals')}")
