@@ -16,6 +16,7 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PLOTS = RESULTS / "plots"
+_PREFIX = [""]  # plot-name prefix of the result file being rendered ("" for quality.json)
 
 
 def _plt():
@@ -39,6 +40,7 @@ def _ms(s: dict[str, Any], fmt: str = ".4f") -> str:
 def _save(fig: Any, name: str) -> str:
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
+    name = _PREFIX[0] + name
     fig.savefig(PLOTS / name, dpi=90)
     import matplotlib.pyplot as plt
 
@@ -265,6 +267,7 @@ def goals_section(q: dict[str, Any]) -> list[str]:
 
 
 def quality_section(q: dict[str, Any], plt: Any, name: str = "quality") -> list[str]:
+    _PREFIX[0] = "" if name == "quality" else f"{name}_"
     lines = [
         f"## {name}",
         "",
