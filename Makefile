@@ -25,7 +25,7 @@ format: setup
 	.venv/bin/ruff format .
 
 bench-deps: setup  ## extra packages the quality benchmarks compare against (PyOD, river, ...)
-	@if [ -f requirements/bench.txt ]; then .venv/bin/pip install -q --disable-pip-version-check -r requirements/bench.txt; fi
+	@if [ -f requirements/bench.txt ]; then .venv/bin/pip install -q --disable-pip-version-check -c requirements/lock.txt -r requirements/bench.txt; fi
 
 bench: bench-deps  ## every benchmark; figures under benchmarks/results/, report in REPORT.md
 	$(PY) -m benchmarks.run

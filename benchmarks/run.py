@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\nresults:")
     for path in sorted((HERE / "results").glob("*.json")):
         data = json.loads(path.read_text())
-        ratios = {k: v for k, v in data.items() if k.startswith("ratio") and not isinstance(v, str)}
+        ratios = {
+            k: v
+            for k, v in data.items()
+            if k.startswith("ratio") and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         print(f"  {path.name}: " + ", ".join(f"{k}={v:.3g}" for k, v in ratios.items()))
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
