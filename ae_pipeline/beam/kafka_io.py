@@ -6,7 +6,16 @@ record offset at a time, a watermark from record timestamps (moved on to "now" w
 partition is idle, so windows close on quiet partitions), self-checkpoints every
 ``max_bundle_seconds`` or when a poll comes back empty, and consumer-group offsets committed
 by a bundle finalizer, i.e. only once the runner has made the bundle's output durable
-(at-least-once). It runs on Prism, Flink, Dataflow and the FnApiRunner.
+(at-least-once). Tested here on the FnApiRunner, Prism (batch and streaming) and Flink.
+
+Runner notes (Beam 2.62):
+
+* Flink's portable runner refuses bundle finalization in batch mode (apache/beam#19526): a
+  bounded read that commits raises a ValueError at construction on Flink without
+  ``--streaming``; pass ``commit_offsets=False`` there. In streaming mode Flink runs the
+  finalizers, hence the commits, only when a checkpoint completes
+  (``--checkpointing_interval``).
+* On FnApiRunner and Prism the finalizer runs right after each bundle.
 
 Unbounded by default; ``bounded=True`` stops every partition at the end offset it had when
 the pipeline started, ``max_records_per_partition`` after that many offsets, ``max_seconds``
@@ -150,7 +159,7 @@ class _DiscoverPartitions(beam.DoFn):
             stop = max(start, ends[tp]) if self._bounded else None
             if self._max_records is not None:
                 stop = min(stop if stop is not None else MAX_OFFSET, start + self._max_records)
-            _LOG.info("reading %s[%d] from offset %d to %s", *tp, start, stop or "unbounded")
+            _LOG.info("reading %s[%d] from offset %d to %s", *tp, start, stop or "the end")
             yield PartitionToRead(tp.topic, tp.partition, start, stop, deadline)
 
     def _start_offsets(self, consumer: KafkaConsumerClient, tps) -> dict[TopicPartition, int]:
@@ -241,22 +250,26 @@ class _ReadPartitionsFn(beam.DoFn):
         self._committed: dict[TopicPartition, int] = {}
 
     def teardown(self) -> None:
-        for consumer in [*self._consumers.values(), self._committer]:
-            if consumer is not None:
-                try:
-                    consumer.close()
-                except Exception as e:  # closing is best effort
-                    _LOG.warning("closing a Kafka consumer failed: %s", e)
-        self._consumers.clear()
-        self._committer = None
+        for tp in list(self._consumers):
+            self._evict(tp)
+        if self._committer is not None:
+            self._committer.close()
+            self._committer = None
+
+    def _evict(self, tp: TopicPartition) -> None:
+        consumer = self._consumers.pop(tp, None)
+        self._positions.pop(tp, None)
+        if consumer is not None:
+            try:
+                consumer.close()
+            except Exception as e:  # closing is best effort
+                _LOG.warning("closing a Kafka consumer failed: %s", e)
 
     def _consumer_at(self, tp: TopicPartition, offset: int) -> KafkaConsumerClient:
         consumer = self._consumers.pop(tp, None)
         if consumer is None:
             while len(self._consumers) >= self._max_consumers:
-                old_tp, old = self._consumers.popitem(last=False)
-                self._positions.pop(old_tp, None)
-                old.close()
+                self._evict(next(iter(self._consumers)))
             consumer = create_consumer(
                 self._config.with_group(None), self._client, max_poll_records=self._max_batch
             )
@@ -314,6 +327,9 @@ class _ReadPartitionsFn(beam.DoFn):
                 if time.monotonic() >= call_ends:
                     tracker.defer_remainder(Duration.of(0))
                     return
+        except Exception:
+            self._evict(tp)  # a failed consumer is not reused by the retry
+            raise
         finally:
             _LOG.debug("read %s[%d] offsets [%d, %d)", *tp, restriction.start, expected)
             if finalizer is not None and expected > restriction.start:

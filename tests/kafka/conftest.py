@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 
 import pytest
@@ -50,3 +51,12 @@ def produce_records(
         producer.flush(30)
     # Record i is the (i // partitions)-th record of partition i % partitions.
     return [(topic, i % partitions, i // partitions) for i in range(start, start + n)]
+
+
+@pytest.fixture(scope="session")
+def quiet_abandoned_clients(kafka_broker):
+    """For tests that cancel streaming pipelines: Beam never tears down their DoFns, whose
+    librdkafka consumers log connection errors once the broker stops at the end of the
+    session; silence them just before it stops."""
+    yield
+    logging.getLogger("ae_pipeline.kafka.librdkafka").setLevel(logging.CRITICAL + 1)

@@ -109,6 +109,7 @@ def test_group_offsets_are_committed_after_the_bundle_and_resumed(
 
 
 @pytest.mark.flink
+@pytest.mark.slow
 def test_bounded_read_on_flink_batch(kafka_config, new_topic, produce, beam_options):
     topic = new_topic(PARTITIONS)
     expected = produce(topic, N, PARTITIONS)

@@ -15,7 +15,7 @@ from apache_beam.transforms import window
 from ae_pipeline.beam.kafka_io import ReadKafkaRecords
 from ae_pipeline.kafka import committed_offsets, end_offsets
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("quiet_abandoned_clients")]
 
 PARTITIONS = 3
 BEFORE, WHILE = 30, 30
@@ -53,7 +53,7 @@ def _wait_for(what: str, condition, result) -> None:
     [
         pytest.param("prism", "kafka-python", marks=pytest.mark.prism),
         pytest.param("prism", "confluent", marks=pytest.mark.prism),
-        pytest.param("flink", "confluent", marks=pytest.mark.flink),
+        pytest.param("flink", "confluent", marks=[pytest.mark.flink, pytest.mark.slow]),
     ],
 )
 def test_unbounded_read_sees_records_produced_while_it_runs(
