@@ -239,6 +239,21 @@ def _as_mapping(obj: Any) -> Mapping[str, Any] | None:
     return None
 
 
+_NUMBER_TYPES = frozenset((int, float))
+
+
+def names_of(spec: FeatureSpec) -> list[str] | None:
+    """Feature names for messages (None when features come as one array field)."""
+    return None if spec.vector_field is not None else list(spec.columns)
+
+
+def _float_or_inf(value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf")
+
+
 def _number(value: Any) -> float:
     if isinstance(value, bool) or value is None or isinstance(value, (str, bytes, list, dict)):
         raise TypeError
@@ -314,30 +329,47 @@ def decode_records(objs: Iterable[Any], spec: FeatureSpec) -> DecodedBatch:
                 continue
             values = [record[c] for c in columns]
             names = columns
-        try:
-            vec = np.fromiter((_number(v) for v in values), dtype=np.float64, count=dim)
-        except (TypeError, ValueError, OverflowError):
+        # Fast check: plain numbers only (bool is an int subclass, so compare exact types).
+        if not all(type(v) in _NUMBER_TYPES for v in values):
             bad = []
             for j, v in enumerate(values):
                 try:
                     _number(v)
                 except (TypeError, ValueError, OverflowError):
                     bad.append(names[j] if names else j)
-            errors.append(RecordError(i, NON_NUMERIC, f"non-numeric values in {bad[:10]}"))
-            continue
-        if not np.isfinite(vec).all():
-            where = [names[j] if names else j for j in np.flatnonzero(~np.isfinite(vec))]
-            errors.append(RecordError(i, NON_FINITE, f"NaN or inf in {where[:10]}"))
-            continue
-        if np.abs(vec).max(initial=0.0) > np.finfo(np.float32).max:
-            errors.append(RecordError(i, NON_FINITE, "value out of float32 range"))
-            continue
-        rows.append(vec)
+            if bad:
+                errors.append(RecordError(i, NON_NUMERIC, f"non-numeric values in {bad[:10]}"))
+                continue
+            values = [_number(v) for v in values]
+        rows.append(values)
         index.append(i)
         keys.append(record.get(spec.key_column) if spec.key_column else None)
         parsed.append(record)
-    matrix = np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)
-    return DecodedBatch(matrix, index, keys, errors, parsed)
+    # One conversion for the whole batch, then vectorised finiteness / range checks.
+    try:
+        wide = np.array(rows, dtype=np.float64).reshape(len(rows), dim)
+    except OverflowError:  # an int beyond float64: find it row by row
+        wide = np.array(
+            [[_float_or_inf(v) for v in row] for row in rows], dtype=np.float64
+        ).reshape(len(rows), dim)
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad_rows = ~np.isfinite(wide).all(axis=1) | (
+            np.abs(wide).max(axis=1, initial=0.0) > np.finfo(np.float32).max
+        )
+    if bad_rows.any():
+        cols = names_of(spec)
+        for r in np.flatnonzero(bad_rows):
+            vec = wide[r]
+            where = [cols[j] if cols else j for j in np.flatnonzero(~np.isfinite(vec))]
+            detail = f"NaN or inf in {where[:10]}" if where else "value out of float32 range"
+            errors.append(RecordError(index[r], NON_FINITE, detail))
+        keep = ~bad_rows
+        wide = wide[keep]
+        index = [x for x, k in zip(index, keep, strict=True) if k]
+        keys = [x for x, k in zip(keys, keep, strict=True) if k]
+        parsed = [x for x, k in zip(parsed, keep, strict=True) if k]
+        errors.sort(key=lambda e: e.index)
+    return DecodedBatch(wide.astype(np.float32), index, keys, errors, parsed)
 
 
 # ---------------------------------------------------------------------------------------------
