@@ -1,0 +1,209 @@
+"""Flink: the operator deployment is consistent with itself, with Beam's Flink runner and with
+Flink's real configuration options; and the streaming job runs on a real multi-process Flink
+session cluster (a JobManager and a TaskManager JVM, started by deploy/flink/local_cluster.py),
+submitted through Beam's Flink job server, reading and writing the real test broker."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import socket
+import sys
+import time
+import uuid
+import zipfile
+from collections import Counter
+
+import pytest
+from apache_beam.runners.runner import PipelineState
+from deploy_kit import DEPLOY, REPO, all_invocations, yaml_docs
+
+from ae_pipeline.kafka import create_consumer, create_producer, create_topics, end_offsets
+from ae_pipeline.local.paths import classpath_dir, launcher_jar
+
+K8S = DEPLOY / "flink" / "k8s"
+sys.path.insert(0, str(REPO / "tests" / "streaming"))  # streaming_kit: model, records, poison
+
+
+def _doc(name: str, kind: str) -> dict:
+    (doc,) = [d for d in yaml_docs(K8S / name) if d["kind"] == kind]
+    return doc
+
+
+@functools.cache
+def _flink_config_keys() -> set[str]:
+    """String constants of Flink's own classes that look like configuration keys: every
+    ``ConfigOptions.key("...")`` of the Flink 1.19 modules of the session-cluster classpath."""
+    from local_cluster import resolve_classpath
+
+    keys: set[str] = set()
+    for jar in (resolve_classpath() / "lib").glob("flink-*.jar"):
+        with zipfile.ZipFile(jar) as zf:
+            for entry in zf.namelist():
+                if entry.endswith("Options.class") or entry.endswith("Config.class"):
+                    data = zf.read(entry)
+                    keys.update(
+                        m.decode()
+                        for m in re.findall(rb"[a-z][a-z0-9-]*(?:\.[A-Za-z0-9-]+)+", data)
+                    )
+    return keys
+
+
+def test_flink_configuration_keys_exist_in_flink():
+    from local_cluster import FlinkSessionCluster
+
+    known = _flink_config_keys()
+    operator = _doc("flink-deployment.yaml", "FlinkDeployment")["spec"]["flinkConfiguration"]
+    local = FlinkSessionCluster(work_dir=REPO / "logs").flink_config()
+    for where, config in (("flink-deployment.yaml", operator), ("local_cluster.py", local)):
+        unknown = sorted(set(config) - known)
+        assert not unknown, f"{where}: not Flink 1.19 configuration keys: {unknown}"
+
+
+def test_flink_deployment_matches_beams_flink_runner_and_the_job():
+    import apache_beam
+
+    fd = _doc("flink-deployment.yaml", "FlinkDeployment")
+    spec = fd["spec"]
+    # Beam 2.62.0's Flink runner is built for Flink 1.19: cluster, job server and local recipe.
+    runner_jar = [p.name for p in (classpath_dir("flink") / "lib").glob("beam-runners-flink-*")]
+    assert runner_jar == [f"beam-runners-flink-1.19-{apache_beam.__version__}.jar"]
+    assert spec["flinkVersion"] == "v1_19"
+    assert re.match(r"^flink:1\.19\.\d+-java17$", spec["image"])
+    flink_patch = spec["image"].split(":")[1].split("-")[0]
+    pom = (DEPLOY / "local" / "flink-dist" / "pom.xml").read_text()
+    assert "<flink.version>1.19." in pom
+
+    config = spec["flinkConfiguration"]
+    assert config["execution.checkpointing.interval"]
+    assert config["state.checkpoints.dir"].startswith("gs://")
+    tm = spec["taskManager"]["podTemplate"]["spec"]
+    containers = {c["name"]: c for c in tm["containers"]}
+    plugin = next(e["value"] for e in containers["flink-main-container"]["env"])
+    assert plugin == f"flink-gs-fs-hadoop-{flink_patch}.jar", "gs:// needs the GCS plugin"
+    pool = containers["beam-worker-pool"]
+    assert pool["args"] == ["--worker_pool"]
+    assert pool["resources"]["limits"]["nvidia.com/gpu"] == 1, "the SDK harness gets the GPU"
+    assert "nvidia.com/gpu" not in json.dumps(containers["flink-main-container"])
+    pool_port = pool["ports"][0]["containerPort"]
+    slots = int(config["taskmanager.numberOfTaskSlots"])
+
+    server = _doc("beam-job-server.yaml", "Deployment")["spec"]["template"]["spec"]
+    (js,) = server["containers"]
+    assert js["image"] == f"apache/beam_flink1.19_job_server:{apache_beam.__version__}"
+    assert f"--flink-master={fd['metadata']['name']}-rest:8081" in js["args"]
+    service = _doc("beam-job-server.yaml", "Service")
+
+    (inv,) = [i for i in all_invocations() if i.where.startswith("deploy/flink/k8s/stream-job")]
+    args = dict(a.split("=", 1) if "=" in a else (a, "") for a in inv.args)
+    assert args["--runner"] == "PortableRunner"
+    host, port = args["--job_endpoint"].split(":")
+    assert host == service["metadata"]["name"]
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    assert f"--job-port={port}" in js["args"]
+    assert args["--environment_type"] == "EXTERNAL"
+    assert args["--environment_config"] == f"localhost:{pool_port}"
+    assert int(args["--checkpointing_interval"]) > 0
+    assert int(args["--parallelism"]) <= slots * spec["taskManager"]["replicas"]
+
+
+def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    with create_producer({"bootstrap.servers": bootstrap}) as producer:
+        for v in values:
+            producer.send(topic, v)
+        producer.flush(30)
+
+
+def _read_json(bootstrap: str, topic: str) -> list[dict]:
+    ends = end_offsets({"bootstrap.servers": bootstrap}, topic)
+    out: list = []
+    with create_consumer({"bootstrap.servers": bootstrap}) as consumer:
+        consumer.assign(dict.fromkeys(ends, 0))
+        deadline = time.monotonic() + 30
+        while len(out) < sum(ends.values()) and time.monotonic() < deadline:
+            out.extend(consumer.poll(0.5, 5000))
+    return [json.loads(r.value) for r in out]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.kafka
+@pytest.mark.flink
+@pytest.mark.slow
+def test_stream_job_on_a_flink_session_cluster(
+    flink_session_cluster, bootstrap_servers, tmp_path, beam_options
+):
+    import streaming_kit as kit
+
+    from ae_pipeline.registry import ModelRegistry
+    from ae_pipeline.serving import ServingModel
+    from pipelines import stream
+
+    beam_options("flink", streaming=True)  # records the runner in the session summary
+    cluster = flink_session_cluster
+    root = str(tmp_path / "models")
+    version = kit.publish(root, kit.train(epochs=8))
+    tag = uuid.uuid4().hex[:8]
+    inp, out, dlq = f"fl-in-{tag}", f"fl-out-{tag}", f"fl-dlq-{tag}"
+    create_topics({"bootstrap.servers": bootstrap_servers}, {inp: 2, out: 1, dlq: 1})
+    values, n_poison = kit.records_with_poison(200, anomalies=5)
+    _produce(bootstrap_servers, inp, values)
+
+    argv = [
+        *cluster.beam_args(launcher_jar("flink"), parallelism=2),
+        # Streaming mode, bounded read: the job ends when both partitions reach the end offsets
+        # they had at start. (No checkpointing here: with it, Beam keeps Flink's impulse source
+        # alive for checkpoints and a bounded job never finishes.)
+        "--streaming",
+        "--bounded",
+        "--mode=flag",
+        f"--bootstrap_servers={bootstrap_servers}",
+        f"--input_topic={inp}",
+        f"--output_topic={out}",
+        f"--dead_letter_topic={dlq}",
+        f"--group_id=g-{tag}",
+        f"--model_root={root}",
+        "--device=cpu",
+        "--top_k=0",
+    ]
+    result = stream.main(argv, wait=False)
+    try:
+        state = result.wait_until_finish(duration=240_000)
+    finally:
+        if not PipelineState.is_terminal(result.state):
+            result.cancel()
+    assert state == PipelineState.DONE, f"{state}; logs:\n{cluster.log_tails()}"
+
+    # The job ran on the session cluster (not an embedded mini cluster): the JobManager lists it
+    # as finished, and the TaskManager JVM ran its tasks.
+    jobs = cluster.jobs()
+    assert [j["state"] for j in jobs] == ["FINISHED"], jobs
+    tm_log = (cluster.log_dir / "taskmanager-0.log").read_text()
+    assert re.search(r"Read.*switched from RUNNING to FINISHED", tm_log)
+
+    # Every good record has exactly one result; every poison record is a dead letter with its
+    # reason; the flags equal the model's offline scores.
+    results, dead = _read_json(bootstrap_servers, out), _read_json(bootstrap_servers, dlq)
+    assert len(dead) == n_poison
+    assert sorted(d["reason"] for d in dead) == sorted(kit.POISON)
+    assert Counter(r["key"] for r in results) == Counter(range(200))
+    assert {r["model_version"] for r in results} == {version}
+    model = ServingModel.load(ModelRegistry(root).path(version), device="cpu", top_k=None)
+    offline, _ = model.score_records(values, "flag")
+    by_key = {r["key"]: r for r in results}
+    for r in offline:
+        assert by_key[r["key"]]["is_anomaly"] == r["is_anomaly"]
+        assert by_key[r["key"]]["score"] == pytest.approx(r["score"], rel=1e-4)
+    assert sum(r["is_anomaly"] for r in results) >= 5
+
+    # Stop: both JVMs are gone, the ports are closed, the logs stay.
+    procs = list(cluster.procs.values())
+    cluster.stop()
+    assert all(p.poll() is not None for p in procs)
+    assert not _port_open(cluster.rest_port) and not _port_open(cluster.rpc_port)
+    assert (cluster.log_dir / "jobmanager.log").stat().st_size > 0
