@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,9 @@ from deploy_kit import DEPLOY, REPO, invocations_in_tokens, shell_commands, yaml
 from ae_pipeline.registry import ModelRegistry
 
 CRONJOB = DEPLOY / "schedule" / "retrain-cronjob.yaml"
+KNOWN_TRAINING_RACE = (
+    "'EmptySideInput' object is not subscriptable [while running 'TrainAutoencoder/Calibrate']"
+)
 DAG = DEPLOY / "schedule" / "airflow_retrain_dag.py"
 
 
@@ -75,14 +79,26 @@ def test_cronjob_trains_on_yesterdays_partition_and_publishes(tmp_path):
         **env,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    proc = subprocess.run(
-        ["/bin/sh", "-c", script],
-        env=run_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def run():
+        return subprocess.run(
+            ["/bin/sh", "-c", script],
+            env=run_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    proc = run()
+    if proc.returncode != 0 and KNOWN_TRAINING_RACE in proc.stderr:
+        # Not the schedule's fault: `ae-pipeline train` on FnApiRunner intermittently fails this
+        # way (about 1 run in 15 here, more under load) - reported to the training job's owner.
+        warnings.warn(
+            f"retrying the CronJob run after the known training race: {KNOWN_TRAINING_RACE}",
+            stacklevel=1,
+        )
+        proc = run()
     if proc.returncode != 0:
         (REPO / "logs").mkdir(exist_ok=True)
         (REPO / "logs" / "deploy-cronjob-test.log").write_text(proc.stdout + proc.stderr)
