@@ -456,6 +456,17 @@ class TrainAutoencoder(beam.PTransform):
             # with a step whose output it waits for as a side input.
             return pbegin | f"Start{label}" >> beam.Create([None])
 
+        def replay(label: str, shards):
+            # Shards consumed by a step that also waits for a model trained on those same
+            # shards: re-emit them from a fresh root once they are all written, so that the
+            # runner cannot fuse the step into the stage that writes them (a cycle that shows
+            # up as an empty side input).
+            return (
+                once(label)
+                | f"{label}Shards" >> beam.FlatMap(lambda _, s: s, beam.pvalue.AsList(shards))
+                | f"{label}Spread" >> beam.Reshuffle()
+            )
+
         train_list, val_list = beam.pvalue.AsList(train), beam.pvalue.AsList(val)
         model_cfg = ModelConfig.from_dict({**job.model_config, "input_dim": spec.dim})
         if model_cfg.architecture == "stacked":
@@ -473,8 +484,12 @@ class TrainAutoencoder(beam.PTransform):
                 layers.append(layer)
                 side = beam.pvalue.AsSingleton(layer)
                 enc = _EncodeShard(job.temp_dir, k, first=k == 0)
-                codes = codes | f"EncodeTrain{k}" >> beam.ParDo(enc, side, stats)
-                val_codes = val_codes | f"EncodeVal{k}" >> beam.ParDo(enc, side, stats)
+                codes = replay(f"EncodeTrain{k}", codes) | f"EncodeTrain{k}" >> beam.ParDo(
+                    enc, side, stats
+                )
+                val_codes = replay(f"EncodeVal{k}", val_codes) | f"EncodeVal{k}" >> beam.ParDo(
+                    enc, side, stats
+                )
             all_layers = layers | "Layers" >> beam.Flatten() | beam.combiners.ToList()
             trained = once("FineTune") | "FineTune" >> beam.Map(
                 lambda _, ls, s, v, st: finetune_stack(job, ls, s, v, st),
@@ -488,7 +503,7 @@ class TrainAutoencoder(beam.PTransform):
                 lambda _, s, v, st: train_single(job, s, v, st), train_list, val_list, stats
             )
         errors = (
-            val
+            replay("Calibrate", val)
             | "Calibrate" >> beam.ParDo(_ScoreShard(), beam.pvalue.AsSingleton(trained))
             | "AllErrors" >> beam.CombineGlobally(_ConcatFn())
         )

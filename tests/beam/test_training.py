@@ -185,3 +185,36 @@ def test_encode_job_writes_codes_and_errors_matching_the_offline_scorer(tmp_path
     expected = Scorer(art.model).errors(Scaler.from_dict(art.scaler).transform(x[ids]))
     np.testing.assert_allclose(table.column("reconstruction_error").to_numpy(), expected, rtol=1e-5)
     assert '"reason": "non_finite"' in next(out.glob("rejected/*.jsonl")).read_text()
+
+
+@pytest.mark.slow
+def test_fashion_mnist_written_to_parquet_trains_a_useful_model(tmp_path):
+    from ae_pipeline.datasets import load_fashion_mnist
+
+    x, y = load_fashion_mnist("train", limit=4000)
+    cols = {f"p{j}": x[:, j] for j in range(x.shape[1])}
+    cols["id"] = np.arange(len(x))
+    cols["label"] = y.astype(np.int64)
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    pq.write_table(pa.table(cols), data / "part-0.parquet", row_group_size=1000)
+    result = train_job.run(
+        _args(
+            tmp_path,
+            data,
+            feature_columns=",".join(f"p{j}" for j in range(784)),
+            hidden_dims="128",
+            latent_dim=32,
+            epochs=6,
+            batch_size=128,
+            lr=0.002,
+            scaler="none",
+            output_activation="sigmoid",
+        )
+    )
+    art = load_artifact(str(tmp_path / "models" / result["published"]))
+    assert art.input_dim == 784 and len(art.feature_columns) == 784
+    test, _ = load_fashion_mnist("test", limit=1000)
+    mse = Scorer(art.model).errors(test).mean()
+    baseline = ((test - x.mean(axis=0)) ** 2).mean()  # predicting the mean image
+    assert mse < 0.5 * baseline, (mse, baseline)
