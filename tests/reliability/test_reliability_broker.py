@@ -119,7 +119,10 @@ PRISM_BUG = (
 
 
 @pytest.mark.prism
-@pytest.mark.xfail(strict=True, reason=PRISM_BUG)
+# Not strict: the job dies only if one of its reads touches the broker while it is down, which
+# happened in 7 of 8 runs here; a strict xfail would make the suite flaky. Make it a plain
+# test once the read survives a dead broker.
+@pytest.mark.xfail(strict=False, reason=PRISM_BUG)
 def test_broker_outage_prism_stream_job_loses_nothing(broker, model_root, beam_options):
     from pipelines import stream
 
