@@ -56,7 +56,14 @@ from typing import Any
 import numpy as np
 
 from ae_pipeline.artifact import ArtifactError, LoadedArtifact, load_artifact
-from ae_pipeline.features import FeatureSpec, Scaler, decode_records
+from ae_pipeline.features import (
+    NON_FINITE,
+    DecodedBatch,
+    FeatureSpec,
+    RecordError,
+    Scaler,
+    decode_records,
+)
 from ae_pipeline.registry import MARKER, ModelRegistry, version_of_marker
 
 _log = logging.getLogger(__name__)
@@ -170,6 +177,30 @@ def _coordinates(source: Source | None) -> dict[str, Any]:
     if source.timestamp_ms is not None:
         out["timestamp_ms"] = source.timestamp_ms
     return out
+
+
+def _drop_unscalable(batch: DecodedBatch, scaler: Scaler) -> DecodedBatch:
+    """Moves records whose features overflow float32 once scaled (finite, but near the limit)
+    to the errors as ``non_finite``: the model would score them NaN and never flag them."""
+    if not len(batch.matrix):
+        return batch
+    with np.errstate(over="ignore", invalid="ignore"):
+        ok = np.isfinite(scaler.transform(batch.matrix)).all(axis=1)
+    if ok.all():
+        return batch
+    errors = list(batch.errors)
+    for row in np.flatnonzero(~ok):
+        detail = "a feature overflows float32 after scaling (value too extreme)"
+        errors.append(RecordError(batch.index[row], NON_FINITE, detail))
+    errors.sort(key=lambda e: e.index)
+    keep = [bool(k) for k in ok]
+
+    def kept(items: list) -> list:
+        return [x for x, k in zip(items, keep, strict=True) if k]
+
+    return DecodedBatch(
+        batch.matrix[ok], kept(batch.index), kept(batch.keys), errors, kept(batch.records)
+    )
 
 
 def version_name(version_dir: str) -> str:
@@ -352,7 +383,7 @@ class ServingModel:
             sources = [p[1] for p in pairs]
         elif len(sources) != len(values):
             raise ValueError(f"{len(values)} values but {len(sources)} sources")
-        batch = decode_records(values, self.spec)
+        batch = _drop_unscalable(decode_records(values, self.spec), self.scaler)
         dead = [
             {
                 "reason": err.reason,
@@ -598,14 +629,19 @@ def to_message(output: Mapping[str, Any]) -> tuple[bytes | None, bytes, list[tup
 
 def to_json(obj: Any) -> bytes:
     """Serialises a result or dead letter (or any JSON data with numpy values) to bytes."""
+    import json
+
     try:
         import orjson
 
         return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
     except ImportError:  # pragma: no cover - orjson is a Beam dependency
-        import json
-
-        return json.dumps(obj, default=lambda v: v.tolist()).encode()
+        pass
+    except TypeError:  # e.g. an int beyond 64 bits, which Python's json writes as is
+        pass
+    return json.dumps(
+        obj, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)
+    ).encode()
 
 
 __all__ = [

@@ -1,6 +1,8 @@
-"""Bugs the reliability suite found in modules it does not own, pinned as strict xfails: each
-test states the correct behaviour and fails today; when a fix lands it passes, the strict xfail
-turns that into a failure, and the marker should be removed."""
+"""Regression tests of bugs the reliability suite found (all fixed): ints beyond 64 bits in
+records or keys broke result/dead-letter serialisation (and so the plain consumer, which replayed
+the batch forever); a finite value near the float32 limit overflowed when scaled and was scored
+NaN, i.e. never flagged. Now such records are written, and the overflow is a non_finite dead
+letter."""
 
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ from ae_pipeline.consumer import ScoringConsumer
 from ae_pipeline.registry import ModelRegistry
 from ae_pipeline.serving import ServingModel, to_message
 
-# Scaler.transform overflows on values near the float32 limit (a known bug, pinned in
-# test_reliability_known_bugs.py): the warning is expected here, the outcome is checked.
+# Scaling a value near the float32 limit overflows (then dead-lettered): the warning is expected.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 
 # orjson refuses the NaN of "note", so decode_records falls back to Python's json, which
@@ -33,13 +34,6 @@ def serving(trained, tmp_path_factory):
     return ServingModel.load(ModelRegistry(root).path(version), device="cpu")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="serving.to_message/to_json: a result key (or passthrough field) that is an int "
-    "beyond 64 bits, which the lenient JSON fallback of decode_records produces, makes orjson "
-    "raise 'Integer exceeds 64-bit range'",
-)
 @pytest.mark.parametrize("mode", ["flag", "encode", "denoise"])
 def test_a_record_with_an_id_beyond_64_bits_can_be_written(serving, mode):
     results, dead = serving.score_records([BIG_ID], mode)
@@ -47,25 +41,12 @@ def test_a_record_with_an_id_beyond_64_bits_can_be_written(serving, mode):
         json.loads(to_message(output)[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="serving._json_safe passes ints beyond 64 bits through: the dead letter of a Python "
-    "record holding one (a Beam element) cannot be serialised by to_message",
-)
 def test_the_dead_letter_of_a_python_record_with_a_huge_int_can_be_written(serving):
     results, dead = serving.score_records([{"id": 1, "f0": 2**70}], "flag")
     assert not results and dead[0]["reason"] == "missing_field"
     json.loads(to_message(dead[0])[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a finite feature near the float32 limit overflows in Scaler.transform; the model "
-    "returns NaN, and 'NaN > threshold' is False: the most extreme records are reported as "
-    "normal (score null in the JSON) instead of flagged or dead-lettered as non_finite",
-)
 def test_an_extreme_but_finite_record_is_flagged_or_dead_lettered(serving):
     record = {"id": 1, **{c: 1.0 for c in kit.COLUMNS}, "f5": 3.0e38}  # f5's scale is ~0.1
     results, dead = serving.score_records([json.dumps(record).encode()], "flag")
@@ -76,12 +57,6 @@ def test_an_extreme_but_finite_record_is_flagged_or_dead_lettered(serving):
 
 
 @pytest.mark.kafka
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="the big-int id above is a poison pill for the plain consumer: run() dies in "
-    "to_message before the commit, and every restart replays the same batch",
-)
 def test_the_consumer_survives_a_record_with_an_id_beyond_64_bits(broker, model_root):
     root, _ = model_root
     bootstrap = broker.bootstrap_servers
