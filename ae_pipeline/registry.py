@@ -31,7 +31,7 @@ import secrets
 from collections.abc import Callable
 
 MARKER = "_PUBLISHED"
-VERSION_RE = re.compile(r"^v\d{8}T\d{6}\d{0,6}Z-[0-9a-f]{6,}$")
+VERSION_RE = re.compile(r"v\d{8}T\d{6}\d{0,6}Z-[0-9a-f]{6,}")
 
 
 class RegistryError(ValueError):
@@ -50,7 +50,7 @@ def check_version_name(name: str) -> str:
     Raises:
         RegistryError: naming the bad value and the expected form.
     """
-    if not isinstance(name, str) or not VERSION_RE.match(name):
+    if not isinstance(name, str) or not VERSION_RE.fullmatch(name):
         raise RegistryError(
             f"invalid model version name {name!r}: expected e.g. 'v20261126T221500Z-3f9a1c' "
             "(no path separators or '..')"
@@ -130,7 +130,7 @@ class ModelRegistry:
         for match in fs.match([pattern])[0].metadata_list:
             directory = fs.split(match.path)[0]
             name = fs.split(directory)[1]
-            if VERSION_RE.match(name):
+            if VERSION_RE.fullmatch(name):
                 found.append(name)
         return sorted(set(found))
 

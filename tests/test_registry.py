@@ -73,6 +73,13 @@ def test_names_are_never_reused_and_cannot_escape_the_root(tmp_path):
     v = reg.publish(lambda d: None)
     with pytest.raises(RegistryError, match="already exists"):
         reg.publish(lambda d: None, name=v)
-    for bad in ["../etc", "v1/../../x", "/abs", "", "v20261126T221500Z-zz"]:
+    for bad in [
+        "../etc",
+        "v1/../../x",
+        "/abs",
+        "",
+        "v20261126T221500Z-zz",
+        "v20261126T221500Z-abcdef\n",
+    ]:
         with pytest.raises(RegistryError, match="invalid model version name"):
             reg.path(bad)
