@@ -111,6 +111,36 @@ class KafkaBroker:
         props.update(self.extra_config)
         return props
 
+    def add_sasl_plain_listener(self, users: dict[str, str]) -> str:
+        """Add a SASL_PLAINTEXT (PLAIN) listener beside the PLAINTEXT one, before ``start``.
+
+        Args:
+            users: user name -> password accepted by the listener.
+
+        Returns:
+            The listener's bootstrap address (also kept as ``sasl_bootstrap``).
+        """
+        sasl_port = free_port()
+        jaas_users = " ".join(f'user_{name}="{pw}"' for name, pw in users.items())
+        self.extra_config.update(
+            {
+                "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
+                f"SASL_PLAINTEXT://127.0.0.1:{sasl_port},"
+                f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
+                f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
+                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
+                "SASL_PLAINTEXT:SASL_PLAINTEXT",
+                "sasl.enabled.mechanisms": "PLAIN",
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                    f"{jaas_users};"
+                ),
+            }
+        )
+        self.sasl_bootstrap = f"127.0.0.1:{sasl_port}"
+        return self.sasl_bootstrap
+
     def _java_cmd(self, main: str, *args: str) -> list[str]:
         log4j = self.data_dir / "log4j2.properties"
         return [

@@ -19,7 +19,7 @@ from ae_pipeline.kafka import (
     create_producer,
     create_topics,
 )
-from ae_pipeline.local.kafka_broker import KafkaBroker, free_port
+from ae_pipeline.local.kafka_broker import KafkaBroker
 
 pytestmark = pytest.mark.kafka
 
@@ -31,25 +31,8 @@ WRONG = "wrong-Pa55word-9"
 def sasl_broker():
     """A second broker with a SASL_PLAINTEXT listener (user alice) beside its PLAINTEXT one."""
     broker = KafkaBroker()
-    sasl_port = free_port()
-    broker.extra_config.update(
-        {
-            "listeners": f"PLAINTEXT://127.0.0.1:{broker.port},"
-            f"SASL_PLAINTEXT://127.0.0.1:{sasl_port},"
-            f"CONTROLLER://127.0.0.1:{broker.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker.port},"
-            f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
-            "SASL_PLAINTEXT:SASL_PLAINTEXT",
-            "sasl.enabled.mechanisms": "PLAIN",
-            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
-                "org.apache.kafka.common.security.plain.PlainLoginModule required "
-                f'user_alice="{PASSWORD}";'
-            ),
-        }
-    )
+    broker.add_sasl_plain_listener({"alice": PASSWORD})
     broker.start()
-    broker.sasl_bootstrap = f"127.0.0.1:{sasl_port}"
     yield broker
     broker.stop()
 

@@ -19,7 +19,7 @@ import time
 import pytest
 import reliability_kit as kit
 
-from ae_pipeline.local.kafka_broker import KafkaBroker, free_port
+from ae_pipeline.local.kafka_broker import KafkaBroker
 
 
 def pytest_configure(config):
@@ -59,24 +59,7 @@ def model_root(tmp_path, trained):
 @pytest.fixture(scope="session")
 def _rel_broker():
     broker = KafkaBroker()
-    sasl_port = free_port()
-    broker.extra_config.update(
-        {
-            "listeners": f"PLAINTEXT://127.0.0.1:{broker.port},"
-            f"SASL_PLAINTEXT://127.0.0.1:{sasl_port},"
-            f"CONTROLLER://127.0.0.1:{broker.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker.port},"
-            f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
-            "SASL_PLAINTEXT:SASL_PLAINTEXT",
-            "sasl.enabled.mechanisms": "PLAIN",
-            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
-                "org.apache.kafka.common.security.plain.PlainLoginModule required "
-                f'user_{kit.SASL_USER}="{kit.SASL_PASSWORD}";'
-            ),
-        }
-    )
-    broker.sasl_bootstrap = f"127.0.0.1:{sasl_port}"
+    broker.add_sasl_plain_listener({kit.SASL_USER: kit.SASL_PASSWORD})
     broker.start()
     yield broker
     broker.stop()
