@@ -116,6 +116,7 @@ class ScoringConsumer:
         model_version_dir: or score with this one version.
         model_poll_interval_s: seconds between registry checks (with ``model_root``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        torch_threads: torch's intra-op CPU threads (None: torch's default, one per core).
         client: ``"kafka-python"`` (default) or ``"confluent"`` (several times faster).
         max_batch: most records per poll (and per produce/flush/commit cycle).
         poll_timeout_s: how long one poll waits; also how quickly a stop request is seen.
@@ -139,6 +140,7 @@ class ScoringConsumer:
         model_version_dir: str | None = None,
         model_poll_interval_s: float = 30.0,
         device: str = "auto",
+        torch_threads: int | None = None,
         client: str = DEFAULT_CLIENT,
         max_batch: int = 500,
         poll_timeout_s: float = 0.5,
@@ -169,6 +171,7 @@ class ScoringConsumer:
             "interval_s": model_poll_interval_s,
             "device": device,
             "top_k": top_k,
+            "torch_threads": torch_threads,
         }
         self.wait_for_model_s = wait_for_model_s
         self._consumer = consumer

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from ae_pipeline.artifact import ArtifactError, LoadedArtifact, load_artifact
 from ae_pipeline.features import (
@@ -203,6 +204,26 @@ def _drop_unscalable(batch: DecodedBatch, scaler: Scaler) -> DecodedBatch:
     )
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """Sets torch's intra-op CPU thread count for this process (``torch.set_num_threads``).
+
+    Torch defaults to one thread per core. A Beam worker or a consumer host scores many small
+    batches, often beside other busy processes; there, threads that wait on each other cost more
+    than they give, and 1-2 threads per process usually score faster (``benchmarks/
+    bench_streaming.py`` measures it). ``None`` or 0 keeps torch's default.
+
+    Raises:
+        ValueError: a negative count.
+    """
+    if threads is None or threads == 0:
+        return
+    if threads < 0:
+        raise ValueError(f"torch_threads must be >= 0 (0: torch's default), got {threads}")
+    if torch.get_num_threads() != threads:
+        _log.info("torch intra-op threads: %d -> %d", torch.get_num_threads(), threads)
+        torch.set_num_threads(threads)
+
+
 def version_name(version_dir: str) -> str:
     """The version name of a version directory: its last path component (local paths and
     ``gs://`` / ``s3://`` URLs alike)."""
@@ -256,6 +277,7 @@ class ServingModel:
         threshold: float | None = None,
         batch_size: int = 8192,
         top_k: int | None = 5,
+        torch_threads: int | None = None,
     ) -> ServingModel:
         """Loads and verifies a version directory (checksums, safetensors, shapes).
 
@@ -268,10 +290,13 @@ class ServingModel:
             threshold: override the calibrated threshold.
             batch_size: rows per forward pass.
             top_k: per-feature contributions kept in ``flag`` results (``None``: all).
+            torch_threads: torch's intra-op CPU threads for this process (see
+                :func:`set_torch_threads`); ``None`` or 0 keeps torch's default.
 
         Raises:
             ArtifactError: the artifact is missing, corrupt or unsafe, or the spec does not fit.
         """
+        set_torch_threads(torch_threads)
         if version_name(version_dir) == MARKER:
             version_dir = version_of_marker(version_dir.rstrip("/"))
         artifact = load_artifact(version_dir, device=device)

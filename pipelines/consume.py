@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--wait_for_model_s", type=float, default=0.0)
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    model.add_argument(
+        "--torch_threads",
+        type=int,
+        default=0,
+        help="torch intra-op CPU threads (0: torch's default, one per core)",
+    )
     model.add_argument("--top_k", type=int, default=5, help="contributions per flag (0: all)")
     model.add_argument("--passthrough", default="", help="comma list of fields to copy")
     run = parser.add_argument_group("run")
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         model_version_dir=args.model_version_dir,
         model_poll_interval_s=args.model_poll_interval_s,
         device=args.device,
+        torch_threads=args.torch_threads or None,
         client=args.client,
         max_batch=args.max_batch,
         poll_timeout_s=args.poll_timeout_s,

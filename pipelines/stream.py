@@ -58,6 +58,13 @@ class StreamOptions(ModelLocationOptions):
         g.add_argument("--top_k", type=int, default=5, help="contributions per flag (0: all)")
         g.add_argument("--passthrough", default="", help="comma list of record fields to copy")
         g.add_argument("--threshold", type=float, default=None, help="override the threshold")
+        g.add_argument(
+            "--torch_threads",
+            type=int,
+            default=0,
+            help="torch intra-op CPU threads per worker process (0: torch's default, one per "
+            "core; 1-2 usually score small batches faster on busy workers)",
+        )
         g = parser.add_argument_group("Kafka")
         # Not argparse-required: PipelineOptions subclasses register globally, and a required
         # option would break every other pipeline built in the same process.
@@ -150,6 +157,7 @@ def build(pipeline: beam.Pipeline, opts: StreamOptions) -> Any:
         threshold=opts.threshold,
         top_k=opts.top_k or None,
         passthrough=[f for f in opts.passthrough.split(",") if f],
+        torch_threads=opts.torch_threads or None,
         prebatched=True,
         emit_batches=True,
     )

@@ -75,6 +75,7 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
         inference_batch_size: rows per forward pass.
         env_vars: environment variables set before loading (Beam convention).
         large_model: share one model between the worker's processes.
+        torch_threads: torch's intra-op CPU threads per worker process (None: torch's default).
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
         inference_batch_size: int = 8192,
         env_vars: Mapping[str, str] | None = None,
         large_model: bool = False,
+        torch_threads: int | None = None,
     ) -> None:
         super().__init__()
         self._env_vars = dict(env_vars or {})
@@ -112,6 +114,7 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
         if max_batch_duration_secs is not None:
             self._batching["max_batch_duration_secs"] = max_batch_duration_secs
         self._large_model = large_model
+        self._torch_threads = torch_threads
         self._checked: dict[str, bool] = {}
 
     @classmethod
@@ -141,6 +144,7 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
             threshold=self._threshold,
             batch_size=self._inference_batch_size,
             top_k=None,
+            torch_threads=self._torch_threads,
         )
 
     def update_model_path(self, model_path: str | None = None) -> None:

@@ -63,6 +63,7 @@ class ModelSource:
         threshold: overrides the model's calibrated threshold.
         top_k: per-feature contributions in ``flag`` results (None: all).
         batch_size: rows per forward pass.
+        torch_threads: torch's intra-op CPU threads per worker process (None: torch's default).
     """
 
     version_dir: str | None = None
@@ -73,6 +74,7 @@ class ModelSource:
     threshold: float | None = None
     top_k: int | None = 5
     batch_size: int = 8192
+    torch_threads: int | None = None
 
     def __post_init__(self) -> None:
         if (self.version_dir is None) == (self.root is None):
@@ -88,6 +90,7 @@ class ModelSource:
             "threshold": self.threshold,
             "top_k": self.top_k,
             "batch_size": self.batch_size,
+            "torch_threads": self.torch_threads,
         }
 
     def tag(self) -> str:
@@ -195,6 +198,8 @@ class ScoreRecords(beam.PTransform):
         threshold: overrides the calibrated anomaly threshold.
         top_k: per-feature contributions kept in ``flag`` results (None: all).
         passthrough: record fields copied into each result.
+        torch_threads: torch's intra-op CPU threads per worker process (None: torch's
+            default, one per core; 1-2 is usually faster for many small batches).
         min_batch_size: smallest batch ``beam.BatchElements`` forms.
         max_batch_size: largest batch ``beam.BatchElements`` forms.
         max_batch_duration_secs: with a value, ``BatchElements`` batches across bundles
@@ -218,6 +223,7 @@ class ScoreRecords(beam.PTransform):
         threshold: float | None = None,
         top_k: int | None = 5,
         passthrough: Sequence[str] = (),
+        torch_threads: int | None = None,
         min_batch_size: int = 1,
         max_batch_size: int = 1000,
         max_batch_duration_secs: float | None = None,
@@ -236,6 +242,7 @@ class ScoreRecords(beam.PTransform):
             spec=spec,
             threshold=threshold,
             top_k=top_k,
+            torch_threads=torch_threads,
         )
         self._passthrough = tuple(passthrough)
         self._batching = {
