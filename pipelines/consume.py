@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("--dead_letter_topic", required=True, help="where rejected records go")
     kafka.add_argument("--client", default=DEFAULT_CLIENT, choices=CLIENTS, help="Kafka client")
     kafka.add_argument(
-        "--kafka_config", default=None, help="JSON file of extra KafkaConfig settings (security)"
+        "--kafka_config",
+        default=None,
+        help="JSON file of extra KafkaConfig settings (security): a local path or any Beam "
+        "filesystem path (gs://, s3://, ...)",
     )
     kafka.add_argument("--max_batch", type=int, default=500, help="records per poll/commit")
     kafka.add_argument("--poll_timeout_s", type=float, default=0.5)
@@ -77,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)
     config: dict = {}
     if args.kafka_config:
-        with open(args.kafka_config) as f:
-            config.update(json.load(f))
+        from ae_pipeline.beam.options import read_json_config  # local, gs://, s3://, ...
+
+        config.update(read_json_config(args.kafka_config))
     config.update({"bootstrap.servers": args.bootstrap_servers, "group.id": args.group_id})
     consumer = ScoringConsumer(
         config,

@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from ae_pipeline.beam.options import (
     ModelLocationOptions,
     ParquetInputOptions,
+    add_switch,
     exit_with_help_if_asked,
     require,
 )
@@ -39,7 +40,7 @@ class EncodeOptions(ModelLocationOptions, ParquetInputOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--output", default=None, help="output directory for the codes")
-        parser.add_argument("--with_errors", action="store_true", help="add reconstruction errors")
+        add_switch(parser, "--with_errors", help="add reconstruction errors")
 
 
 def resolve_model_dir(model_root: str | None, version_dir: str | None) -> str:

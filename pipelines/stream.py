@@ -20,7 +20,6 @@ batch-style runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any
@@ -30,7 +29,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
 from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords
-from ae_pipeline.beam.options import ModelLocationOptions, exit_with_help_if_asked
+from ae_pipeline.beam.options import (
+    ModelLocationOptions,
+    add_switch,
+    exit_with_help_if_asked,
+    read_json_config,
+)
 from ae_pipeline.beam.transforms import ScoreRecords
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT
 from ae_pipeline.serving import MODES, to_message
@@ -89,7 +93,8 @@ class StreamOptions(ModelLocationOptions):
         g.add_argument(
             "--kafka_config",
             default=None,
-            help="JSON file of extra KafkaConfig settings (security; never logged)",
+            help="JSON file of extra KafkaConfig settings (security; never logged): a local "
+            "path or any Beam filesystem path (gs://, s3://, ...)",
         )
         g.add_argument("--max_batch_size", type=int, default=500, help="records per poll")
         g.add_argument(
@@ -99,11 +104,7 @@ class StreamOptions(ModelLocationOptions):
             help="a partition's read checkpoints (and commits) at least this often",
         )
         g = parser.add_argument_group("bounded runs")
-        g.add_argument(
-            "--bounded",
-            action="store_true",
-            help="stop at the end offsets seen at start",
-        )
+        add_switch(g, "--bounded", help="stop at the end offsets seen at start")
         g.add_argument("--max_seconds", type=float, default=None, help="stop after this long")
         g.add_argument(
             "--max_records_per_partition", type=int, default=None, help="stop after N offsets"
@@ -113,8 +114,7 @@ class StreamOptions(ModelLocationOptions):
 def _kafka_config(opts: StreamOptions) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if opts.kafka_config:
-        with open(opts.kafka_config) as f:
-            config.update(json.load(f))
+        config.update(read_json_config(opts.kafka_config))
     config.update({"bootstrap.servers": opts.bootstrap_servers, "group.id": opts.group_id})
     return config
 

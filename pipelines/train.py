@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from ae_pipeline.beam.options import (
     ModelLocationOptions,
     ParquetInputOptions,
+    add_switch,
     exit_with_help_if_asked,
     require,
 )
@@ -73,7 +74,7 @@ class TrainOptions(ModelLocationOptions, ParquetInputOptions):
         g.add_argument("--patience", type=int, default=5, help="early stopping; 0 disables")
         g.add_argument("--seed", type=int, default=0)
         g.add_argument("--train_config_json", default="{}", help="any TrainConfig fields")
-        g.add_argument("--progress", default="true", choices=["true", "false"])
+        add_switch(g, "--progress", default=True, help="print per-epoch training progress")
         g = parser.add_argument_group("calibration and publishing")
         g.add_argument("--scaler", default="standard", choices=["none", "standard", "minmax"])
         g.add_argument("--validation_fraction", type=float, default=0.2)
@@ -81,7 +82,7 @@ class TrainOptions(ModelLocationOptions, ParquetInputOptions):
             "--threshold_method", default="quantile", choices=["quantile", "fpr", "contamination"]
         )
         g.add_argument("--threshold_param", type=float, default=0.99)
-        g.add_argument("--warm_start", action="store_true", help="start from the newest version")
+        add_switch(g, "--warm_start", help="start from the newest version")
         g.add_argument(
             "--max_val_loss_increase",
             type=float,
@@ -130,7 +131,7 @@ def build_job(opts: TrainOptions) -> tuple[FeatureSpec, TrainJob]:
         "patience": opts.patience or None,
         "seed": opts.seed,
         "device": opts.device,
-        "progress": opts.progress == "true",
+        "progress": opts.progress,
     }
     train.update(json.loads(opts.train_config_json))
     job = TrainJob(

@@ -8,7 +8,53 @@ what they need themselves, with a message naming the flag.
 
 from __future__ import annotations
 
+import argparse
+import json
+from typing import Any
+
 from apache_beam.options.pipeline_options import PipelineOptions
+
+TRUE_WORDS = frozenset({"true", "yes", "y", "on", "1"})
+FALSE_WORDS = frozenset({"false", "no", "n", "off", "0"})
+
+
+def parse_bool(text: str | bool) -> bool:
+    """``true``/``false`` (any case; also yes/no, y/n, on/off, 1/0) as a bool.
+
+    Raises:
+        argparse.ArgumentTypeError: for any other word (argparse reports it with the flag).
+    """
+    if isinstance(text, bool):
+        return text
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(
+        f"expected true or false (also yes/no, on/off, 1/0), got {text!r}"
+    )
+
+
+def add_switch(parser: Any, flag: str, *, default: bool = False, help: str | None = None) -> None:
+    """Add an on/off option that takes ``--flag``, ``--flag=true`` and ``--flag=false``.
+
+    Dataflow Flex Templates (and many launchers) pass every parameter as ``--name=value``, which
+    an argparse ``store_true`` option refuses; this one takes both forms. ``parser`` is an
+    ``argparse`` parser or argument group - a plain one (``pipelines/consume.py``) or the one
+    Beam hands to ``PipelineOptions._add_argparse_args``. The parsed value is a ``bool``.
+    """
+    if not flag.startswith("--"):
+        raise ValueError(f"a switch is a long option like --name, not {flag!r}")
+    parser.add_argument(
+        flag,
+        nargs="?",
+        const=True,
+        default=default,
+        type=parse_bool,
+        metavar="true|false",
+        help=f"{help or ''} (default {str(default).lower()}; {flag} alone: true)".strip(),
+    )
 
 
 class ModelLocationOptions(PipelineOptions):
@@ -68,3 +114,39 @@ def exit_with_help_if_asked(argv: list[str] | None, options_class: type, prog: s
             cls._add_argparse_args(parser)
     parser.print_help()
     sys.exit(0)
+
+
+def read_json_config(path: str, flag: str = "--kafka_config") -> dict[str, Any]:
+    """The JSON object in the file at ``path``, read through Beam's ``FileSystems``: a local
+    path, ``gs://``, ``s3://``, ``hdfs://``, ... - any scheme whose Beam filesystem is installed.
+
+    Meant for files of secrets (``--kafka_config``: SASL passwords, SSL keys): no error message
+    or log line carries the file's content, only its path and what is wrong with it.
+
+    Raises:
+        ValueError: the path's scheme has no Beam filesystem here, the file cannot be read, or it
+            is not a JSON object. The message names ``flag`` and the path.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        FileSystems.get_filesystem(path)
+    except ValueError:
+        raise ValueError(
+            f"{flag} {path}: no Beam filesystem for this path's scheme here (local paths, and "
+            "gs:// with apache-beam[gcp], s3:// with apache-beam[aws], ... installed)"
+        ) from None
+    try:
+        with FileSystems.open(path) as f:
+            data = f.read()
+    except Exception as e:  # BeamIOError, OSError, the filesystem's own errors
+        # Raised before any content is read: the message has the path and the OS's reason.
+        raise ValueError(f"{flag} {path}: cannot read it: {e}") from None
+    try:
+        config = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f" at line {e.lineno} column {e.colno}" if hasattr(e, "lineno") else ""
+        raise ValueError(f"{flag} {path}: not a JSON file{where}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{flag} {path}: expected a JSON object, got {type(config).__name__}")
+    return config

@@ -71,7 +71,8 @@ def problems(inv) -> list[str]:
     unknown = sorted(set(inv.flags()) - _allowed_flags(inv))
     if unknown:
         out.append(f"`{inv.job}` has no options {unknown}")
-    # argparse switches take no value: "--warm_start=true" would stop the job at start-up.
+    # argparse store_true switches (Beam's own, like --streaming) take no value: "--streaming=true"
+    # would stop the job at start-up. The jobs' switches take one (add_switch).
     switches = job_switches(inv.job) | (
         beam_python_switches() if job_uses_beam_options(inv.job) else set()
     )
@@ -91,7 +92,9 @@ def test_every_job_and_option_a_deploy_file_names_exists(inv):
 def test_the_check_catches_wrong_jobs_options_and_switches():
     cases = {
         "ae-pipeline train --input x --model_rot y": "no options ['--model_rot']",
-        "ae-pipeline train --warm_start=true": "switches given a value",
+        # The jobs' own on/off options take a value (add_switch); Beam's store_true ones do not.
+        "ae-pipeline train --input x --warm_start=true": None,
+        "python -m pipelines.stream --bounded=false --streaming=true": "switches given a value",
         "ae-pipeline retrain --input x": "no job 'retrain'",
         # Java-only Flink options are accepted for Flink/portable runs only.
         "python -m pipelines.stream --runner=DataflowRunner --checkpointing_interval=1": (
