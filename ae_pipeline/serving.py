@@ -448,6 +448,23 @@ class ServingModel:
             results.append(out)
         return results, dead
 
+    def anomaly_scores(self, values: Sequence[Any]) -> tuple[np.ndarray, dict[int, str]]:
+        """Reconstruction-error score of each record, in input order (the ``flag`` score
+        without the threshold: for detectors that threshold scores themselves).
+
+        Returns:
+            ``(scores, reasons)``: an ``N`` float array, NaN where a record cannot be scored,
+            and ``{index: "reason: detail"}`` for those records.
+        """
+        batch = _drop_unscalable(decode_records(values, self.spec), self.scaler)
+        scores = np.full(len(values), np.nan, dtype=np.float64)
+        reasons = {err.index: f"{err.reason}: {err.detail}" for err in batch.errors}
+        if batch.index:
+            scaled = self.scaler.transform(batch.matrix)
+            error = self.scorer.score(scaled, latent=False, reconstruction=False).error
+            scores[np.asarray(batch.index)] = error
+        return scores, reasons
+
     def _flag_fields(self, scores: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
         contributions = scores["contributions"]
         dim = contributions.shape[1]

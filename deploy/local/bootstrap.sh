@@ -64,4 +64,6 @@ if [ ! -x "$PRISM" ]; then
      go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$BEAM_VERSION")
   mv "$CACHE/gobuild/bin/prism" "$PRISM"
 fi
+# ---- 4. Beam side environment for apache_beam.ml.anomaly (Beam 2.70; see its script) ---------
+bash "$ROOT/deploy/local/beam_anomaly_env.sh" "$VENV"
 echo "bootstrap: ready (venv $VENV, cache $CACHE)"

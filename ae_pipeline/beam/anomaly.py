@@ -1,0 +1,161 @@
+"""An autoencoder detector for Beam's own ``AnomalyDetection`` (``apache_beam.ml.anomaly``).
+
+:func:`autoencoder_detector` returns a Beam ``OfflineDetector`` that scores ``beam.Row``
+records with a published ae-pipeline model (reconstruction error, RunInference underneath, the
+artifact loaded without pickle), thresholded at the model's calibrated threshold. It plugs into
+``AnomalyDetection`` alone or inside an ``EnsembleAnomalyDetector`` beside Beam's ``ZScore``,
+``IQR`` or ``RobustZScore``::
+
+    from apache_beam.ml.anomaly.base import EnsembleAnomalyDetector
+    from apache_beam.ml.anomaly.aggregations import AnyVote
+    from apache_beam.ml.anomaly.detectors.zscore import ZScore
+    from apache_beam.ml.anomaly.transforms import AnomalyDetection
+
+    detector = EnsembleAnomalyDetector(
+        [autoencoder_detector(version_dir), ZScore(features=["x0"])],
+        aggregation_strategy=AnyVote(),
+    )
+    results = rows | AnomalyDetection(detector)
+
+Each prediction's ``info`` names the model version that produced it; a record the model cannot
+score (a missing field, a non-number...) gets no score (``score=None``, so Beam labels it with
+the detector's ``missing_label``) and its ``info`` says why.
+
+``apache_beam.ml.anomaly`` arrived in Beam 2.64. This project pins Beam 2.62.0 (the newest whose
+Flink runner jars are served by Maven here, see the README), so the detector needs a newer Beam
+in the environment that builds the pipeline; the test suite runs it on Beam 2.70 in a side
+environment (``deploy/local/beam_anomaly_env.sh``). With an older Beam,
+:func:`autoencoder_detector` raises an error that says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult
+
+from ae_pipeline.beam.model_handler import AutoencoderModelHandler
+from ae_pipeline.serving import ServingModel
+
+try:  # Beam >= 2.64
+    from apache_beam.ml.anomaly.base import AnomalyPrediction
+    from apache_beam.ml.anomaly.detectors.offline import OfflineDetector
+    from apache_beam.ml.anomaly.specifiable import specifiable
+    from apache_beam.ml.anomaly.thresholds import FixedThreshold
+    from apache_beam.ml.inference.base import _PostProcessingModelHandler
+
+    HAVE_BEAM_ANOMALY = True
+except ImportError:  # pragma: no cover - depends on the installed Beam
+    HAVE_BEAM_ANOMALY = False
+
+
+def _as_dict(row: Any) -> Any:
+    """A ``beam.Row`` as a dict (other records as they are)."""
+    return row._asdict() if hasattr(row, "_asdict") else row
+
+
+class AutoencoderRowModelHandler(AutoencoderModelHandler):
+    """RunInference handler scoring ``beam.Row`` (or dict) records one result each.
+
+    Its ``PredictionResult.inference`` is ``{"score": float, "reason": str | None}``: the
+    reconstruction error, or NaN and the reason the record could not be scored. Takes the
+    arguments of :class:`~ae_pipeline.beam.model_handler.AutoencoderModelHandler` (``mode`` is
+    always ``flag``); ``min_batch_size`` / ``max_batch_size`` count records here.
+    """
+
+    def __init__(self, model_path: str, **kwargs: Any) -> None:
+        kwargs.setdefault("max_batch_size", 1024)
+        super().__init__(model_path, **{**kwargs, "mode": "flag"})
+
+    def run_inference(
+        self,
+        batch: Sequence[Any],
+        model: ServingModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        values = [_as_dict(row) for row in batch]
+        scores, reasons = model.anomaly_scores(values)
+        return [
+            PredictionResult(row, {"score": float(s), "reason": reasons.get(i)}, model.version)
+            for i, (row, s) in enumerate(zip(batch, scores.tolist(), strict=True))
+        ]
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return 8 * sum(len(_as_dict(row)) for row in batch)
+
+
+def _to_anomaly_prediction(keyed: tuple[Any, PredictionResult]) -> tuple[Any, Any]:
+    """``(key, PredictionResult)`` -> ``(key, AnomalyPrediction)``; the version or the reason
+    goes to ``info``."""
+    key, result = keyed
+    score = result.inference["score"]
+    reason = result.inference["reason"]
+    if reason is not None or math.isnan(score):
+        return key, AnomalyPrediction(info=f"model_version={result.model_id}; unscored: {reason}")
+    return key, AnomalyPrediction(score=score, info=f"model_version={result.model_id}")
+
+
+def _require_beam_anomaly() -> None:
+    if not HAVE_BEAM_ANOMALY:
+        raise RuntimeError(
+            "autoencoder_detector needs apache_beam.ml.anomaly (Beam >= 2.64); the installed "
+            f"Beam is {beam.__version__}. Use ae_pipeline.beam.transforms.FlagAnomalies on this "
+            "Beam, or build the pipeline with a newer apache-beam."
+        )
+
+
+if HAVE_BEAM_ANOMALY:
+    # The detector's spec names its model handler: make the wrappers specifiable, as Beam's own
+    # PyOD adapter does (registering the same classes again is a no-op).
+    specifiable(KeyedModelHandler, on_demand_init=False, just_in_time_init=False)
+    specifiable(_PostProcessingModelHandler, on_demand_init=False, just_in_time_init=False)
+    specifiable(AutoencoderRowModelHandler, on_demand_init=False, just_in_time_init=False)
+
+
+def autoencoder_detector(
+    model_path: str,
+    *,
+    threshold: float | None = None,
+    device: str = "auto",
+    torch_threads: int | None = None,
+    max_batch_size: int = 1024,
+    **detector_kwargs: Any,
+) -> Any:
+    """A Beam ``OfflineDetector`` scoring records with the model at ``model_path``.
+
+    Args:
+        model_path: a published version directory (or its ``_PUBLISHED`` marker path).
+        threshold: the score above which a record is an outlier; default: the model's
+            calibrated threshold (a model without one is refused).
+        device: ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``...
+        torch_threads: torch's intra-op CPU threads per worker (None: torch's default).
+        max_batch_size: most records per inference call.
+        **detector_kwargs: passed to ``OfflineDetector`` (``model_id``, ``features``...).
+
+    Raises:
+        RuntimeError: the installed Beam has no ``apache_beam.ml.anomaly``.
+        ArtifactError: the model cannot be loaded or verified.
+        ValueError: no threshold was given and the model has none.
+    """
+    _require_beam_anomaly()
+    handler = AutoencoderRowModelHandler(
+        model_path, device=device, torch_threads=torch_threads, max_batch_size=max_batch_size
+    )
+    if threshold is None:
+        model = ServingModel.load(handler.model_path, device="cpu")
+        if model.threshold is None:
+            raise ValueError(
+                f"model {model.version} has no calibrated threshold; pass threshold=..."
+            )
+        threshold = model.threshold
+    keyed = KeyedModelHandler(handler).with_postprocess_fn(_to_anomaly_prediction)
+    detector_kwargs.setdefault("model_id", "ae-pipeline")
+    return OfflineDetector(
+        keyed, threshold_criterion=FixedThreshold(float(threshold)), **detector_kwargs
+    )
+
+
+__all__ = ["HAVE_BEAM_ANOMALY", "AutoencoderRowModelHandler", "autoencoder_detector"]
