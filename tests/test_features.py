@@ -85,6 +85,51 @@ def test_every_record_is_a_row_or_an_error(records):
     assert np.isfinite(out.matrix).all()
 
 
+_FIELD_VALUES = st.one_of(
+    st.floats(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+    st.lists(st.floats(), max_size=2),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.dictionaries(st.sampled_from(["a", "b", "c", "id", "z"]), _FIELD_VALUES).map(
+                lambda d: json.dumps(d).encode()
+            ),
+            st.fixed_dictionaries({c: st.floats() for c in ("a", "b", "c", "id")}).map(
+                lambda d: json.dumps(d).encode()
+            ),
+        ),
+        max_size=20,
+    ),
+    st.sampled_from([SPEC, FeatureSpec(columns=["b"]), FeatureSpec(columns=["c", "a"])]),
+)
+def test_fast_path_for_json_bytes_equals_the_checked_path(records, spec):
+    """JSON bytes take a fast path; ``str`` values take the field-by-field one: same outcome."""
+    texts = []
+    for r in records:
+        try:
+            texts.append(r.decode())
+        except UnicodeDecodeError:
+            texts.append(None)
+    keep = [i for i, t in enumerate(texts) if t is not None]
+    fast = decode_records([records[i] for i in keep], spec)
+    slow = decode_records([texts[i] for i in keep], spec)
+    np.testing.assert_array_equal(fast.matrix, slow.matrix)
+    assert fast.index == slow.index
+    assert fast.keys == slow.keys or np.array_equal(fast.keys, slow.keys, equal_nan=True)
+    assert [(e.index, e.reason, e.detail) for e in fast.errors] == [
+        (e.index, e.reason, e.detail) for e in slow.errors
+    ]
+
+
 def test_arrow_schema_errors_name_the_column():
     table = pa.table({"a": [1.0], "s": ["x"], "id": [1]})
     with pytest.raises(SchemaError, match="'b' is missing"):
