@@ -2,11 +2,13 @@
 
 :class:`ScoringConsumer` runs the loop
 
-    poll a batch -> ``ServingModel.score_records`` -> produce results and dead letters
-    -> flush (every record acknowledged) -> commit the batch's offsets
+    poll batch k -> ``ServingModel.score_records`` -> flush (batch k-1's outputs
+    acknowledged) -> commit batch k-1's offsets -> produce batch k's results and dead letters
 
-so offsets are committed only after the outputs they cover are written: at-least-once. A crash
-between flush and commit replays the batch (duplicates, never losses); results carry the input
+so offsets are committed only after the outputs they cover are written: at-least-once. Batch k
+is polled and scored while batch k-1's outputs are on their way to the broker (one batch in
+flight), so scoring overlaps the produce round trip. A crash before a commit replays the
+uncommitted batches (duplicates, never losses); results carry the input
 ``topic``/``partition``/``offset`` so that consumers downstream can count or drop duplicates.
 Run N processes with the same group id to scale out (up to the number of partitions).
 
@@ -248,6 +250,7 @@ class ScoringConsumer:
         try:
             consumer.subscribe([self.input_topic])
             last_record = time.monotonic()
+            in_flight: _Sent | None = None
             while not self._stop.is_set():
                 records = consumer.poll(self.poll_timeout_s, self.max_batch)
                 if not records:
@@ -258,10 +261,12 @@ class ScoringConsumer:
                         break
                     continue
                 last_record = time.monotonic()
-                self._process(records, consumer, producer)
+                in_flight = self._process(records, consumer, producer, in_flight)
                 if max_records is not None and self.stats.records_in >= max_records:
                     self._stop_reason = "max_records"
                     break
+            self._confirm(in_flight, consumer, producer)
+            in_flight = None
             self.stats.stopped_by = self._stop_reason
         finally:
             self.stats.seconds = time.monotonic() - start
@@ -273,27 +278,29 @@ class ScoringConsumer:
         return self.stats
 
     def _process(
-        self, records: list, consumer: KafkaConsumerClient, producer: KafkaProducerClient
-    ) -> None:
+        self,
+        records: list,
+        consumer: KafkaConsumerClient,
+        producer: KafkaProducerClient,
+        in_flight: _Sent | None,
+    ) -> _Sent:
+        """Scores ``records``, confirms the batch in flight, then sends this one's outputs."""
         assert self._model is not None
         model = self._model.current()
         results, dead = model.score_records(records, self.mode, passthrough=self.passthrough)
-        for topic, outputs in ((self.output_topic, results), (self.dead_letter_topic, dead)):
-            for output in outputs:
-                key, value, headers = to_message(output)
-                producer.send(topic, value, key=key, headers=headers)
-        producer.flush(self.flush_timeout_s)  # raises DeliveryError: no commit, replayed
+        messages = [
+            (topic, to_message(output))
+            for topic, outputs in ((self.output_topic, results), (self.dead_letter_topic, dead))
+            for output in outputs
+        ]
+        self._confirm(in_flight, consumer, producer)
+        for topic, (key, value, headers) in messages:
+            producer.send(topic, value, key=key, headers=headers)
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
-        try:
-            consumer.commit(offsets)
-        except KafkaClientError as err:  # e.g. the group rebalanced: the batch is replayed
-            self.stats.commit_failures += 1
-            _log.warning("commit of %s failed (the batch will be replayed): %s", offsets, err)
         stats = self.stats
-        stats.batches += 1
         stats.records_in += len(records)
         stats.results += len(results)
         stats.dead_letters += len(dead)
@@ -303,6 +310,28 @@ class ScoringConsumer:
             stats.anomalies += sum(1 for r in results if r["is_anomaly"])
         stats.model_version = model.version
         stats.model_swaps = self._model.swaps
+        return _Sent(offsets)
+
+    def _confirm(
+        self, sent: _Sent | None, consumer: KafkaConsumerClient, producer: KafkaProducerClient
+    ) -> None:
+        """Waits until the outputs of ``sent`` are acknowledged, then commits its offsets."""
+        if sent is None:
+            return
+        producer.flush(self.flush_timeout_s)  # raises DeliveryError: no commit, replayed
+        try:
+            consumer.commit(sent.offsets)
+        except KafkaClientError as err:  # e.g. the group rebalanced: the batch is replayed
+            self.stats.commit_failures += 1
+            _log.warning("commit of %s failed (the batch will be replayed): %s", sent.offsets, err)
+        self.stats.batches += 1
+
+
+@dataclass
+class _Sent:
+    """A batch whose outputs were sent but not yet confirmed and committed."""
+
+    offsets: dict[TopicPartition, int]
 
 
 def _close(client: Any, what: str) -> None:
