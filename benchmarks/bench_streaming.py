@@ -5,20 +5,24 @@ with one small model (24 features, 24-16-4-16-24) trained and published at start
 measurements alternate their order and the medians are reported.
 
 (a) Beam flagging throughput: records/s of ``FlagAnomalies`` (JSON records in, one result per
-    record out) on the FnApiRunner and on Prism (batch mode), against a baseline in the same
-    runner on the same records. Beam 2.62 has no ``AnomalyDetection(ZScore)``
-    (``apache_beam.ml.anomaly`` arrived later), so the baseline is what a naive user writes: a
-    ``beam.Map`` that parses each record with ``json`` and updates a running mean / std per
-    feature (Welford) and flags ``max |z| > 3``. Both read the same JSON-lines files
-    (``FlatMap`` over file names, so the source costs the same) and end in the same counting
-    sink. Reported end to end (wall of ``pipeline.run()`` to finish; the headline) and
-    "active" (records / time from the first output to the last, noted by the sink, which
-    leaves out the runner's start-up and the model load). Goal >= 10x. A third variant,
-    ``ae_batched``, reads the same lines as lists of 500 (one element per list, as
-    ``ReadKafkaRecords`` emits them) and runs ``FlagAnomalies(prebatched=True,
-    emit_batches=True)``, the configuration of ``pipelines/stream.py``; its ratio is reported
-    beside the headline, not instead of it (its input elements differ from the baseline's).
-    A warm-up run of each (one file) precedes the measurements.
+    record out) on the FnApiRunner and on Prism (batch mode), against Beam's own
+    ``AnomalyDetection(ZScore)`` in the same runner on the same records (goal >= 10x). Beam's
+    ``apache_beam.ml.anomaly`` needs Beam >= 2.64 and the project pins 2.62 (README), so part
+    (a) runs in the Beam 2.70 side environment (``.venv-beam-anomaly``, with Prism v2.70),
+    every variant alike. Variants, all reading the same JSON-lines files (``FlatMap`` over file
+    names, so the source costs the same) and ending in the same counting sink:
+    ``beam_zscore`` (the baseline: ``json.loads`` -> ``beam.Row`` -> ``AnomalyDetection(ZScore(
+    features=["f0"]))``; univariate, so it does less work than a 24-feature model),
+    ``ae`` (``FlagAnomalies`` on one record per element, the headline), ``ae_batched`` (the
+    same lines as lists of 500, one element per list as ``ReadKafkaRecords`` emits them, with
+    ``FlagAnomalies(prebatched=True, emit_batches=True)``: the configuration of
+    ``pipelines/stream.py``), ``ae_in_anomaly_detection`` (our detector,
+    ``ae_pipeline.beam.anomaly.autoencoder_detector``, inside Beam's ``AnomalyDetection``) and
+    ``naive_zscore`` (a per-element ``beam.Map`` with ``json`` and a running mean / std per
+    feature, flagging ``max |z| > 3``; the previous baseline). Reported end to end (wall of
+    ``pipeline.run()`` to finish; the headline) and "active" (records / time from the first
+    output to the last, noted by the sink: leaves out the runner's start-up and the model
+    load). A warm-up run of each (one file) precedes the measurements.
 (b) Plain consumer (``ScoringConsumer``) records/s with each client against the I/O limit (a
     bare poll -> produce -> flush -> commit loop with the same client and batch size, no
     scoring) and the compute limit (``orjson`` decode + batched ``Scorer.errors`` of the same
@@ -137,6 +141,10 @@ def publish_model(root: Path) -> tuple[str, Any, Any]:
 
 # ---------------------------------------------------------------------------- (a) Beam
 
+BASELINE = "beam_zscore"
+BEAM_KINDS = ("beam_zscore", "ae", "ae_batched", "ae_in_anomaly_detection", "naive_zscore")
+SIDE_PYTHON = ROOT / ".venv-beam-anomaly" / "bin" / "python"
+
 
 class NaiveZScore:
     """The baseline: per element, ``json.loads`` and a running mean / std per feature."""
@@ -193,6 +201,12 @@ class _Count:
         seen[1] = t
 
 
+def _to_row(value: bytes) -> Any:
+    import apache_beam as beam
+
+    return beam.Row(**json.loads(value))
+
+
 def beam_run(kind: str, runner: str, files: list[str], version_dir: str) -> dict:
     """One pipeline run; returns wall seconds and the counted outputs."""
     import apache_beam as beam
@@ -215,8 +229,21 @@ def beam_run(kind: str, runner: str, files: list[str], version_dir: str) -> dict
     if kind == "ae":
         out = records | "Flag" >> FlagAnomalies(model_version_dir=version_dir, device="cpu")
         results = out.results
-    elif kind == "zscore":
+    elif kind == "naive_zscore":
         results = records | "ZScore" >> beam.Map(NaiveZScore())
+    elif kind in ("beam_zscore", "ae_in_anomaly_detection"):
+        from apache_beam.ml.anomaly.detectors.zscore import ZScore
+        from apache_beam.ml.anomaly.transforms import AnomalyDetection
+
+        from ae_pipeline.beam.anomaly import autoencoder_detector
+
+        detector = (
+            ZScore(features=["f0"])
+            if kind == "beam_zscore"
+            else autoencoder_detector(version_dir, device="cpu")
+        )
+        rows = records | "Rows" >> beam.Map(_to_row)
+        results = rows | "Detect" >> AnomalyDetection(detector)
     run_id = uuid.uuid4().hex
     _ = results | "Count" >> beam.Map(_Count(run_id))
     t0 = time.perf_counter()
@@ -245,7 +272,7 @@ def bench_beam(runners: list[str], n: int, repeats: int, version_dir: str, tmp: 
         files.append(str(path))
     n = len(files) * per_file
     out: dict[str, Any] = {"records": n}
-    kinds = ("ae", "zscore", "ae_batched")
+    kinds = BEAM_KINDS
     for runner in runners:
         for kind in kinds:  # warm-up (imports, model load, runner binary), not counted
             beam_run(kind, runner, files[:1], version_dir)
@@ -272,7 +299,7 @@ def bench_beam(runners: list[str], n: int, repeats: int, version_dir: str, tmp: 
         def ratio(kind: str, key: str, runs: dict = runs) -> float:
             return statistics.median(
                 a[key] / z[key] if a[key] and z[key] else float("nan")
-                for a, z in zip(runs[kind], runs["zscore"], strict=True)
+                for a, z in zip(runs[kind], runs[BASELINE], strict=True)
             )
 
         res: dict[str, Any] = {}
@@ -281,10 +308,10 @@ def bench_beam(runners: list[str], n: int, repeats: int, version_dir: str, tmp: 
             res[f"{kind}_active_records_per_s"] = statistics.median(
                 m["active_records_per_s"] or float("nan") for m in runs[kind]
             )
-        res["ratio_end_to_end"] = ratio("ae", "records_per_s")
-        res["ratio_active"] = ratio("ae", "active_records_per_s")
-        res["ratio_batched_end_to_end"] = ratio("ae_batched", "records_per_s")
-        res["ratio_batched_active"] = ratio("ae_batched", "active_records_per_s")
+        res["baseline"] = BASELINE
+        for kind in kinds:
+            res[f"ratio_{kind}_end_to_end"] = ratio(kind, "records_per_s")
+            res[f"ratio_{kind}_active"] = ratio(kind, "active_records_per_s")
         res["runs"] = runs
         out[runner] = res
     return out
@@ -715,9 +742,28 @@ def bench_latency(bootstrap: str, version_dir: str, seconds: float, prism_s: flo
 # ---------------------------------------------------------------------------- main
 
 
+def run_part_a(version_dir: str, n: int, repeats: int, torch_threads: int) -> dict:
+    """Part (a) in the Beam 2.70 side environment (``AnomalyDetection`` needs Beam >= 2.64)."""
+    if not SIDE_PYTHON.exists():
+        raise SystemExit(f"{SIDE_PYTHON} is missing: run `make bench-deps`")
+    with tempfile.TemporaryDirectory() as tmpdir:
+        out = Path(tmpdir) / "beam.json"
+        cmd = [
+            str(SIDE_PYTHON), "-m", "benchmarks.bench_streaming", "--part_a_only", str(out),
+            "--version_dir", version_dir, "--beam_n", str(n), "--beam_repeats", str(repeats),
+            "--torch_threads", str(torch_threads),
+        ]  # fmt: skip
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        return json.loads(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--part_a_only", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--version_dir", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--beam_n", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--beam_repeats", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c")
     ap.add_argument(
         "--torch_threads",
@@ -735,6 +781,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
     skip = set(filter(None, args.skip.split(",")))
     logging.basicConfig(level=logging.WARNING)
+    if args.part_a_only:  # the side-environment half of part (a)
+        import apache_beam
+
+        # Through the importable module, not __main__: Beam 2.70 pickles __main__'s classes by
+        # value, and the counting sink must write this module's _SEEN.
+        from benchmarks import bench_streaming as module
+
+        with tempfile.TemporaryDirectory() as tmpdir:
+            beam = module.bench_beam(
+                ["fnapi", "prism"], args.beam_n, args.beam_repeats, args.version_dir, Path(tmpdir)
+            )
+        beam["beam_version"] = apache_beam.__version__
+        Path(args.part_a_only).write_text(json.dumps(beam))
+        return 0
     logging.getLogger("kafka").setLevel(logging.ERROR)
     q = args.quick
     beam_n, beam_repeats = (20_000, 2) if q else (50_000, 3)
@@ -761,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
         version_dir, model, scaler = publish_model(tmp / "models")
         print(f"model published: {version_dir}", flush=True)
         if "a" not in skip:
-            result["beam"] = bench_beam(["fnapi", "prism"], beam_n, beam_repeats, version_dir, tmp)
+            result["beam"] = run_part_a(version_dir, beam_n, beam_repeats, args.torch_threads)
         with KafkaBroker() as broker:
             bootstrap = broker.bootstrap_servers
             print(f"broker at {bootstrap}", flush=True)
@@ -780,12 +840,14 @@ def main(argv: list[str] | None = None) -> int:
     beam_r = result.get("beam", {})
     for runner in ("fnapi", "prism"):
         if runner in beam_r:
-            result[f"ratio_beam_{runner}_ae_over_zscore"] = beam_r[runner]["ratio_end_to_end"]
-            result[f"ratio_beam_{runner}_ae_over_zscore_active"] = beam_r[runner]["ratio_active"]
-            result[f"ratio_beam_{runner}_ae_batched_over_zscore"] = beam_r[runner][
-                "ratio_batched_end_to_end"
-            ]
-            goals[f"beam_{runner}_ge_10x"] = beam_r[runner]["ratio_end_to_end"] >= 10
+            b = beam_r[runner]
+            for kind in BEAM_KINDS[1:]:
+                result[f"ratio_beam_{runner}_{kind}_over_beam_zscore"] = b[
+                    f"ratio_{kind}_end_to_end"
+                ]
+            result[f"ratio_beam_{runner}_ae_over_beam_zscore_active"] = b["ratio_ae_active"]
+            goals[f"beam_{runner}_ae_ge_10x"] = b["ratio_ae_end_to_end"] >= 10
+            goals[f"beam_{runner}_ae_batched_ge_10x"] = b["ratio_ae_batched_end_to_end"] >= 10
     ct = result.get("consumer_throughput")
     if ct:
         for client, key in (("confluent", "confluent"), ("kafka-python", "kafka_python")):
@@ -804,7 +866,8 @@ def main(argv: list[str] | None = None) -> int:
         goals["prism_p99_lt_3s"] = lp["p99_s"] < 3.0
     result["goals"] = goals
     result["ratio_goals"] = (
-        "beam ae/zscore >= 10 (end to end); consumer (confluent) / min(io, compute) >= 0.7"
+        "beam ae / AnomalyDetection(ZScore) >= 10 (end to end); consumer (confluent) / "
+        "min(io, compute) >= 0.7"
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
@@ -817,22 +880,21 @@ def print_table(r: dict) -> None:
     print("\n" + "=" * 78)
     if "beam" in r:
         print(f"(a) Beam flagging, {r['beam']['records']:,} JSON records x {D} features")
-        print("    records/s end to end (active: first to last output); ratios over zscore")
-        print(f"    {'runner':7s} {'variant':11s} {'rec/s':>9s} {'ratio':>6s} "
+        print(
+            "    records/s end to end (active: first to last output); ratios over Beam's "
+            f"AnomalyDetection(ZScore); Beam {r['beam'].get('beam_version')}"
+        )
+        print(f"    {'runner':7s} {'variant':23s} {'rec/s':>9s} {'ratio':>6s} "
               f"{'active':>9s} {'ratio':>6s}")  # fmt: skip
         for runner in ("fnapi", "prism"):
             b = r["beam"].get(runner)
             if not b:
                 continue
-            for kind, e2e, act in (
-                ("zscore", None, None),
-                ("ae", "ratio_end_to_end", "ratio_active"),
-                ("ae_batched", "ratio_batched_end_to_end", "ratio_batched_active"),
-            ):
+            for kind in BEAM_KINDS:
                 print(
-                    f"    {runner:7s} {kind:11s} {b[f'{kind}_records_per_s']:9,.0f} "
-                    f"{b[e2e] if e2e else 1.0:6.2f} {b[f'{kind}_active_records_per_s']:9,.0f} "
-                    f"{b[act] if act else 1.0:6.2f}"
+                    f"    {runner:7s} {kind[:23]:23s} {b[f'{kind}_records_per_s']:9,.0f} "
+                    f"{b[f'ratio_{kind}_end_to_end']:6.2f} "
+                    f"{b[f'{kind}_active_records_per_s']:9,.0f} {b[f'ratio_{kind}_active']:6.2f}"
                 )
     ct = r.get("consumer_throughput")
     if ct:

@@ -2,11 +2,13 @@
 # A side virtual environment with Beam 2.70 for apache_beam.ml.anomaly (see
 # requirements/beam-anomaly.txt), linked as ./.venv-beam-anomaly. Its own site-packages come
 # first; the main venv's (torch, ae-pipeline in editable mode, ...) follow through a .pth file.
-# Usage: beam_anomaly_env.sh MAIN_VENV   (called by bootstrap.sh; idempotent, ~1 min first time)
+# Usage: beam_anomaly_env.sh MAIN_VENV [--prism]   (bootstrap.sh calls it; idempotent, ~1 min
+# the first time). --prism also builds Prism at the side Beam version (benchmarks; ~3 min once).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${AE_PIPELINE_CACHE:-$HOME/.cache/ae-pipeline}"
 MAIN="$1"
+WITH_PRISM="${2:-}"
 KEY="$(cat "$ROOT/requirements/beam-anomaly.txt" | sha256sum | cut -c1-12)"
 ENV="$CACHE/venvs/beam-anomaly-$KEY"
 if [ ! -f "$ENV/.complete" ]; then
@@ -24,3 +26,15 @@ ln -sfn "$ENV" "$ROOT/.venv-beam-anomaly"
 "$ROOT/.venv-beam-anomaly/bin/python" -c \
   'import apache_beam.ml.anomaly, torch, ae_pipeline' \
   || { echo "bootstrap: the Beam anomaly side environment is broken: rm -rf $ENV" >&2; exit 1; }
+
+if [ "$WITH_PRISM" = "--prism" ]; then
+  SIDE_BEAM="$("$ROOT/.venv-beam-anomaly/bin/python" -c 'import apache_beam; print(apache_beam.__version__)')"
+  PRISM="$CACHE/bin/prism-v$SIDE_BEAM"
+  if [ ! -x "$PRISM" ]; then
+    echo "bootstrap: building Prism v$SIDE_BEAM from the Go module proxy"
+    mkdir -p "$CACHE/bin" "$CACHE/gobuild"
+    (cd "$CACHE/gobuild" && GOBIN="$CACHE/gobuild/bin" GONOSUMDB=github.com/apache/beam \
+       go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$SIDE_BEAM")
+    mv "$CACHE/gobuild/bin/prism" "$PRISM"
+  fi
+fi
