@@ -93,8 +93,10 @@ def dimred_section(d: dict[str, Any], plt: Any) -> list[str]:
         "### Dimensionality reduction (Fashion-MNIST)",
         "",
         f"Train {d['split']['train']} / test {d['split']['test']} images (conv AE trained on "
-        f"{d['split']['conv_train']}), {d['epochs']} epochs (conv {d['conv_epochs']}), "
-        f"hidden {d['hidden_dims']}. Logistic regression on raw pixels: "
+        f"{d['split']['conv_train']}), {d['epochs']} epochs (conv {d['conv_epochs']}) at lr "
+        f"2e-3 + {d.get('decay_epochs', 0)} at 2e-4, hidden {d['hidden_dims']}; stacked AE at "
+        f"d in {d.get('stacked_dims', 'all')}, conv AE at d in {d.get('conv_dims', 'all')} "
+        "only (cost). Logistic regression on raw pixels: "
         f"**{d['logreg_raw_pixels']:.4f}** accuracy.",
         "",
         "| d | method | test MSE | PSNR dB | logreg acc | train s |",
@@ -108,8 +110,9 @@ def dimred_section(d: dict[str, Any], plt: Any) -> list[str]:
             )
     if plt:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        dims = [int(k) for k in d["by_d"]]
-        for m in next(iter(d["by_d"].values())):
+        names = list(dict.fromkeys(m for ms in d["by_d"].values() for m in ms))
+        for m in names:
+            dims = [int(k) for k, ms in d["by_d"].items() if m in ms]
             means = [d["by_d"][str(k)][m]["mse"]["mean"] for k in dims]
             stds = [d["by_d"][str(k)][m]["mse"]["std"] for k in dims]
             ax.errorbar(dims, means, yerr=stds, marker="o", label=m, capsize=3)
@@ -266,6 +269,52 @@ def goals_section(q: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def losses_section(q: dict[str, Any]) -> list[str]:
+    """Every comparison in which our models lose, stated plainly (means over seeds)."""
+    out: list[str] = []
+    for dim, ms in q.get("dimred", {}).get("by_d", {}).items():
+        pca = ms.get("pca", {}).get("mse", {}).get("mean")
+        for m in ("ae", "stacked", "conv"):
+            if m in ms and pca is not None and ms[m]["mse"]["mean"] >= pca:
+                out.append(
+                    f"- dimred d={dim}: {m} test MSE {ms[m]['mse']['mean']:.4f} is not below "
+                    f"PCA-{dim}'s {pca:.4f}"
+                )
+        if "pca" in ms and "ae" in ms and ms["ae"]["acc"]["mean"] < ms["pca"]["acc"]["mean"]:
+            out.append(
+                f"- dimred d={dim}: logistic regression on AE codes "
+                f"{ms['ae']['acc']['mean']:.3f} < on PCA codes {ms['pca']['acc']['mean']:.3f}"
+            )
+    for noise, ms in q.get("denoise", {}).get("by_noise", {}).items():
+        if "dae" not in ms:
+            continue
+        for m, v in ms.items():
+            if m != "dae" and v["psnr"]["mean"] >= ms["dae"]["psnr"]["mean"]:
+                out.append(
+                    f"- denoise {noise}: {m} {v['psnr']['mean']:.2f} dB >= DAE "
+                    f"{ms['dae']['psnr']['mean']:.2f} dB"
+                )
+    for name, ds in q.get("anomaly", {}).get("datasets", {}).items():
+        ms = ds.get("methods")
+        if not ms:
+            continue
+        ours = {m: ms[m]["roc_auc"]["mean"] for m in ("ae", "dae") if m in ms}
+        best_ours = max(ours.values())
+        beaten = [
+            f"{m} {v['roc_auc']['mean']:.4f}"
+            for m, v in ms.items()
+            if m not in ours and v["roc_auc"]["mean"] > best_ours
+        ]
+        if beaten:
+            out.append(
+                f"- anomaly {name}: our best ({max(ours, key=ours.get)} {best_ours:.4f}) is "
+                f"below {', '.join(beaten)}"
+            )
+    if not out:
+        return []
+    return ["### Where we lose", "", *out, ""]
+
+
 def quality_section(q: dict[str, Any], plt: Any, name: str = "quality") -> list[str]:
     _PREFIX[0] = "" if name == "quality" else f"{name}_"
     lines = [
@@ -291,6 +340,7 @@ def quality_section(q: dict[str, Any], plt: Any, name: str = "quality") -> list[
             "",
         ]
     lines += goals_section(q)
+    lines += losses_section(q)
     if "dimred" in q:
         lines += dimred_section(q["dimred"], plt)
     if "denoise" in q:
@@ -298,6 +348,58 @@ def quality_section(q: dict[str, Any], plt: Any, name: str = "quality") -> list[
     if "anomaly" in q:
         lines += anomaly_section(q["anomaly"], plt)
     return lines
+
+
+def gpu_section(name: str, g: dict[str, Any]) -> list[str]:
+    """Tables of ``benchmarks/gpu.sh``: accelerator vs CPU, same script, same models."""
+    gpu = g.get("gpu", {}).get("name", "none (CPU-only smoke run)")
+    lines = [
+        f"## {name}",
+        "",
+        f"`benchmarks/gpu.sh`: GPU **{gpu}**; CPU {g['machine'].get('cpu')} "
+        f"({g['machine'].get('cpu_threads')} torch threads, load average "
+        f"{g['machine'].get('load_average_1_5_15min')}); torch {g['machine'].get('torch')}, "
+        f"CUDA {g['machine'].get('cuda')}.",
+        "",
+    ]
+    if g.get("smoke_cpu_only") or g.get("quick"):
+        lines += ["> smoke / quick run: the figures only show that the script works.", ""]
+    devices = [k for k in ("accelerator", "cpu") if k in g]
+    inf: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for dev in devices:
+        for r in g[dev]["inference"]:
+            inf.setdefault((r["model"], r["dtype"], r["batch"]), {})[dev] = r
+    head = " | ".join(f"{d} rec/s (resident)" for d in devices)
+    lines += [
+        "Inference (host batch -> device -> per-row MSE -> host; resident: batch already on the "
+        "device):",
+        "",
+        f"| model | dtype | batch | {head} |" + (" GPU/CPU |" if len(devices) == 2 else ""),
+        "| --- | --- | --- | "
+        + " | ".join("---" for _ in devices)
+        + " |"
+        + (" --- |" if len(devices) == 2 else ""),
+    ]
+    for (model, dtype, batch), per in inf.items():
+        cells = [
+            f"{per[d]['records_per_s']:,.0f} ({per[d]['device_resident_records_per_s']:,.0f})"
+            if d in per
+            else "-"
+            for d in devices
+        ]
+        ratio = ""
+        if len(devices) == 2 and all(d in per for d in devices):
+            ratio = f" {per['accelerator']['records_per_s'] / per['cpu']['records_per_s']:.1f}x |"
+        lines.append(f"| {model} | {dtype} | {batch:,} | " + " | ".join(cells) + " |" + ratio)
+    lines += ["", "Training (`Trainer`, in-memory data, first epoch excluded):", ""]
+    lines += ["| device | model | precision | batch | samples/s |", "| --- " * 5 + "|"]
+    for dev in devices:
+        for r in g[dev]["training"]:
+            lines.append(
+                f"| {dev} | {r['model']} | {r['precision']} | {r['batch']:,} | "
+                f"{r['samples_per_s']:,.0f} |"
+            )
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(path.read_text())
         if data.get("benchmark") == "quality":
             lines += quality_section(data, plt, path.stem)
+        elif data.get("benchmark") == "gpu":
+            lines += gpu_section(path.stem, data)
         else:
             lines += generic_section(path.stem, data)
     out = RESULTS / "REPORT.md"

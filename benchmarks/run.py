@@ -1,7 +1,8 @@
 """Run every benchmark (``make bench``; ``make bench-quick`` passes ``--quick``).
 
 Each ``benchmarks/bench_*.py`` runs in its own process and writes its figures to
-``benchmarks/results/<name>.json``; this prints one summary line per result file. A benchmark
+``benchmarks/results/<name>.json``; this prints one summary line per result file.
+``bench_gpu`` measures nothing (and writes nothing) where there is no CUDA device. A benchmark
 that fails is reported and makes the exit status non-zero, the others still run.
 """
 
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# extra arguments per benchmark: the quality studies run as parallel processes (1 thread each)
+EXTRA = {"quality": ["--parallel"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"=== {name}", flush=True)
         t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", f"benchmarks.bench_{name}"] + (
-            ["--quick"] if args.quick else []
-        )
+        cmd = [sys.executable, "-m", f"benchmarks.bench_{name}", *EXTRA.get(name, [])]
+        cmd += ["--quick"] if args.quick else []
         if subprocess.run(cmd, cwd=HERE.parent).returncode != 0:
             failed.append(name)
         print(f"=== {name}: {time.perf_counter() - t0:.0f}s", flush=True)
