@@ -105,6 +105,10 @@ def test_flink_deployment_matches_beams_flink_runner_and_the_job():
     assert args["--environment_type"] == "EXTERNAL"
     assert args["--environment_config"] == f"localhost:{pool_port}"
     assert int(args["--checkpointing_interval"]) > 0
+    # The options that make a checkpointed stream job emit at all (see local_cluster.py).
+    from local_cluster import CHECKPOINTING_ARGS
+
+    assert set(CHECKPOINTING_ARGS) <= set(inv.args)
     assert int(args["--parallelism"]) <= slots * spec["taskManager"]["replicas"]
 
 
@@ -207,3 +211,99 @@ def test_stream_job_on_a_flink_session_cluster(
     assert all(p.poll() is not None for p in procs)
     assert not _port_open(cluster.rest_port) and not _port_open(cluster.rpc_port)
     assert (cluster.log_dir / "jobmanager.log").stat().st_size > 0
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> dict:
+    tps = list(end_offsets({"bootstrap.servers": bootstrap}, topic))
+    with create_consumer({"bootstrap.servers": bootstrap, "group.id": group}) as consumer:
+        return consumer.committed(tps)
+
+
+def _run_until(result, cluster, what: str, done, timeout_s: float = 240.0) -> None:
+    """Polls ``done()`` every 2 s while the job runs; fails with the cluster's logs."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert not PipelineState.is_terminal(result.state), (
+            f"job ended ({result.state}) before {what}; logs:\n{cluster.log_tails()}"
+        )
+        assert time.monotonic() < deadline, (
+            f"no {what} within {timeout_s:.0f} s; logs:\n{cluster.log_tails()}"
+        )
+        time.sleep(2)
+
+
+def _cancel(result, cluster) -> None:
+    # Beam's cancel through the job server leaves the Flink job running: cancel it over REST.
+    result.cancel()
+    assert len(cluster.cancel_all()) == 1
+    assert {j["state"] for j in cluster.jobs()} <= {"CANCELED", "FINISHED"}
+
+
+@pytest.mark.kafka
+@pytest.mark.flink
+@pytest.mark.slow
+def test_checkpointed_stream_job_commits_offsets_and_resumes_on_a_flink_session_cluster(
+    flink_session_cluster, bootstrap_servers, tmp_path, beam_options
+):
+    """Unbounded stream job with 1 s checkpoints (the deployment's options): it scores every
+    record, the group's offsets reach the end offsets (lag 0: on Flink the read commits when a
+    checkpoint completes), and after a cancel and a new submission with the same group it
+    scores only the records produced since - nothing twice."""
+    import streaming_kit as kit
+
+    from pipelines import stream
+
+    beam_options("flink", streaming=True)
+    cluster = flink_session_cluster
+    root = str(tmp_path / "models")
+    kit.publish(root, kit.train(epochs=4))
+    tag = uuid.uuid4().hex[:8]
+    inp, out, dlq, group = f"ck-in-{tag}", f"ck-out-{tag}", f"ck-dlq-{tag}", f"ck-g-{tag}"
+    create_topics({"bootstrap.servers": bootstrap_servers}, {inp: 2, out: 1, dlq: 1})
+    first, n_poison = kit.records_with_poison(100)
+    _produce(bootstrap_servers, inp, first)
+    argv = [
+        *cluster.beam_args(launcher_jar("flink"), parallelism=2, checkpointing_interval_ms=1000),
+        "--streaming",
+        "--mode=flag",
+        f"--bootstrap_servers={bootstrap_servers}",
+        f"--input_topic={inp}",
+        f"--output_topic={out}",
+        f"--dead_letter_topic={dlq}",
+        f"--group_id={group}",
+        f"--model_root={root}",
+        "--device=cpu",
+    ]
+
+    def caught_up() -> bool:
+        ends = end_offsets({"bootstrap.servers": bootstrap_servers}, inp)
+        return _committed(bootstrap_servers, group, inp) == ends
+
+    def scored(n: int):
+        return lambda: sum(end_offsets({"bootstrap.servers": bootstrap_servers}, out).values()) >= n
+
+    result = stream.main(argv, wait=False)
+    try:
+        _run_until(result, cluster, "100 results", scored(100))
+        _run_until(result, cluster, "offsets committed up to the end", caught_up)
+        (job,) = cluster.jobs()
+        counts = cluster.rest(f"/jobs/{job['jid']}/checkpoints")["counts"]
+        assert counts["completed"] >= 1, counts
+    finally:
+        _cancel(result, cluster)
+    assert sum(_committed(bootstrap_servers, group, inp).values()) == len(first)
+
+    # Restart from the group's offsets: only the 40 new records are scored.
+    second = [kit.record(1000 + i, r) for i, r in enumerate(kit.normal_rows(40, seed=7))]
+    _produce(bootstrap_servers, inp, second)
+    result = stream.main(argv, wait=False)
+    try:
+        _run_until(result, cluster, "140 results", scored(140))
+        _run_until(result, cluster, "offsets committed up to the end", caught_up)
+        time.sleep(5)  # a few more checkpoints: nothing else may arrive
+    finally:
+        _cancel(result, cluster)
+    results, dead = _read_json(bootstrap_servers, out), _read_json(bootstrap_servers, dlq)
+    assert Counter(r["key"] for r in results) == Counter([*range(100), *range(1000, 1040)])
+    assert len(dead) == n_poison
+    assert sum(_committed(bootstrap_servers, group, inp).values()) == len(first) + len(second)
