@@ -82,7 +82,20 @@ def _parallel(args: argparse.Namespace) -> int:
         env["MKL_NUM_THREADS"] = "1"
         procs[name] = subprocess.Popen(cmd, env=env)
     rcs = {name: p.wait() for name, p in procs.items()}
+    return _merge(args, names, t0, load_start, any(rcs.values()))
+
+
+def _merge(
+    args: argparse.Namespace, names: list[str], t0: float, load_start: list[float], failed: bool
+) -> int:
+    """Merges ``<out>.<study>.json`` files (deleted afterwards) into ``<out>.json``.
+
+    With ``--merge`` an existing ``<out>.json`` is the starting point (a study rerun alone
+    replaces its part); ``wall_s.total`` is then the longest study's."""
     res: dict[str, Any] = {}
+    final = RESULTS / f"{args.out}.json"
+    if args.merge and final.exists():
+        res = json.loads(final.read_text())
     for name in names:
         path = RESULTS / f"{args.out}.{name}.json"
         if not path.exists():
@@ -92,6 +105,8 @@ def _parallel(args: argparse.Namespace) -> int:
             res = {k: v for k, v in part.items() if k not in STUDIES}
             res["wall_s"] = {}
             res["machine"]["threads"] = "1 per study process (--parallel)"
+            res["merged"] = []
+        res.setdefault("merged", []).append(name)
         if name in part:
             res[name] = part[name]
             res["wall_s"][name] = part["wall_s"].get(name)
@@ -99,8 +114,15 @@ def _parallel(args: argparse.Namespace) -> int:
     if not res:
         return 1
     res["parallel"] = True
-    res["partial"] = bool(args.seeds or args.dims or args.only) or any(rcs.values())
-    res["wall_s"]["total"] = time.perf_counter() - t0
+    res["partial"] = (
+        bool(args.seeds or args.dims or args.only)
+        or failed
+        or any(name not in res or res[name].get("incomplete") for name in STUDIES)
+    )
+    if args.merge:
+        res["wall_s"]["total"] = max(v for k, v in res["wall_s"].items() if k in STUDIES and v)
+    else:
+        res["wall_s"]["total"] = time.perf_counter() - t0
     res["load_average_1_5_15min"] = {"start": load_start, "end": list(os.getloadavg())}
     res = {k: v for k, v in res.items() if not k.startswith(("ratio_", "goal_"))}
     res.update(goals(res))
@@ -110,7 +132,7 @@ def _parallel(args: argparse.Namespace) -> int:
     for k, v in res.items():
         if k.startswith(("ratio_", "goal_")):
             print(f"  {k} = {v}")
-    return 1 if any(rcs.values()) else 0
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the studies in parallel processes (1 torch thread each) and merge the results",
     )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="only merge existing <out>.<study>.json files (of separate --only runs)",
+    )
     args = ap.parse_args(argv)
+    if args.merge:
+        names = [n for n in STUDIES if not args.only or n in args.only]
+        return _merge(args, names, time.perf_counter(), list(os.getloadavg()), False)
     if args.parallel:
         return _parallel(args)
     torch.set_num_threads(args.threads)
@@ -158,7 +188,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.perf_counter()
         log(f"=== {name}")
-        res[name] = fn(s)
+        if name == "dimred":
+
+            def save(part: dict[str, Any], name: str = name) -> None:
+                part = {**part, "incomplete": True}
+                path.write_text(json.dumps({**res, name: part}, indent=1) + "\n")
+
+            res[name] = fn(s, checkpoint=save)
+        else:
+            res[name] = fn(s)
         res["wall_s"][name] = time.perf_counter() - t0
         res["wall_s"]["total"] = time.perf_counter() - t_all
         res["load_average_1_5_15min"]["end"] = list(os.getloadavg())

@@ -156,6 +156,10 @@ def denoise_section(d: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _cell(ds: dict[str, Any], m: str, key: str, fmt: str = ".4f") -> str:
+    return _ms(ds["methods"][m][key], fmt) if m in ds["methods"] else "-"
+
+
 def anomaly_section(d: dict[str, Any], plt: Any) -> list[str]:
     methods = d["methods"]
     lines = [
@@ -170,9 +174,7 @@ def anomaly_section(d: dict[str, Any], plt: Any) -> list[str]:
         if "methods" not in ds:
             lines.append(f"| {name} | skipped: {ds.get('skipped')} |")
             continue
-        lines.append(
-            f"| {name} | " + " | ".join(_ms(ds["methods"][m]["roc_auc"]) for m in methods) + " |"
-        )
+        lines.append(f"| {name} | " + " | ".join(_cell(ds, m, "roc_auc") for m in methods) + " |")
     lines += [
         "",
         "| data set | " + " | ".join(f"{m} AP" for m in methods) + " |",
@@ -180,9 +182,7 @@ def anomaly_section(d: dict[str, Any], plt: Any) -> list[str]:
     ]
     for name, ds in d["datasets"].items():
         if "methods" in ds:
-            lines.append(
-                f"| {name} | " + " | ".join(_ms(ds["methods"][m]["ap"]) for m in methods) + " |"
-            )
+            lines.append(f"| {name} | " + " | ".join(_cell(ds, m, "ap") for m in methods) + " |")
     lines += [
         "",
         "Training (fit) time per model, seconds:",
@@ -193,9 +193,7 @@ def anomaly_section(d: dict[str, Any], plt: Any) -> list[str]:
     for name, ds in d["datasets"].items():
         if "methods" in ds:
             lines.append(
-                f"| {name} | "
-                + " | ".join(_ms(ds["methods"][m]["train_s"], ".2f") for m in methods)
-                + " |"
+                f"| {name} | " + " | ".join(_cell(ds, m, "train_s", ".2f") for m in methods) + " |"
             )
     lines += ["", "Data sets:", ""]
     for name, ds in d["datasets"].items():

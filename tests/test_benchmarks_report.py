@@ -56,7 +56,12 @@ def _result() -> dict:
             "pca": _m(roc_auc=[0.7, 0.7], ap=[0.3, 0.3], train_s=[1, 1]),
         },
     }
-    anomaly = {"beam": "n/a", "methods": list(ds["methods"]), "datasets": {"toy": ds}}
+    # Beam's detectors run on some data sets only: the others show "-"
+    anomaly = {
+        "beam": "n/a",
+        "methods": [*ds["methods"], "beam_zscore_iqr"],
+        "datasets": {"toy": ds},
+    }
     res = {
         "benchmark": "quality",
         "quick": False,
@@ -84,6 +89,7 @@ def test_report_renders_subset_dims_and_says_where_we_lose():
 
     text = "\n".join(quality_section(_result(), None))
     assert "| 32 | stacked |" in text and "| 8 | ae |" in text
+    assert "| toy | 0.9100 ± 0.0141 |" in text and text.count(" | - |") >= 2
     lost = "\n".join(losses_section(_result()))
     assert "d=32: stacked test MSE" in lost
     assert "salt_pepper_0.1: median3x3 20.00 dB >= DAE 19.25 dB" in lost

@@ -9,14 +9,18 @@ PyOD's AutoEncoder (torch) gets the same hidden sizes, epoch budget (all of it: 
 stopping), batch size and learning rate as ours and otherwise its defaults (batch norm, dropout
 0.2, its own standardisation). Models are never pickled or unpickled.
 
-Apache Beam's ``AnomalyDetection`` transform with ``ZScore`` / ``IQR`` detectors is not part of
-the pinned Beam 2.62.0 (``apache_beam.ml.anomaly`` does not exist there), so it is not compared.
+Beam's own detectors (``apache_beam.ml.anomaly``, Beam >= 2.64, so not in the pinned 2.62.0) run
+in the Beam 2.70 side environment ``.venv-beam-anomaly`` (``beam_detectors_side.py``): a
+``ZScore`` + ``IQR`` ensemble per feature with max aggregation, on the data sets they suit
+(low-dimensional tabular data and the univariate ECG stream, scored per sample, a window's score
+being its samples' maximum); skipped (and said so) where the side environment is missing.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import subprocess
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,10 +37,16 @@ from ae_pipeline.models import CorruptionConfig, ModelConfig, Scorer, fit
 from benchmarks.quality.common import Settings, log, summary, timed, train_config
 
 BEAM_NOTE = (
-    "apache_beam.ml.anomaly (AnomalyDetection, ZScore, IQR) does not exist in the pinned "
-    "apache-beam 2.62.0; not compared."
+    "apache_beam.ml.anomaly (ZScore, IQR; Beam 2.70 side environment .venv-beam-anomaly, as the "
+    "pinned 2.62.0 lacks it): beam_zscore_iqr = per-feature ZScore + IQR with Beam's defaults "
+    "(sliding windows of 1,000), max score, streamed over the normal training rows then the "
+    "test rows (score, then learn); only on shuttle, breast_cancer and mitdb_ecg (per sample)."
 )
 METHODS = ("ae", "dae", "pyod_ae", "iforest", "pca")
+BEAM_METHOD = "beam_zscore_iqr"
+BEAM_DATASETS = ("shuttle", "breast_cancer", "mitdb_ecg")
+SIDE_PYTHON = Path(__file__).resolve().parents[2] / ".venv-beam-anomaly" / "bin" / "python"
+SIDE_SCRIPT = Path(__file__).resolve().parent / "beam_detectors_side.py"
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 
 
@@ -56,6 +66,8 @@ class Task:
         self.x_test = x_test.astype(np.float32)
         self.y_test = y_test.astype(np.int64)
         self.hidden, self.latent, self.image = hidden, latent, image
+        # (train samples, test samples, window) of a univariate stream cut into windows
+        self.stream: tuple[np.ndarray, np.ndarray, int] | None = None
 
 
 def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +201,9 @@ def mitdb_tasks(s: Settings, seed: int, window: int = 64, train_end: int = 5000)
     train = (starts + window <= train_end) & (wl == 0)
     test = starts >= train_end
     mu, sd = v[:train_end].mean(), v[:train_end].std()
-    return [Task((w[train] - mu) / sd, (w[test] - mu) / sd, wl[test], [32], 8, False)]
+    task = Task((w[train] - mu) / sd, (w[test] - mu) / sd, wl[test], [32], 8, False)
+    task.stream = (v[:train_end], v[train_end:], window)
+    return [task]
 
 
 def digits_tasks(s: Settings, seed: int) -> list[Task]:
@@ -216,6 +230,46 @@ DATASETS: dict[str, tuple[Callable[[Settings, int], list[Task]], str]] = {
 }
 
 
+def beam_scores(tasks: list[Task]) -> tuple[list[np.ndarray], float]:
+    """Scores of Beam's ZScore + IQR ensemble per task (side environment) and the wall time."""
+    import subprocess
+    import tempfile
+    import time
+
+    if not SIDE_PYTHON.exists():
+        raise FileNotFoundError(f"{SIDE_PYTHON} (make setup builds the Beam 2.70 side env)")
+    arrays: dict[str, Any] = {"n": len(tasks)}
+    for i, t in enumerate(tasks):
+        if t.stream is not None:
+            arrays[f"train_{i}"] = t.stream[0].reshape(-1, 1)
+            arrays[f"test_{i}"] = t.stream[1].reshape(-1, 1)
+        else:
+            arrays[f"train_{i}"] = t.x_train
+            arrays[f"test_{i}"] = t.x_test
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(src, **arrays)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        proc = subprocess.run(
+            [str(SIDE_PYTHON), str(SIDE_SCRIPT), str(src), str(dst)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1800,
+        )
+        if proc.returncode != 0:
+            raise OSError(f"beam side run failed: {proc.stderr[-2000:]}")
+        out = np.load(dst)
+        scores = []
+        for i, t in enumerate(tasks):
+            sc = out[f"score_{i}"]
+            if t.stream is not None:  # a window's score: the max of its samples' scores
+                sc = np.lib.stride_tricks.sliding_window_view(sc, t.stream[2]).max(axis=1)
+            scores.append(sc)
+    return scores, time.perf_counter() - t0
+
+
 def _roc_points(y: np.ndarray, score: np.ndarray) -> list[float]:
     fpr, tpr, _ = roc_curve(y, score)
     return [round(float(v), 4) for v in np.interp(FPR_GRID, fpr, tpr)]
@@ -233,7 +287,11 @@ def _hist(y: np.ndarray, score: np.ndarray, bins: int = 30) -> dict[str, Any]:
 
 
 def run(s: Settings, only: list[str] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"beam": BEAM_NOTE, "methods": list(METHODS), "datasets": {}}
+    out: dict[str, Any] = {
+        "beam": BEAM_NOTE,
+        "methods": [*METHODS, BEAM_METHOD],
+        "datasets": {},
+    }
     budget = {  # maximum epochs (ours stop early on the validation loss)
         "shuttle": 10,
         "digits_ovr": 60,
@@ -245,20 +303,31 @@ def run(s: Settings, only: list[str] | None = None) -> dict[str, Any]:
     for name, (make, desc) in DATASETS.items():
         if only and name not in only:
             continue
+        methods = [*METHODS, BEAM_METHOD] if name in BEAM_DATASETS else list(METHODS)
         per: dict[str, dict[str, list[float]]] = {
-            m: {"roc_auc": [], "ap": [], "train_s": []} for m in METHODS
+            m: {"roc_auc": [], "ap": [], "train_s": []} for m in methods
         }
         curves: dict[str, Any] = {}
+        beam_skip = None
         try:
             for seed in s.seeds:
                 tasks = make(s, seed)
                 if s.ovr_tasks and len(tasks) > s.ovr_tasks:
                     tasks = tasks[: s.ovr_tasks]
                 acc: dict[str, dict[str, list[float]]] = {
-                    m: {"roc_auc": [], "ap": [], "train_s": []} for m in METHODS
+                    m: {"roc_auc": [], "ap": [], "train_s": []} for m in methods
                 }
+                beam: list[np.ndarray] | None = None
+                if BEAM_METHOD in methods and beam_skip is None:
+                    try:
+                        beam, beam_t = beam_scores(tasks)
+                    except (FileNotFoundError, OSError, subprocess.TimeoutExpired) as exc:
+                        beam_skip = f"{type(exc).__name__}: {exc}"[:500]
+                        log(f"anomaly {name}: Beam detectors skipped ({beam_skip})")
                 for ti, task in enumerate(tasks):
                     scores = _score_all(task, seed, epochs[name])
+                    if beam is not None:
+                        scores[BEAM_METHOD] = (beam[ti], beam_t / len(tasks))
                     for m, (sc, t) in scores.items():
                         acc[m]["roc_auc"].append(float(roc_auc_score(task.y_test, sc)))
                         acc[m]["ap"].append(float(average_precision_score(task.y_test, sc)))
@@ -277,9 +346,10 @@ def run(s: Settings, only: list[str] | None = None) -> dict[str, Any]:
                             "hidden": task.hidden,
                             "latent": task.latent,
                         }
-                for m in METHODS:
+                for m in methods:
                     for k in ("roc_auc", "ap", "train_s"):
-                        per[m][k].append(float(np.mean(acc[m][k])))
+                        if acc[m][k]:
+                            per[m][k].append(float(np.mean(acc[m][k])))
         except (ImportError, FileNotFoundError, OSError) as exc:
             out["datasets"][name] = {"description": desc, "skipped": f"{type(exc).__name__}: {exc}"}
             log(f"anomaly {name}: skipped ({exc})")
@@ -289,12 +359,17 @@ def run(s: Settings, only: list[str] | None = None) -> dict[str, Any]:
             "shape": shape,
             "tasks_per_seed": len(tasks),
             "epochs": epochs[name],
-            "methods": {m: {k: summary(v) for k, v in per[m].items()} for m in METHODS},
+            "methods": {
+                m: {k: summary(v) for k, v in per[m].items()} for m in methods if per[m]["roc_auc"]
+            },
+            **({"beam_skipped": beam_skip} if beam_skip else {}),
             "curves_seed0_task0": curves,
             "fpr_grid": [round(float(v), 4) for v in FPR_GRID],
         }
         log(
             f"anomaly {name}: "
-            + ", ".join(f"{m} {np.mean(per[m]['roc_auc']):.4f}" for m in METHODS)
+            + ", ".join(
+                f"{m} {np.mean(per[m]['roc_auc']):.4f}" for m in methods if per[m]["roc_auc"]
+            )
         )
     return out

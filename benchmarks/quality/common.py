@@ -33,7 +33,7 @@ class Settings:
     fashion_test: int = 10000
     epochs: int = 3
     decay_epochs: int = 1
-    dims: list[int] = field(default_factory=lambda: [2, 8, 32, 64])
+    dims: list[int] = field(default_factory=lambda: [32, 64, 8, 2])
     stacked_dims: list[int] = field(default_factory=lambda: [32])
     conv_dims: list[int] = field(default_factory=lambda: [32])
     conv_train: int = 10000

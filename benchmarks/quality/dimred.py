@@ -12,6 +12,7 @@ only (cost), the convolutional one on the first ``conv_train`` images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -94,7 +95,10 @@ class _PCA:
         return self.encode(x, d) @ self.components[:d] + self.mean
 
 
-def run(s: Settings) -> dict[str, Any]:
+def run(s: Settings, checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Runs the study; ``checkpoint(out)`` is called after each code size (partial results).
+
+    The code sizes run in the order of ``s.dims`` (the default puts d=32, the goal's, first)."""
     LOGREG_ROWS[0] = s.logreg_train
     x, y = load_fashion_mnist("train", limit=s.fashion_train)
     xt, yt = load_fashion_mnist("test", limit=s.fashion_test)
@@ -166,4 +170,6 @@ def run(s: Settings) -> dict[str, Any]:
                 for n in rows
             )
         )
+        if checkpoint:
+            checkpoint(out)
     return out
