@@ -325,6 +325,17 @@ def quality_section(q: dict[str, Any], plt: Any, name: str = "quality") -> list[
         "computed in the same run on the same split; ± is the standard deviation over seeds.",
         "",
     ]
+    if q.get("parallel"):
+        walls = ", ".join(
+            f"{k} {v:.0f} s" for k, v in q["wall_s"].items() if k != "total" and v is not None
+        )
+        lines += [
+            f"Studies ran as parallel processes (one torch thread each); wall time per study: "
+            f"{walls}.",
+            "",
+        ]
+    if q.get("notes"):
+        lines += [f"> {q['notes']}", ""]
     if q["quick"]:
         lines += [
             "> **--quick run**: 1 seed, tiny subsets and few epochs, to keep the scripts alive; "

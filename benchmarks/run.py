@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# extra arguments per benchmark: the quality studies run as parallel processes (1 thread each)
-EXTRA = {"quality": ["--parallel"]}
+# extra arguments per benchmark
+EXTRA: dict[str, list[str]] = {}
 
 
 def main(argv: list[str] | None = None) -> int:
