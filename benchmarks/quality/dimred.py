@@ -96,7 +96,7 @@ class _PCA:
 
 
 def run(s: Settings, checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Runs the study; ``checkpoint(out)`` is called after each code size (partial results).
+    """Runs the study; ``checkpoint(out)`` is called after each seed (partial results).
 
     The code sizes run in the order of ``s.dims`` (the default puts d=32, the goal's, first)."""
     LOGREG_ROWS[0] = s.logreg_train
@@ -159,9 +159,11 @@ def run(s: Settings, checkpoint: Callable[[dict[str, Any]], None] | None = None)
                 if seed == s.seeds[0]:
                     out["loss_curves"][f"conv_d{d}"] = losses
             log(f"dimred d={d} seed {seed} done")
-        out["by_d"][str(d)] = {
-            name: {k: summary(v) for k, v in vals.items()} for name, vals in rows.items()
-        }
+            out["by_d"][str(d)] = {
+                name: {k: summary(v) for k, v in vals.items()} for name, vals in rows.items()
+            }
+            if checkpoint and seed != s.seeds[-1]:
+                checkpoint(out)  # partial: the seeds done so far (n in each summary)
         log(
             f"dimred d={d}: "
             + ", ".join(
