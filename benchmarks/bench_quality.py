@@ -194,15 +194,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.perf_counter()
         log(f"=== {name}")
-        if name == "dimred":
 
-            def save(part: dict[str, Any], name: str = name) -> None:
-                part = {**part, "incomplete": True}
-                path.write_text(json.dumps({**res, name: part}, indent=1) + "\n")
+        def save(part: dict[str, Any], name: str = name, t0: float = t0) -> None:
+            """Partial results (marked incomplete) while the study runs."""
+            part = {**part, "incomplete": True}
+            walls = {**res["wall_s"], name: time.perf_counter() - t0}
+            snap = {**res, name: part, "wall_s": walls}
+            path.write_text(json.dumps(snap, indent=1) + "\n")
 
-            res[name] = fn(s, checkpoint=save)
-        else:
-            res[name] = fn(s)
+        res[name] = fn(s, checkpoint=save)
         res["wall_s"][name] = time.perf_counter() - t0
         res["wall_s"]["total"] = time.perf_counter() - t_all
         res["load_average_1_5_15min"]["end"] = list(os.getloadavg())

@@ -221,12 +221,13 @@ def fashion_tasks(s: Settings, seed: int) -> list[Task]:
     ]
 
 
+# cheapest first, so that an interrupted run keeps the most data sets
 DATASETS: dict[str, tuple[Callable[[Settings, int], list[Task]], str]] = {
-    "shuttle": (shuttle_tasks, "river Shuttle (ODDS), 60/40 stratified split, train on normal"),
-    "digits_ovr": (digits_tasks, "sklearn digits, each class normal in turn, mean of 10"),
-    "fashion_ovr": (fashion_tasks, "Fashion-MNIST, each class normal in turn, mean of 10"),
     "breast_cancer": (breast_tasks, "sklearn breast cancer, malignant = anomaly"),
     "mitdb_ecg": (mitdb_tasks, "sktime MIT-BIH excerpt, 64-sample windows, train on t<5000"),
+    "digits_ovr": (digits_tasks, "sklearn digits, each class normal in turn, mean of 10"),
+    "shuttle": (shuttle_tasks, "river Shuttle (ODDS), 60/40 stratified split, train on normal"),
+    "fashion_ovr": (fashion_tasks, "Fashion-MNIST, each class normal in turn, mean of 10"),
 }
 
 
@@ -286,7 +287,12 @@ def _hist(y: np.ndarray, score: np.ndarray, bins: int = 30) -> dict[str, Any]:
     }
 
 
-def run(s: Settings, only: list[str] | None = None) -> dict[str, Any]:
+def run(
+    s: Settings,
+    only: list[str] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Runs the study; ``checkpoint(out)`` is called after each data set (partial results)."""
     out: dict[str, Any] = {
         "beam": BEAM_NOTE,
         "methods": [*METHODS, BEAM_METHOD],
@@ -372,4 +378,6 @@ def run(s: Settings, only: list[str] | None = None) -> dict[str, Any]:
                 f"{m} {np.mean(per[m]['roc_auc']):.4f}" for m in methods if per[m]["roc_auc"]
             )
         )
+        if checkpoint:
+            checkpoint(out)
     return out

@@ -11,6 +11,7 @@ and the training corruption; the test corruption is fixed (generator seed 1234).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,8 @@ def _grid(xt: np.ndarray, examples: dict[str, tuple[np.ndarray, np.ndarray]]) ->
     return path.name
 
 
-def run(s: Settings) -> dict[str, Any]:
+def run(s: Settings, checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Runs the study; ``checkpoint(out)`` is called after each seed (partial results)."""
     x, _ = load_fashion_mnist("train", limit=s.denoise_train)
     xt, _ = load_fashion_mnist("test", limit=s.fashion_test)
     pca = PCA(PCA_COMPONENTS, svd_solver="full").fit(x)
@@ -131,14 +133,18 @@ def run(s: Settings) -> dict[str, Any]:
             add(name, "dae", den, t)
             if seed == s.seeds[0]:
                 examples[name] = (noisy, den)
+        if seed == s.seeds[0]:
+            out["grid_png"] = _grid(xt, examples)
         log(f"denoise seed {seed} done")
+        for name in NOISES:
+            out["by_noise"][name] = {
+                m: {k: summary(v) for k, v in vals.items()} for m, vals in rows[name].items()
+            }
+        if checkpoint and seed != s.seeds[-1]:
+            checkpoint(out)
     for name in NOISES:
-        out["by_noise"][name] = {
-            m: {k: summary(v) for k, v in vals.items()} for m, vals in rows[name].items()
-        }
         log(
             f"denoise {name}: "
             + ", ".join(f"{m} {out['by_noise'][name][m]['psnr']['mean']:.2f}dB" for m in rows[name])
         )
-    out["grid_png"] = _grid(xt, examples)
     return out
