@@ -179,6 +179,7 @@ class ScoringConsumer:
         self._consumer = consumer
         self._producer = producer
         self._model: FixedModel | ModelWatcher | None = None
+        self._written: dict[TopicPartition, int] = {}  # offsets whose outputs are acknowledged
         self._stop = threading.Event()
         self._stop_reason = "stop"
         self.stats = ConsumerStats()
@@ -265,7 +266,7 @@ class ScoringConsumer:
                 if max_records is not None and self.stats.records_in >= max_records:
                     self._stop_reason = "max_records"
                     break
-            self._confirm(in_flight, consumer, producer)
+            self._confirm(in_flight, consumer, producer, final=True)
             in_flight = None
             self.stats.stopped_by = self._stop_reason
         finally:
@@ -313,14 +314,24 @@ class ScoringConsumer:
         return _Sent(offsets)
 
     def _confirm(
-        self, sent: _Sent | None, consumer: KafkaConsumerClient, producer: KafkaProducerClient
+        self,
+        sent: _Sent | None,
+        consumer: KafkaConsumerClient,
+        producer: KafkaProducerClient,
+        *,
+        final: bool = False,
     ) -> None:
-        """Waits until the outputs of ``sent`` are acknowledged, then commits its offsets."""
+        """Waits until the outputs of ``sent`` are acknowledged, then commits its offsets
+        (asynchronously in the loop: a later commit supersedes a lost one; synchronously at the
+        end, so that a stopped consumer has committed everything it wrote)."""
         if sent is None:
             return
         producer.flush(self.flush_timeout_s)  # raises DeliveryError: no commit, replayed
+        self._written.update(sent.offsets)
         try:
-            consumer.commit(sent.offsets)
+            # The last commit covers every partition written to, in case an earlier
+            # asynchronous one was lost.
+            consumer.commit(dict(self._written) if final else sent.offsets, asynchronous=not final)
         except KafkaClientError as err:  # e.g. the group rebalanced: the batch is replayed
             self.stats.commit_failures += 1
             _log.warning("commit of %s failed (the batch will be replayed): %s", sent.offsets, err)

@@ -24,9 +24,10 @@ measurements alternate their order and the medians are reported.
     output to the last, noted by the sink: leaves out the runner's start-up and the model
     load). A warm-up run of each (one file) precedes the measurements.
 (b) Plain consumer (``ScoringConsumer``) records/s with each client against the I/O limit (a
-    bare poll -> produce -> flush -> commit loop with the same client and batch size, no
-    scoring) and the compute limit (``orjson`` decode + batched ``Scorer.errors`` of the same
-    records, no Kafka). Timed from the first non-empty poll to the last batch committed.
+    bare poll -> produce -> flush -> commit loop with the same client, batch size and commit
+    mode - asynchronous commits, a synchronous one at the end - no scoring) and the compute
+    limit (``orjson`` decode + batched ``Scorer.errors`` of the same records, no Kafka).
+    Timed from the first non-empty poll to the last batch committed.
     Goal: confluent consumer >= 0.7x the smaller limit.
 (c) Latency, produce to result, at a steady 2,000 records/s: a paced producer stamps the send
     time into each record (``ts``, passed through to the result); a reader of the output topic
@@ -383,7 +384,8 @@ def consumer_run(bootstrap: str, client: str, topic: str, n: int, version_dir: s
 
 
 def io_run(bootstrap: str, client: str, topic: str, n: int) -> dict:
-    """The I/O limit: poll -> produce each value -> flush -> commit, no scoring."""
+    """The I/O limit: poll -> produce each value -> flush -> commit (asynchronously, a last
+    synchronous one at the end, like the consumer), no scoring."""
     from ae_pipeline.kafka import TopicPartition, create_consumer, create_producer
 
     config = {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}"}
@@ -392,6 +394,7 @@ def io_run(bootstrap: str, client: str, topic: str, n: int) -> dict:
     consumer.subscribe([topic])
     got = 0
     first = None
+    written: dict = {}
     idle_since = time.perf_counter()
     try:
         while got < n:
@@ -409,8 +412,10 @@ def io_run(bootstrap: str, client: str, topic: str, n: int) -> dict:
             for r in records:
                 tp = TopicPartition(r.topic, r.partition)
                 offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
-            consumer.commit(offsets)
+            consumer.commit(offsets, asynchronous=True)  # as the consumer commits
+            written.update(offsets)
             got += len(records)
+        consumer.commit(written)
         end = time.perf_counter()
     finally:
         consumer.close()
@@ -620,7 +625,8 @@ def paced_latency(
         while True:
             now = time.time()
             if proc.poll() is not None:
-                raise RuntimeError(f"scorer exited with {proc.returncode}; see {log}")
+                tail = log.read_bytes()[-3000:].decode(errors="replace")
+                raise RuntimeError(f"scorer exited with {proc.returncode}; log tail:\n{tail}")
             if reader.first is None and now - t_start > start_timeout_s:
                 raise RuntimeError(f"no result within {start_timeout_s}s; see {log}")
             if end is None and reader.first is not None:

@@ -72,8 +72,14 @@ class KafkaConsumerClient(abc.ABC):
         """The group's committed offset of each partition, None where it has none."""
 
     @abc.abstractmethod
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit, synchronously, ``offsets`` (the next offset to read) for the group."""
+    def commit(self, offsets: Mapping[TopicPartition, int], *, asynchronous: bool = False) -> None:
+        """Commit ``offsets`` (the next offset to read) for the group.
+
+        Synchronous by default (raises on failure). ``asynchronous=True`` sends the commit
+        without waiting for the broker's answer; a failure is only logged (the records are
+        replayed: duplicates, never losses), and a later commit supersedes it. Finish with a
+        synchronous commit.
+        """
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -59,6 +59,7 @@ class Consumer(KafkaConsumerClient):
         conf.setdefault("enable.auto.commit", False)
         conf.setdefault("enable.auto.offset.store", False)
         conf.setdefault("auto.offset.reset", auto_offset_reset)
+        conf.setdefault("on_commit", self._on_commit)
         self._max_poll_records = max_poll_records
         self._assigned: dict[TopicPartition, int] = {}
         with scrubbed_errors(config, "confluent-kafka consumer"):
@@ -131,13 +132,15 @@ class Consumer(KafkaConsumerClient):
             for tp in found
         }
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int], *, asynchronous: bool = False) -> None:
         self._need_group("commit")
         with scrubbed_errors(self._config, "commit"):
             result = self._consumer.commit(
                 offsets=[ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                asynchronous=False,
+                asynchronous=asynchronous,
             )
+        if asynchronous:
+            return  # failures reach _on_commit
         failed = [tp for tp in result or () if tp.error is not None]
         if failed:
             raise KafkaClientError(
@@ -146,6 +149,15 @@ class Consumer(KafkaConsumerClient):
                     f"{failed[0].error}",
                     self._config.secrets(),
                 )
+            )
+
+    def _on_commit(self, error: Any, partitions: Any) -> None:
+        failed = [tp for tp in partitions or () if tp.error is not None]
+        if error is not None or failed:
+            detail = error if error is not None else failed[0].error
+            _LIBRDKAFKA_LOG.warning(
+                "commit failed (the records will be replayed): %s",
+                scrub(str(detail), self._config.secrets()),
             )
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,6 +18,8 @@ from ae_pipeline.kafka.config import KafkaConfig
 from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError
 from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
 from ae_pipeline.kafka.redaction import scrub
+
+_log = logging.getLogger(__name__)
 
 _KNOWN = (
     set(KafkaConsumer.DEFAULT_CONFIG)
@@ -123,11 +126,20 @@ class Consumer(KafkaConsumerClient):
         with scrubbed_errors(self._config, "committed offsets"):
             return {TopicPartition(*tp): self._consumer.committed(_KTP(*tp)) for tp in tps}
 
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int], *, asynchronous: bool = False) -> None:
         self._need_group("commit")
+        request = {_KTP(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
         with scrubbed_errors(self._config, "commit"):
-            self._consumer.commit(
-                {_KTP(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+            if asynchronous:
+                self._consumer.commit_async(request, callback=self._on_commit)
+            else:
+                self._consumer.commit(request)
+
+    def _on_commit(self, offsets: Any, response: Any) -> None:
+        if isinstance(response, Exception):
+            _log.warning(
+                "asynchronous commit failed (the records will be replayed): %s",
+                scrub(str(response), self._config.secrets()),
             )
 
     def close(self) -> None:
