@@ -47,11 +47,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -80,9 +80,9 @@ class NoModelError(ServingError):
     """No model version is published under the watched root (yet)."""
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where a record came from (Kafka coordinates, all optional).
+class Source(NamedTuple):
+    """Where a record came from (Kafka coordinates, all optional; a named tuple: one is made
+    per record on the hot path).
 
     Attributes:
         topic: the topic.
@@ -129,6 +129,33 @@ def as_input(element: Any) -> tuple[Any, Source | None]:
     return element, None
 
 
+def as_inputs(elements: Sequence[Any]) -> tuple[list[Any], list[Source | None]]:
+    """:func:`as_input` of each element: ``(values, sources)``, with a fast path for
+    ``ae_pipeline.kafka.KafkaRecord`` (what the consumer and ``ReadKafkaRecords`` score)."""
+    records_module = sys.modules.get("ae_pipeline.kafka.records")  # no import: layering
+    kafka_record = getattr(records_module, "KafkaRecord", None)
+    values: list[Any] = []
+    sources: list[Source | None] = []
+    for element in elements:
+        if type(element) is kafka_record:
+            ts = element.timestamp_ms
+            values.append(element.value)
+            sources.append(
+                Source(
+                    element.topic,
+                    element.partition,
+                    element.offset,
+                    element.key,
+                    ts if isinstance(ts, int) and ts >= 0 else None,
+                )
+            )
+        else:
+            value, source = as_input(element)
+            values.append(value)
+            sources.append(source)
+    return values, sources
+
+
 def _key_text(key: Any) -> Any:
     if isinstance(key, (bytes, bytearray, memoryview)):
         try:
@@ -168,6 +195,13 @@ def _json_safe(value: Any) -> Any:
 def _coordinates(source: Source | None) -> dict[str, Any]:
     if source is None:
         return {}
+    if None not in source[:3] and source.timestamp_ms is not None:  # the usual Kafka record
+        return {
+            "topic": source.topic,
+            "partition": source.partition,
+            "offset": source.offset,
+            "timestamp_ms": source.timestamp_ms,
+        }
     out: dict[str, Any] = {}
     if source.topic is not None:
         out["topic"] = source.topic
@@ -403,9 +437,7 @@ class ServingModel:
         """
         check_mode(mode)
         if sources is None:
-            pairs = [as_input(v) for v in values]
-            values = [p[0] for p in pairs]
-            sources = [p[1] for p in pairs]
+            values, sources = as_inputs(values)
         elif len(sources) != len(values):
             raise ValueError(f"{len(values)} values but {len(sources)} sources")
         batch = _drop_unscalable(decode_records(values, self.spec), self.scaler)
