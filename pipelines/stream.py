@@ -33,6 +33,7 @@ from ae_pipeline.beam.options import (
     ModelLocationOptions,
     add_switch,
     exit_with_help_if_asked,
+    keep_watching_streaming_jobs,
     read_json_config,
 )
 from ae_pipeline.beam.transforms import ScoreRecords
@@ -188,6 +189,7 @@ def main(
     """
     exit_with_help_if_asked(argv, StreamOptions, "ae-pipeline stream", __doc__)
     options = PipelineOptions(argv)
+    keep_watching_streaming_jobs(options)
     opts = options.view_as(StreamOptions)
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True

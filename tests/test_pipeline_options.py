@@ -275,3 +275,22 @@ def test_unreadable_or_unknown_scheme_kafka_config_is_a_clear_error(tmp_path):
         read_json_config("aetestmem://bucket/none.json")
     with pytest.raises(ValueError, match=r"nosuchfs://b/k\.json: no Beam filesystem"):
         read_json_config("nosuchfs://b/k.json")
+
+
+def test_streaming_jobs_are_watched_longer_than_beams_60s_default():
+    from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
+
+    from ae_pipeline.beam.options import keep_watching_streaming_jobs
+    from ae_pipeline.local.runners import STREAMING_JOB_SERVER_TIMEOUT_S, runner_args
+
+    streaming = PipelineOptions(["--streaming"])
+    keep_watching_streaming_jobs(streaming)
+    assert streaming.view_as(PortableOptions).job_server_timeout == STREAMING_JOB_SERVER_TIMEOUT_S
+    batch = PipelineOptions([])
+    keep_watching_streaming_jobs(batch)
+    assert batch.view_as(PortableOptions).job_server_timeout == 60
+    chosen = PipelineOptions(["--streaming", "--job_server_timeout=120"])
+    keep_watching_streaming_jobs(chosen)
+    assert chosen.view_as(PortableOptions).job_server_timeout == 120
+    args = PipelineOptions(runner_args("prism", streaming=True))
+    assert args.view_as(PortableOptions).job_server_timeout == STREAMING_JOB_SERVER_TIMEOUT_S

@@ -12,7 +12,9 @@ import argparse
 import json
 from typing import Any
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
+
+from ae_pipeline.local.runners import STREAMING_JOB_SERVER_TIMEOUT_S
 
 TRUE_WORDS = frozenset({"true", "yes", "y", "on", "1"})
 FALSE_WORDS = frozenset({"false", "no", "n", "off", "0"})
@@ -150,3 +152,22 @@ def read_json_config(path: str, flag: str = "--kafka_config") -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"{flag} {path}: expected a JSON object, got {type(config).__name__}")
     return config
+
+
+_BEAM_DEFAULT_JOB_SERVER_TIMEOUT_S = 60
+
+
+def keep_watching_streaming_jobs(options: PipelineOptions) -> None:
+    """Raises ``--job_server_timeout`` for a ``--streaming`` job whose user left Beam's default.
+
+    Beam's portable runner (2.62 and 2.70 alike) uses it (default 60 s) as the gRPC deadline of
+    the job's state and message streams too, so ``wait_until_finish()`` on a job that runs
+    longer fails after a minute with DEADLINE_EXCEEDED, and with LOOPBACK workers the job dies
+    with its driver (Prism, the portable Flink runner). A streaming job runs until cancelled.
+    """
+    portable = options.view_as(PortableOptions)
+    if (
+        options.view_as(StandardOptions).streaming
+        and portable.job_server_timeout == _BEAM_DEFAULT_JOB_SERVER_TIMEOUT_S
+    ):
+        portable.job_server_timeout = STREAMING_JOB_SERVER_TIMEOUT_S

@@ -21,6 +21,11 @@ from __future__ import annotations
 
 from ae_pipeline.local.paths import launcher_jar, prism_binary
 
+# Beam's portable runner uses --job_server_timeout (default 60 s) as the deadline of the job's
+# state and message streams: a streaming job watched longer than that dies with its driver.
+# Streaming jobs get ten years (see ae_pipeline.beam.options.keep_watching_streaming_jobs).
+STREAMING_JOB_SERVER_TIMEOUT_S = 10 * 365 * 24 * 3600
+
 RUNNERS = ("fnapi", "prism", "flink")
 
 FNAPI_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
@@ -61,7 +66,9 @@ def runner_args(name: str, *, streaming: bool = False, parallelism: int = 1) -> 
         ]
     else:
         raise ValueError(f"unknown runner {name!r}; choose one of {', '.join(RUNNERS)}")
-    return [*args, "--streaming"] if streaming else args
+    if not streaming:
+        return args
+    return [*args, "--streaming", f"--job_server_timeout={STREAMING_JOB_SERVER_TIMEOUT_S}"]
 
 
 def pipeline_options(name: str, *, streaming: bool = False, **extra: object):
