@@ -8,6 +8,14 @@ partition is idle, so windows close on quiet partitions), self-checkpoints every
 by a bundle finalizer, i.e. only once the runner has made the bundle's output durable
 (at-least-once). Tested here on the FnApiRunner, Prism (batch and streaming) and Flink.
 
+Broker outages: a Kafka client error while reading (the broker is down, a request times out)
+does not fail the bundle, which on Prism would fail the whole job: the partition's consumer is
+closed and the rest of the restriction deferred with a backoff (0.5 s doubling to 10 s), then
+read from the first unclaimed offset by a fresh consumer (metric ``read_client_errors``). Offset
+commits run in a background thread (:class:`_OffsetCommitter`): a failed or stuck commit is
+retried and counted (metric ``commit_failures``), never raised into the finalizer; until it
+succeeds a restarted job re-reads those records (duplicates, never losses).
+
 Runner notes (Beam 2.62):
 
 * Flink's portable runner refuses bundle finalization in batch mode (apache/beam#19526): a
@@ -23,7 +31,8 @@ after that much wall time (any of them makes the read bounded, for batch runs an
 
 :class:`WriteKafkaRecords` produces ``(key, value[, headers])`` tuples, :class:`KafkaRecord`
 objects or lists of either, with one producer per DoFn instance, flushed at the end of each
-bundle: a failed delivery fails the bundle (which the runner retries).
+bundle. A failed flush sends the bundle again with a new producer (duplicates, not losses)
+until ``retry_timeout_s``; only then does the bundle fail (for the runner to retry it).
 
 :func:`java_read` / :func:`java_write` are Beam's cross-language Java KafkaIO with the same
 config, expanded by :func:`java_expansion_service` from the local classpath and run, without
@@ -49,6 +58,7 @@ import os
 import pickle
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,8 +77,10 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from ae_pipeline.kafka import (
     DEFAULT_CLIENT,
+    KafkaClientError,
     KafkaConfig,
     KafkaConsumerClient,
+    KafkaProducerClient,
     KafkaRecord,
     TopicPartition,
     create_consumer,
@@ -225,6 +237,175 @@ def _advance(watermark: ManualWatermarkEstimator, to: Timestamp) -> None:
         watermark.set_watermark(to)
 
 
+_RETRY_FIRST_S = 0.5
+"""First wait after a Kafka client error (doubled after each further error in a row)."""
+_RETRY_MAX_S = 10.0
+"""Longest wait between retries after Kafka client errors."""
+_FINALIZE_WAIT_S = 5.0
+"""Longest a bundle finalizer waits for its offsets' commit."""
+_COMMIT_STUCK_S = 45.0
+"""A commit unanswered this long is given up and retried by a fresh thread and consumer
+(longer than kafka-python's 30 s bootstrap timeout)."""
+
+
+class _OffsetCommitter:
+    """Commits finalized offsets from a background thread, latest offset per partition first.
+
+    A bundle finalizer hands the offset over (:meth:`offer`) and waits a bounded time: a
+    commit that blocks or fails while the broker is down must neither hold up nor break the
+    runner's finalization. A failed commit is counted (:meth:`take_failures`, reported as the
+    metric ``commit_failures`` by the reading DoFn, since Beam metrics only count in bundle
+    threads), logged without secrets, and retried with a backoff together with any later
+    offsets. A commit still unanswered after ``_COMMIT_STUCK_S`` (a client can wait forever
+    on a coordinator lost in an outage) is abandoned with its thread and consumer, and its
+    offsets are committed by a fresh thread. Until a commit succeeds, a restarted job re-reads
+    those records (duplicates, never losses).
+    """
+
+    def __init__(self, config: KafkaConfig, client: str):
+        self._config = config
+        self._client = client
+        self._pending: dict[TopicPartition, int] = {}
+        self._inflight: dict[TopicPartition, int] = {}
+        self._inflight_since: float | None = None
+        self._committed: dict[TopicPartition, int] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._generation = 0  # of the current thread; an abandoned one sees a newer number
+        self._failures = 0  # failed or abandoned commits not yet reported by take_failures()
+
+    def offer(self, tp: TopicPartition, offset: int) -> None:
+        """Commit ``offset`` for ``tp`` soon (unless a later offset is committed first)."""
+        with self._cond:
+            known = max(
+                self._committed.get(tp, -1),
+                self._pending.get(tp, -1),
+                self._inflight.get(tp, -1),
+            )
+            if offset <= known:
+                return  # a later bundle already got further
+            self._pending[tp] = offset
+            self._check_thread()
+            self._cond.notify_all()
+
+    def _check_thread(self) -> None:
+        """(Re)start the committing thread when there is none or its commit is stuck."""
+        stuck = (
+            self._inflight_since is not None
+            and time.monotonic() - self._inflight_since > _COMMIT_STUCK_S
+        )
+        if stuck:
+            _LOG.warning(
+                "a commit of group %s got no answer in %.0fs: retrying it with a new consumer",
+                self._config.group_id,
+                _COMMIT_STUCK_S,
+            )
+            self._failures += 1
+            for tp, offset in self._inflight.items():
+                self._pending[tp] = max(offset, self._pending.get(tp, -1))
+            self._inflight, self._inflight_since = {}, None
+        if self._thread is None or stuck:
+            self._generation += 1
+            self._thread = threading.Thread(
+                target=self._run,
+                args=(self._generation,),
+                name="kafka-offset-committer",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def take_failures(self) -> int:
+        """Failed commits since the last call (and a restart of a stuck commit, if due)."""
+        with self._cond:
+            if self._thread is not None:
+                self._check_thread()
+            failures, self._failures = self._failures, 0
+            return failures
+
+    def wait(self, tp: TopicPartition, offset: int, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` until ``offset`` (or a later one) is committed."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._committed.get(tp, -1) < offset:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def _run(self, generation: int) -> None:
+        consumer: KafkaConsumerClient | None = None
+        failures = 0
+        try:
+            while True:
+                with self._cond:
+                    while not self._pending and not self._closed:
+                        if generation != self._generation:
+                            return
+                        self._cond.wait()
+                    if generation != self._generation or not self._pending:
+                        return  # abandoned, or closed with nothing left
+                    batch, self._pending = self._pending, {}
+                    self._inflight, self._inflight_since = batch, time.monotonic()
+                try:
+                    if consumer is None:
+                        consumer = create_consumer(self._config, self._client)
+                    consumer.commit(batch)
+                except KafkaClientError as e:
+                    failures += 1
+                    delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (failures - 1))
+                    _LOG.warning(
+                        "committing offsets of group %s failed (%d in a row), retrying in "
+                        "%.1fs: %s",
+                        self._config.group_id,
+                        failures,
+                        delay,
+                        e,  # scrubbed of secrets by the client layer
+                    )
+                    _close_quietly(consumer)
+                    consumer = None
+                    with self._cond:
+                        if generation != self._generation:
+                            return  # abandoned meanwhile: the new thread has the offsets
+                        self._failures += 1
+                        self._inflight, self._inflight_since = {}, None
+                        for tp, offset in batch.items():  # retried with anything newer
+                            self._pending[tp] = max(offset, self._pending.get(tp, -1))
+                        if self._closed:
+                            return  # the records are re-read after a restart (duplicates)
+                        self._cond.notify_all()
+                        self._cond.wait(delay)
+                    continue
+                failures = 0
+                with self._cond:
+                    for tp, offset in batch.items():
+                        self._committed[tp] = max(offset, self._committed.get(tp, -1))
+                    if generation == self._generation:
+                        self._inflight, self._inflight_since = {}, None
+                    self._cond.notify_all()
+                _LOG.debug("committed %s for group %s", batch, self._config.group_id)
+        finally:
+            _close_quietly(consumer)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Commit what is pending (one try, waiting at most ``timeout_s``) and stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)  # a thread stuck on a lost broker ends with the process
+
+
+def _close_quietly(client: Any) -> None:
+    if client is not None:
+        try:
+            client.close()
+        except Exception as e:  # closing is best effort
+            _LOG.warning("closing a Kafka client failed: %s", e)
+
+
 class _ReadPartitionsFn(beam.DoFn):
     """Reads the claimed offsets of one partition per call (bounded restrictions)."""
 
@@ -239,6 +420,8 @@ class _ReadPartitionsFn(beam.DoFn):
         self._max_consumers = options["max_cached_consumers"]
         self._records = Metrics.counter(_NAMESPACE, "records_read")
         self._polls = Metrics.counter(_NAMESPACE, "polls")
+        self._read_errors = Metrics.counter(_NAMESPACE, "read_client_errors")
+        self._commit_failures = Metrics.counter(_NAMESPACE, "commit_failures")
 
     def setup(self) -> None:
         # One consumer per recently read partition (LRU), positioned where the last call ended.
@@ -246,8 +429,8 @@ class _ReadPartitionsFn(beam.DoFn):
             collections.OrderedDict()
         )
         self._positions: dict[TopicPartition, int] = {}
-        self._committer: KafkaConsumerClient | None = None
-        self._committed: dict[TopicPartition, int] = {}
+        self._failures: dict[TopicPartition, int] = {}  # client errors in a row, per partition
+        self._committer: _OffsetCommitter | None = None
 
     def teardown(self) -> None:
         for tp in list(self._consumers):
@@ -257,13 +440,8 @@ class _ReadPartitionsFn(beam.DoFn):
             self._committer = None
 
     def _evict(self, tp: TopicPartition) -> None:
-        consumer = self._consumers.pop(tp, None)
         self._positions.pop(tp, None)
-        if consumer is not None:
-            try:
-                consumer.close()
-            except Exception as e:  # closing is best effort
-                _LOG.warning("closing a Kafka consumer failed: %s", e)
+        _close_quietly(self._consumers.pop(tp, None))
 
     def _consumer_at(self, tp: TopicPartition, offset: int) -> KafkaConsumerClient:
         consumer = self._consumers.pop(tp, None)
@@ -291,10 +469,12 @@ class _ReadPartitionsFn(beam.DoFn):
         if restriction.start >= restriction.stop:
             return
         tp = part.topic_partition
-        consumer = self._consumer_at(tp, restriction.start)
+        if self._committer is not None:
+            self._commit_failures.inc(self._committer.take_failures())
         call_ends = time.monotonic() + self._bundle_seconds
         expected = restriction.start  # next offset to claim
         try:
+            consumer = self._consumer_at(tp, restriction.start)
             while True:
                 stop = tracker.current_restriction().stop
                 if part.deadline is not None and time.time() >= part.deadline:
@@ -302,6 +482,7 @@ class _ReadPartitionsFn(beam.DoFn):
                     return
                 records = consumer.poll(self._poll_timeout, self._max_batch)
                 self._polls.inc()
+                self._failures.pop(tp, None)
                 if not records:
                     if consumer.position(tp) >= stop:  # offsets up to stop hold no records
                         tracker.try_claim(stop)
@@ -327,6 +508,25 @@ class _ReadPartitionsFn(beam.DoFn):
                 if time.monotonic() >= call_ends:
                     tracker.defer_remainder(Duration.of(0))
                     return
+        except KafkaClientError as e:
+            # The broker is unreachable (or the request failed): nothing to read now. What was
+            # claimed so far is emitted (and committed once durable); the rest is resumed later
+            # from `expected` by a fresh consumer, so a broker outage never fails the bundle.
+            self._evict(tp)
+            failures = self._failures[tp] = self._failures.get(tp, 0) + 1
+            delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (failures - 1))
+            self._read_errors.inc()
+            # The message is scrubbed of secrets by the client layer.
+            _LOG.warning(
+                "reading %s[%d] at offset %d failed (%d in a row), retrying in %.1fs: %s",
+                *tp,
+                expected,
+                failures,
+                delay,
+                e,
+            )
+            tracker.defer_remainder(Duration.of(delay))
+            return
         except Exception:
             self._evict(tp)  # a failed consumer is not reused by the retry
             raise
@@ -336,14 +536,16 @@ class _ReadPartitionsFn(beam.DoFn):
                 finalizer.register(functools.partial(self._commit_offset, tp, expected))
 
     def _commit_offset(self, tp: TopicPartition, offset: int) -> None:
-        """Commit after the runner made the bundle durable (the bundle finalizer)."""
-        if offset <= self._committed.get(tp, -1):
-            return  # a later bundle already committed further
+        """Commit once the runner made the bundle durable (the bundle finalizer).
+
+        The commit itself runs in :class:`_OffsetCommitter`'s thread; this waits for it at
+        most ``_FINALIZE_WAIT_S`` (so that a healthy commit is done when the bundle is) and
+        never fails: with the broker down the committer keeps retrying in the background.
+        """
         if self._committer is None:
-            self._committer = create_consumer(self._config, self._client)
-        self._committer.commit({tp: offset})
-        self._committed[tp] = offset
-        _LOG.debug("committed %s[%d] at %d for group %s", *tp, offset, self._config.group_id)
+            self._committer = _OffsetCommitter(self._config, self._client)
+        self._committer.offer(tp, offset)
+        self._committer.wait(tp, offset, _FINALIZE_WAIT_S)
 
     def process(
         self,
@@ -574,29 +776,120 @@ def _messages(element: Any, topic: str | None) -> Iterator[tuple[str, Any, Any, 
     yield target, _to_bytes(key), _to_bytes(value), [(n, _to_bytes(v)) for n, v in headers]
 
 
+_TRANSIENT = (
+    "timed out",
+    "timeout",
+    "not acknowledged",
+    "expired",
+    "connection",
+    "transport",
+    "bootstrap",
+    "disconnect",
+    "notleader",
+    "not leader",
+    "leadernotavailable",
+    "leader not available",
+    "network",
+    "notenoughreplicas",
+    "not enough replicas",
+    "all brokers down",
+)
+"""What the errors of an unreachable or restarting broker say (either client), lower case."""
+
+
+def _transient(error: KafkaClientError) -> bool:
+    """Whether sending again may help: every failure looks like an unreachable or restarting
+    broker (a record too large, a missing permission, ... fail the bundle at once)."""
+    reasons = [r for _, _, r in getattr(error, "errors", ())] or [str(error)]
+    return all(any(word in reason.lower() for word in _TRANSIENT) for reason in reasons)
+
+
 class _WriteFn(beam.DoFn):
-    def __init__(self, topic, config, client, flush_timeout_s):
+    """Produces each bundle's records and waits for their acknowledgements at its end.
+
+    A flush that failed because the broker is unreachable (time-outs, lost connections, no
+    leader: see :func:`_transient`) does not fail the bundle at once: the producer is rebuilt
+    and the whole bundle sent again (records that had been delivered are then duplicated,
+    never lost) until ``retry_timeout_s`` has passed; only then does the bundle fail, for the
+    runner to retry it. Other delivery errors (a record too large, ...) fail it at once.
+    """
+
+    def __init__(self, topic, config, client, flush_timeout_s, retry_timeout_s=300.0):
         self._topic = topic
         self._config = config
         self._client = client
         self._flush_timeout = flush_timeout_s
+        self._retry_timeout = retry_timeout_s
         self._written = Metrics.counter(_NAMESPACE, "records_written")
+        self._retries = Metrics.counter(_NAMESPACE, "write_retries")
 
     def setup(self) -> None:
-        self._producer = create_producer(self._config, self._client)
+        self._producer: KafkaProducerClient | None = None
+        self._bundle: list[tuple[str, Any, Any, Any]] = []
+        self._send_error: KafkaClientError | None = None
+
+    def start_bundle(self) -> None:
+        if self._bundle or self._send_error is not None:
+            self._drop_producer()  # the last bundle failed: its queued records are not ours
+        self._bundle, self._send_error = [], None
 
     def process(self, element: Any) -> Iterable[None]:
-        for topic, key, value, headers in _messages(element, self._topic):
-            self._producer.send(topic, value, key=key, headers=headers)
+        for message in _messages(element, self._topic):
+            self._bundle.append(message)
+            if self._send_error is None:
+                try:
+                    self._send(message)
+                except KafkaClientError as e:
+                    self._send_error = e  # sent again, with the rest, in finish_bundle
         return ()
 
+    def _send(self, message: tuple[str, Any, Any, Any]) -> None:
+        if self._producer is None:
+            self._producer = create_producer(self._config, self._client)
+        topic, key, value, headers = message
+        self._producer.send(topic, value, key=key, headers=headers)
+
     def finish_bundle(self) -> None:
-        self._written.inc(self._producer.flush(self._flush_timeout))
+        deadline = time.monotonic() + self._retry_timeout
+        attempt = 0
+        while True:
+            try:
+                if self._send_error is not None:
+                    raise self._send_error
+                if self._producer is not None:
+                    self._producer.flush(self._flush_timeout)
+                break
+            except KafkaClientError as e:  # DeliveryError included
+                attempt += 1
+                if time.monotonic() >= deadline or not _transient(e):
+                    raise  # the runner retries the bundle
+                delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (attempt - 1))
+                self._retries.inc()
+                _LOG.warning(
+                    "writing %d records failed (try %d), sending them again in %.1fs: %s",
+                    len(self._bundle),
+                    attempt,
+                    delay,
+                    e,  # scrubbed of secrets by the client layer
+                )
+                time.sleep(delay)
+                self._drop_producer()
+                self._send_error = None
+                try:
+                    for message in self._bundle:
+                        self._send(message)
+                except KafkaClientError as send_error:
+                    self._send_error = send_error
+        self._written.inc(len(self._bundle))
+        self._bundle = []
+
+    def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        _close_quietly(producer)
 
     def teardown(self) -> None:
-        producer = getattr(self, "_producer", None)
-        if producer is not None:
-            producer.close()
+        if getattr(self, "_producer", None) is not None:
+            self._drop_producer()
 
 
 class WriteKafkaRecords(beam.PTransform):
@@ -612,10 +905,14 @@ class WriteKafkaRecords(beam.PTransform):
         topic: topic to write to (None: each record's own ``topic``).
         config: a :class:`KafkaConfig` or one config dict.
         client: ``"kafka-python"`` or ``"confluent"``.
-        flush_timeout_s: how long a bundle waits for acknowledgements.
+        flush_timeout_s: how long one flush waits for acknowledgements.
+        retry_timeout_s: how long a bundle whose flush failed keeps sending its records again
+            (rebuilding the producer each time, so records can be duplicated, not lost)
+            before it fails.
 
     Raises:
-        ae_pipeline.kafka.DeliveryError: (in the bundle) when any record was not delivered.
+        ae_pipeline.kafka.DeliveryError: (in the bundle) when records were still not delivered
+            after ``retry_timeout_s``.
     """
 
     def __init__(
@@ -625,10 +922,13 @@ class WriteKafkaRecords(beam.PTransform):
         *,
         client: str = DEFAULT_CLIENT,
         flush_timeout_s: float = 60.0,
+        retry_timeout_s: float = 300.0,
     ):
         super().__init__()
         _client_module(client)
-        self._fn = _WriteFn(topic, KafkaConfig.from_dict(config), client, flush_timeout_s)
+        self._fn = _WriteFn(
+            topic, KafkaConfig.from_dict(config), client, flush_timeout_s, retry_timeout_s
+        )
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         return pcoll | "Produce" >> beam.ParDo(self._fn)

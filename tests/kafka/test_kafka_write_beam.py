@@ -92,9 +92,13 @@ def test_delivery_failure_fails_the_bundle_with_a_clear_error(client, kafka_conf
         | beam.Map(lambda _: (b"k", b"x" * 5_000))
         | WriteKafkaRecords(topic, kafka_config, client=client)
     )
+    t0 = time.monotonic()
     with pytest.raises(Exception, match="records were not delivered") as info:
         p.run().wait_until_finish()
     assert "DeliveryError" in str(info.value)
+    # A record too large is not worth sending again (only an unreachable broker is): the
+    # bundle fails at once, not after WriteKafkaRecords' retry_timeout_s.
+    assert time.monotonic() - t0 < 60
 
 
 def test_unsupported_elements_are_refused(kafka_config, beam_options):

@@ -16,8 +16,10 @@ import platform
 import re
 import time
 
+import kit
 import pytest
-import reliability_kit as kit
+import reliability_kit as rel
+from kit.logs import all_logs  # noqa: F401 (a fixture)
 
 from ae_pipeline.local.kafka_broker import KafkaBroker
 
@@ -46,7 +48,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def trained():
-    return kit.train()
+    return kit.train(epochs=6)  # enough for these tests, and half the time
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ def model_root(tmp_path, trained):
 @pytest.fixture(scope="session")
 def _rel_broker():
     broker = KafkaBroker()
-    broker.add_sasl_plain_listener({kit.SASL_USER: kit.SASL_PASSWORD})
+    broker.add_sasl_plain_listener({rel.SASL_USER: rel.SASL_PASSWORD})
     broker.start()
     yield broker
     broker.stop()
@@ -88,7 +90,7 @@ _COLUMNS = (
 
 
 def _table() -> list[str]:
-    rows = [list(_COLUMNS)] + [[str(r.get(c, "-"))[:70] for c in _COLUMNS] for r in kit.FAULTS]
+    rows = [list(_COLUMNS)] + [[str(r.get(c, "-"))[:70] for c in _COLUMNS] for r in rel.FAULTS]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
 
     def line(cells: list[str]) -> str:
@@ -104,18 +106,18 @@ def _table() -> list[str]:
 
 def _write_results() -> None:
     data: dict = {}
-    if kit.RESULTS_PATH.exists():
+    if rel.RESULTS_PATH.exists():
         with contextlib.suppress(ValueError, OSError):
-            data = json.loads(kit.RESULTS_PATH.read_text())
+            data = json.loads(rel.RESULTS_PATH.read_text())
     # Rows of this session replace those of the same (fault, target); others are kept with
     # their own measured_at, so a partial run (-k ...) does not erase the rest.
-    fresh = {(r["fault"], r["target"]) for r in kit.FAULTS}
+    fresh = {(r["fault"], r["target"]) for r in rel.FAULTS}
     kept = [r for r in data.get("faults", []) if (r.get("fault"), r.get("target")) not in fresh]
-    data["faults"] = kept + kit.FAULTS
-    if kit.FUZZ:
-        data["fuzz"] = dict(kit.FUZZ)
-    if kit.SOAK:
-        data["soak"] = kit.SOAK
+    data["faults"] = kept + rel.FAULTS
+    if rel.FUZZ:
+        data["fuzz"] = dict(rel.FUZZ)
+    if rel.SOAK:
+        data["soak"] = rel.SOAK
     data["machine"] = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -123,22 +125,22 @@ def _write_results() -> None:
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    kit.RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    tmp = kit.RESULTS_PATH.with_suffix(".json.tmp")
+    rel.RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
+    tmp = rel.RESULTS_PATH.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(kit.RESULTS_PATH)
+    tmp.replace(rel.RESULTS_PATH)
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not (kit.FAULTS or kit.FUZZ or kit.SOAK):
+    if not (rel.FAULTS or rel.FUZZ or rel.SOAK):
         return
     tr = terminalreporter
     tr.section("reliability: faults tried")
-    if kit.FAULTS:
+    if rel.FAULTS:
         for line in _table():
             tr.write_line(line)
-    if kit.FUZZ:
-        f = kit.FUZZ
+    if rel.FUZZ:
+        f = rel.FUZZ
         tr.write_line(
             f"fuzz: {f['examples']} examples, {f['records']} records through decode_records + "
             f"score_records: {f['results']} results, {f['dead_letters']} dead letters, "
@@ -148,12 +150,12 @@ def pytest_terminal_summary(terminalreporter):
             f"fuzz: {f['non_finite_results']} results with NaN/inf numbers, "
             f"{f['non_finite_not_flagged']} of them flagged normal"
         )
-    if kit.SOAK:
-        s = kit.SOAK
+    if rel.SOAK:
+        s = rel.SOAK
         tr.write_line(
             f"soak: {s['seconds']:.0f}s at {s['target_rate']:.0f} rec/s "
             f"(80% of max {s['max_rate']:.0f}); RSS slope {s['rss_slope_kib_per_min']:+.1f} "
             f"KiB/min, lag slope {s['lag_slope_records_per_min']:+.1f} records/min"
         )
     _write_results()
-    tr.write_line(f"written to {kit.RESULTS_PATH.relative_to(kit.REPO)}")
+    tr.write_line(f"written to {rel.RESULTS_PATH.relative_to(kit.REPO)}")

@@ -13,8 +13,9 @@ import sys
 import time
 import uuid
 
+import kit
 import pytest
-import reliability_kit as kit
+import reliability_kit as rel
 
 from ae_pipeline.kafka import committed_offsets, end_offsets
 
@@ -24,24 +25,9 @@ BATCH = 200
 
 
 def _start(bootstrap, root, inp, out, dlq, group, config_path, *extra) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.consume",
-        f"--bootstrap_servers={bootstrap}",
-        f"--group_id={group}",
-        f"--input_topic={inp}",
-        f"--output_topic={out}",
-        f"--dead_letter_topic={dlq}",
-        "--mode=flag",
-        f"--model_root={root}",
-        "--device=cpu",
-        f"--max_batch={BATCH}",
-        "--log_level=WARNING",
-        f"--kafka_config={config_path}",
-        *extra,
-    ]
-    return subprocess.Popen(cmd, cwd=kit.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return kit.start_consumer(
+        bootstrap, root, inp, out, dlq, group, *extra, max_batch=BATCH, kafka_config=config_path
+    )
 
 
 def _committed(bootstrap, inp, group) -> dict[int, int]:
@@ -77,7 +63,7 @@ def test_kill_9_mid_batch_then_restart_resumes_from_committed_offsets(broker, mo
     # one gets its partitions within seconds.
     config_path = tmp_path / "kafka.json"
     config_path.write_text(json.dumps({"kafka_python": {"session_timeout_ms": 6000}}))
-    progress = kit.Progress(bootstrap, inp, out, dlq, group)
+    progress = rel.Progress(bootstrap, inp, out, dlq, group)
     kills: list[dict] = []
     expected_duplicates = produced = 0
     try:
@@ -87,13 +73,10 @@ def test_kill_9_mid_batch_then_restart_resumes_from_committed_offsets(broker, mo
             already = kit.total(bootstrap, out, dlq)
             proc = _start(bootstrap, root, inp, out, dlq, group, config_path)
 
-            def alive(p=proc):
-                return None if p.poll() is None else p.stderr.read().decode()[-3000:]
-
             kit.wait_until(
                 lambda a=already: kit.total(bootstrap, out, dlq) >= a + 2 * BATCH,
                 "the consumer to score a few batches",
-                alive=alive,
+                alive=kit.process_alive(proc),
             )
             # Kill while the outputs are ahead of the commits: a batch written, not committed.
             deadline = time.monotonic() + 30
@@ -119,10 +102,10 @@ def test_kill_9_mid_batch_then_restart_resumes_from_committed_offsets(broker, mo
     proc = _start(bootstrap, root, inp, out, dlq, group, config_path, "--idle_timeout_s=8")
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stderr.decode()[-3000:]
-    stats = json.loads(stdout.decode().strip().splitlines()[-1])
+    stats = kit.last_stats(stdout)
 
-    t = kit.tally(bootstrap, inp, out, dlq, group=group)
-    kit.report_fault(
+    t = rel.tally(bootstrap, inp, out, dlq, group=group)
+    rel.report_fault(
         "consumer kill -9 mid-batch + restart",
         "plain consumer (process)",
         t,
@@ -175,15 +158,7 @@ def test_kill_9_of_the_prism_job_then_restart_resumes_from_committed_offsets(
         "-m",
         "pipelines.stream",
         *runner_args("prism", streaming=True),
-        "--mode=flag",
-        f"--bootstrap_servers={bootstrap}",
-        f"--input_topic={inp}",
-        f"--output_topic={out}",
-        f"--dead_letter_topic={dlq}",
-        f"--group_id={group}",
-        f"--model_root={root}",
-        "--device=cpu",
-        "--max_batch_size=100",
+        *kit.stream_job_args(bootstrap, inp, out, dlq, group, root, "--max_batch_size=100"),
     ]
 
     def start() -> subprocess.Popen:
@@ -224,8 +199,8 @@ def test_kill_9_of_the_prism_job_then_restart_resumes_from_committed_offsets(
         )
     finally:
         kill(proc)
-    t = kit.tally(bootstrap, inp, out, dlq, group=group)
-    kit.report_fault(
+    t = rel.tally(bootstrap, inp, out, dlq, group=group)
+    rel.report_fault(
         "job kill -9 mid-stream + restart",
         "Prism stream job (process)",
         t,

@@ -15,9 +15,10 @@ import math
 import random
 from collections import Counter, namedtuple
 
+import kit
 import numpy as np
 import pytest
-import reliability_kit as kit
+import reliability_kit as rel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -410,7 +411,7 @@ def _run(model, drawn, fast, max_examples: int) -> Counter:
         check_batch(model, batch, mode, tally)
 
     check()  # raises on the first crash or unaccounted record
-    kit.FUZZ.update(tally)
+    rel.FUZZ.update(tally)
     return tally
 
 
@@ -443,7 +444,7 @@ def test_fuzz_python_records(serving):
 
 
 def test_fuzz_total_is_at_least_10000_records():
-    if kit.FUZZ["records"] < 3 * EXAMPLES * 8:
+    if rel.FUZZ["records"] < 3 * EXAMPLES * 8:
         pytest.skip("counts the records of the three fuzz tests above; run them together")
-    assert kit.FUZZ["records"] >= 10_000, kit.FUZZ
-    kit.FUZZ.update(unaccounted=0, crashes=0)
+    assert rel.FUZZ["records"] >= 10_000, rel.FUZZ
+    rel.FUZZ.update(unaccounted=0, crashes=0)

@@ -14,8 +14,9 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import kit
 import pytest
-import reliability_kit as kit
+import reliability_kit as rel
 
 from ae_pipeline.consumer import ScoringConsumer
 from ae_pipeline.features import FeatureSpec
@@ -219,7 +220,7 @@ def test_version_published_while_scoring(model_root, trained):
         swap = versions.index(second)
         assert set(versions[:swap]) == {first} and set(versions[swap:]) == {second}
     assert counts["in"] == counts["out"]
-    kit.report_fault(
+    rel.report_fault(
         "version published while scoring",
         "ModelWatcher, 2 scoring threads",
         records_in=counts["in"],
@@ -249,11 +250,11 @@ def test_consumer_keeps_serving_through_model_faults(broker, model_root, trained
         device="cpu",
         max_batch=100,
     )
-    thread = kit.ConsumerThread(consumer)
+    thread = rel.ConsumerThread(consumer)
     thread.start()
     produced = 0
 
-    def phase(name: str, before=None) -> kit.Tally:
+    def phase(name: str, before=None) -> rel.Tally:
         nonlocal produced
         if before is not None:
             before()
@@ -262,8 +263,8 @@ def test_consumer_keeps_serving_through_model_faults(broker, model_root, trained
         kit.wait_until(
             lambda: kit.total(bootstrap, out, dlq) >= produced, name, alive=thread.problem
         )
-        t = kit.tally(bootstrap, inp, out, dlq, only=coords)
-        kit.report_fault(name, "plain consumer (hot reload)", t, served=dict(t.versions))
+        t = rel.tally(bootstrap, inp, out, dlq, only=coords)
+        rel.report_fault(name, "plain consumer (hot reload)", t, served=dict(t.versions))
         assert t.lost == 0 and t.duplicated == 0 and t.records_in == 150
         return t
 
@@ -280,7 +281,7 @@ def test_consumer_keeps_serving_through_model_faults(broker, model_root, trained
 
         # A good version published while records stream in.
         earlier = {(tp.partition, o) for tp, n in _ends(bootstrap, inp).items() for o in range(n)}
-        feeder = kit.Feeder(bootstrap, inp, rate=250, start=produced)
+        feeder = rel.Feeder(bootstrap, inp, rate=250, start=produced)
         feeder.start()
         try:
             kit.wait_until(
@@ -303,8 +304,8 @@ def test_consumer_keeps_serving_through_model_faults(broker, model_root, trained
         thread.finish()
     streamed = {(tp.partition, o) for tp, n in _ends(bootstrap, inp).items() for o in range(n)}
     streamed -= earlier
-    t = kit.tally(bootstrap, inp, out, dlq, only=streamed)
-    kit.report_fault(
+    t = rel.tally(bootstrap, inp, out, dlq, only=streamed)
+    rel.report_fault(
         "good version published mid-stream",
         "plain consumer (hot reload)",
         t,

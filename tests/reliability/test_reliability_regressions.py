@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import uuid
 
+import kit
 import pytest
-import reliability_kit as kit
 
 from ae_pipeline.consumer import ScoringConsumer
 from ae_pipeline.registry import ModelRegistry

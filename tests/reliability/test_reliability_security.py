@@ -5,7 +5,6 @@ right password (DEBUG logs, SIGTERM) and with a wrong one (the failure)."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -13,8 +12,9 @@ import sys
 import uuid
 from pathlib import Path
 
+import kit
 import pytest
-import reliability_kit as kit
+import reliability_kit as rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,7 +97,7 @@ def _sasl(broker, password: str, **extra) -> dict:
         "bootstrap.servers": broker.sasl_bootstrap,
         "security.protocol": "SASL_PLAINTEXT",
         "sasl.mechanism": "PLAIN",
-        "sasl.username": kit.SASL_USER,
+        "sasl.username": rel.SASL_USER,
         "sasl.password": password,
         **extra,
     }
@@ -108,22 +108,14 @@ def _hidden(secret: str, **texts: str) -> None:
         assert secret not in text, f"the password shows in {where}"
 
 
-@pytest.fixture
-def debug_logs(caplog):
-    caplog.set_level(logging.DEBUG)
-    logging.getLogger("kafka").setLevel(logging.DEBUG)
-    yield caplog
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-
-
 @pytest.mark.kafka
-def test_sasl_consumer_in_process_never_logs_the_password(broker, model_root, debug_logs, capfd):
+def test_sasl_consumer_in_process_never_logs_the_password(broker, model_root, all_logs, capfd):
     root, _ = model_root
     inp, out, dlq = kit.new_topics(broker.bootstrap_servers)
     values = kit.stream_values(0, 300)
     kit.produce(broker.bootstrap_servers, inp, values)
     consumer = ScoringConsumer(
-        _sasl(broker, kit.SASL_PASSWORD, **{"group.id": f"g-{uuid.uuid4().hex[:8]}"}),
+        _sasl(broker, rel.SASL_PASSWORD, **{"group.id": f"g-{uuid.uuid4().hex[:8]}"}),
         input_topic=inp,
         output_topic=out,
         dead_letter_topic=dlq,
@@ -131,17 +123,17 @@ def test_sasl_consumer_in_process_never_logs_the_password(broker, model_root, de
         device="cpu",
     )
     stats = consumer.run(max_records=len(values), idle_timeout_s=15)
-    t = kit.tally(broker.bootstrap_servers, inp, out, dlq)
-    kit.report_fault("SASL_PLAINTEXT consumer, DEBUG logs", "plain consumer", t)
+    t = rel.tally(broker.bootstrap_servers, inp, out, dlq)
+    rel.report_fault("SASL_PLAINTEXT consumer, DEBUG logs", "plain consumer", t)
     assert stats.records_in == len(values) and t.lost == 0
-    assert "sasl" in debug_logs.text.lower()  # the DEBUG logs really cover the handshake
+    assert "sasl" in all_logs.text.lower()  # the DEBUG logs really cover the handshake
     outputs = kit.read_all(broker.bootstrap_servers, out) + kit.read_all(
         broker.bootstrap_servers, dlq
     )
     stdout, stderr = capfd.readouterr()
     _hidden(
-        kit.SASL_PASSWORD,
-        logs=debug_logs.text,
+        rel.SASL_PASSWORD,
+        logs=all_logs.text,
         stdout=stdout,
         stderr=stderr,
         stats=json.dumps(stats.to_dict()),
@@ -177,7 +169,7 @@ def test_sasl_consumer_process_never_prints_the_password(broker, model_root, tmp
     bootstrap = broker.bootstrap_servers
     inp, out, dlq = kit.new_topics(bootstrap)
     kit.produce(bootstrap, inp, kit.stream_values(0, 200))
-    config = {k: v for k, v in _sasl(broker, kit.SASL_PASSWORD).items() if k != "bootstrap.servers"}
+    config = {k: v for k, v in _sasl(broker, rel.SASL_PASSWORD).items() if k != "bootstrap.servers"}
     proc = _cli(broker, config, inp, out, dlq, root, tmp_path)
     try:
         kit.wait_until(
@@ -191,13 +183,13 @@ def test_sasl_consumer_process_never_prints_the_password(broker, model_root, tmp
     assert proc.returncode == 0, stderr.decode()[-3000:]
     text = stderr.decode()
     assert "DEBUG" in text and "sasl" in text.lower()
-    _hidden(kit.SASL_PASSWORD, stdout=stdout.decode(), stderr=text)
+    _hidden(rel.SASL_PASSWORD, stdout=stdout.decode(), stderr=text)
 
 
 @pytest.mark.kafka
 def test_a_wrong_sasl_password_fails_without_showing_it(broker, model_root, tmp_path):
     root, _ = model_root
-    wrong = "Wr0ng-" + kit.SASL_PASSWORD[::-1]
+    wrong = "Wr0ng-" + rel.SASL_PASSWORD[::-1]
     inp, out, dlq = kit.new_topics(broker.bootstrap_servers)
     config = {
         **{k: v for k, v in _sasl(broker, wrong).items() if k != "bootstrap.servers"},
@@ -209,4 +201,4 @@ def test_a_wrong_sasl_password_fails_without_showing_it(broker, model_root, tmp_
     assert proc.returncode != 0, text[-2000:]
     assert KafkaClientError.__name__ in text
     _hidden(wrong, stdout=stdout.decode(), stderr=text)
-    _hidden(kit.SASL_PASSWORD, stderr=text)
+    _hidden(rel.SASL_PASSWORD, stderr=text)

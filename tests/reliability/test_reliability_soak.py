@@ -10,16 +10,14 @@ soaks the confluent-kafka client instead of kafka-python.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
+import kit
 import pytest
-import reliability_kit as kit
+import reliability_kit as rel
 
 pytestmark = [pytest.mark.soak, pytest.mark.kafka]
 
@@ -27,27 +25,7 @@ LOAD = 0.8
 BATCH = 500
 
 
-def _start(bootstrap, root, inp, out, dlq, group, client) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.consume",
-        f"--bootstrap_servers={bootstrap}",
-        f"--group_id={group}",
-        f"--input_topic={inp}",
-        f"--output_topic={out}",
-        f"--dead_letter_topic={dlq}",
-        "--mode=flag",
-        f"--model_root={root}",
-        "--device=cpu",
-        f"--client={client}",
-        f"--max_batch={BATCH}",
-        "--log_level=WARNING",
-    ]
-    return subprocess.Popen(cmd, cwd=kit.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _measure_max_rate(progress: kit.Progress, preloaded: int, alive) -> float:
+def _measure_max_rate(progress: rel.Progress, preloaded: int, alive) -> float:
     """Records/s committed while the consumer drains a backlog (between 10% and 90%)."""
     t1 = c1 = None
     while True:
@@ -63,7 +41,7 @@ def _measure_max_rate(progress: kit.Progress, preloaded: int, alive) -> float:
 
 
 def test_soak_plain_consumer_at_80_percent_of_max_throughput(broker, model_root):
-    seconds = kit.env_seconds("AE_SOAK_SECONDS", 600.0)
+    seconds = rel.env_seconds("AE_SOAK_SECONDS", 600.0)
     sample_s = 5.0 if seconds >= 120 else 2.0
     client = os.environ.get("AE_SOAK_CLIENT", "kafka-python")
     root, version = model_root
@@ -74,20 +52,16 @@ def test_soak_plain_consumer_at_80_percent_of_max_throughput(broker, model_root)
     preload = 40_000 if client == "kafka-python" else 150_000
     kit.produce(bootstrap, inp, [pool[i % len(pool)] for i in range(preload)])
 
-    proc = _start(bootstrap, root, inp, out, dlq, group, client)
+    proc = kit.start_consumer(bootstrap, root, inp, out, dlq, group, max_batch=BATCH, client=client)
+    alive = kit.process_alive(proc)
 
-    def alive() -> str | None:
-        if proc.poll() is None:
-            return None
-        return f"the consumer exited: {proc.stderr.read().decode()[-3000:]}"
-
-    progress = kit.Progress(bootstrap, inp, out, dlq, group)
+    progress = rel.Progress(bootstrap, inp, out, dlq, group)
     feeder = None
     try:
         max_rate = _measure_max_rate(progress, preload, alive)
         kit.wait_until(lambda: progress.lag() == 0, "the backlog drained", alive=alive)
         target = LOAD * max_rate
-        feeder = kit.Feeder(bootstrap, inp, target, start=preload, client="confluent", pool=pool)
+        feeder = rel.Feeder(bootstrap, inp, target, start=preload, client="confluent", pool=pool)
         load_before = os.getloadavg()
         t0 = time.monotonic()
         feeder.start()
@@ -96,7 +70,7 @@ def test_soak_plain_consumer_at_80_percent_of_max_throughput(broker, model_root)
             problem = alive()
             assert problem is None, problem
             assert feeder.error is None, feeder.error
-            samples.append((now - t0, kit.rss_kib(proc.pid), progress.lag()))
+            samples.append((now - t0, rel.rss_kib(proc.pid), progress.lag()))
             time.sleep(max(0.0, sample_s - (time.monotonic() - now)))
         sent = feeder.finish()
         elapsed = time.monotonic() - t0
@@ -104,7 +78,7 @@ def test_soak_plain_consumer_at_80_percent_of_max_throughput(broker, model_root)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr.decode()[-3000:]
-        stats = json.loads(stdout.decode().strip().splitlines()[-1])
+        stats = kit.last_stats(stdout)
         written = progress.written()
     finally:
         if feeder is not None and feeder.is_alive():
@@ -118,10 +92,10 @@ def test_soak_plain_consumer_at_80_percent_of_max_throughput(broker, model_root)
     warm = min(60.0, seconds / 10)
     steady = [s for s in samples if s[0] >= warm]
     minutes = [s[0] / 60 for s in steady]
-    rss_slope = kit.slope(minutes, [s[1] for s in steady])
-    lag_slope = kit.slope(minutes, [s[2] for s in steady])
+    rss_slope = rel.slope(minutes, [s[1] for s in steady])
+    lag_slope = rel.slope(minutes, [s[2] for s in steady])
     lags = [s[2] for s in steady]
-    kit.SOAK.update(
+    rel.SOAK.update(
         {
             "seconds": round(elapsed, 1),
             "client": client,
@@ -142,7 +116,7 @@ def test_soak_plain_consumer_at_80_percent_of_max_throughput(broker, model_root)
             "model_version": version,
         }
     )
-    kit.report_fault(
+    rel.report_fault(
         f"soak {elapsed / 60:.1f} min at 80% of max rate",
         f"plain consumer ({client})",
         records_in=sent,
@@ -155,5 +129,5 @@ def test_soak_plain_consumer_at_80_percent_of_max_throughput(broker, model_root)
     # Neither grows: over the steady part, the fitted growth is under 10 s of traffic for the
     # lag and 32 MiB for the RSS.
     steady_minutes = minutes[-1] - minutes[0]
-    assert lag_slope * steady_minutes < 10 * target, kit.SOAK
-    assert rss_slope * steady_minutes < 32 * 1024, kit.SOAK
+    assert lag_slope * steady_minutes < 10 * target, rel.SOAK
+    assert rss_slope * steady_minutes < 32 * 1024, rel.SOAK

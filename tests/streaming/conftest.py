@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import kit
 import numpy as np
 import pytest
-import streaming_kit as kit
 
 
 @pytest.fixture(scope="session")

@@ -3,59 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections import Counter
 
+import kit
 import pytest
-import streaming_kit as kit
 
 from ae_pipeline.consumer import ScoringConsumer
 from ae_pipeline.kafka import (
-    KafkaConfig,
     committed_offsets,
-    create_consumer,
-    create_producer,
-    create_topics,
     end_offsets,
 )
 
 pytestmark = pytest.mark.kafka
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _topics(bootstrap: str, partitions: int = 2) -> tuple[str, str, str]:
-    tag = uuid.uuid4().hex[:8]
-    names = (f"in-{tag}", f"out-{tag}", f"dlq-{tag}")
-    create_topics(
-        {"bootstrap.servers": bootstrap}, {names[0]: partitions, names[1]: 1, names[2]: 1}
-    )
-    return names
-
-
-def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    with create_producer({"bootstrap.servers": bootstrap}) as producer:
-        for i, v in enumerate(values):
-            producer.send(topic, v, key=f"k{i}".encode())
-        producer.flush(30)
-
-
-def _read_all(bootstrap: str, topic: str) -> list:
-    """Every record of a topic, up to its end offsets now."""
-    config = KafkaConfig(bootstrap)
-    ends = end_offsets(config, topic)
-    out: list = []
-    with create_consumer(config) as consumer:
-        consumer.assign(dict.fromkeys(ends, 0))
-        deadline = time.monotonic() + 30
-        while len(out) < sum(ends.values()) and time.monotonic() < deadline:
-            out.extend(consumer.poll(0.5, 5000))
-    return out
+def _written(bootstrap: str, out: str, dlq: str) -> list:
+    """The records of the output and dead-letter topics."""
+    return kit.read_records(bootstrap, out) + kit.read_records(bootstrap, dlq)
 
 
 def _coordinates(records) -> list[tuple[int, int]]:
@@ -71,9 +38,9 @@ def test_consumer_accounts_for_every_record_and_hot_reloads(
         pytest.importorskip("confluent_kafka")
     root = str(tmp_path / "models")
     first = kit.publish(root, trained)
-    inp, out, dlq = _topics(bootstrap_servers)
+    inp, out, dlq = kit.new_topics(bootstrap_servers)
     values, n_poison = kit.records_with_poison(300, anomalies=6)
-    _produce(bootstrap_servers, inp, values)
+    kit.produce(bootstrap_servers, inp, values)
     group = f"g-{uuid.uuid4().hex[:8]}"
     consumer = ScoringConsumer(
         {"bootstrap.servers": bootstrap_servers, "group.id": group},
@@ -91,7 +58,8 @@ def test_consumer_accounts_for_every_record_and_hot_reloads(
     assert stats.records_in == len(values) == stats.results + stats.dead_letters
     assert stats.dead_letters_by_reason == Counter(list(kit.POISON))
     assert stats.model_version == first and stats.anomalies >= 6
-    results, dead = _read_all(bootstrap_servers, out), _read_all(bootstrap_servers, dlq)
+    results = kit.read_records(bootstrap_servers, out)
+    dead = kit.read_records(bootstrap_servers, dlq)
     assert len(results) == 300 and len(dead) == n_poison
     ends = end_offsets({"bootstrap.servers": bootstrap_servers}, inp)
     expected = sorted((tp.partition, o) for tp, n in ends.items() for o in range(n))
@@ -107,44 +75,27 @@ def test_consumer_accounts_for_every_record_and_hot_reloads(
     # A new version published while the consumer lives is picked up without a restart; a
     # corrupt one after it is refused and the good one keeps serving.
     second = kit.publish(root, trained)
-    _produce(bootstrap_servers, inp, values[:50])
+    kit.produce(bootstrap_servers, inp, values[:50])
     consumer.run(max_records=len(values) + 50, idle_timeout_s=20)
     assert consumer.stats.model_version == second
-    results = _read_all(bootstrap_servers, out)
+    results = kit.read_records(bootstrap_servers, out)
     assert Counter(json.loads(r.value)["model_version"] for r in results)[second] == 50 - sum(
         1 for v in values[:50] if v in kit.POISON.values()
     )
 
 
 def _start(bootstrap, root, inp, out, dlq, group, *extra) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.consume",
-        f"--bootstrap_servers={bootstrap}",
-        f"--group_id={group}",
-        f"--input_topic={inp}",
-        f"--output_topic={out}",
-        f"--dead_letter_topic={dlq}",
-        "--mode=flag",
-        f"--model_root={root}",
-        "--device=cpu",
-        "--max_batch=25",
-        "--log_level=WARNING",
-        *extra,
-    ]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return kit.start_consumer(bootstrap, root, inp, out, dlq, group, *extra, max_batch=25)
 
 
 def _wait_for_outputs(bootstrap, topics, more_than: int, proc, timeout=60.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        n = sum(sum(end_offsets({"bootstrap.servers": bootstrap}, t).values()) for t in topics)
-        if n > more_than:
-            return n
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        time.sleep(0.05)
-    raise AssertionError(f"no outputs beyond {more_than} within {timeout}s")
+    return kit.wait_until(
+        lambda: (n := kit.total(bootstrap, *topics)) > more_than and n,
+        f"outputs beyond {more_than}",
+        timeout_s=timeout,
+        interval_s=0.05,
+        alive=kit.process_alive(proc),
+    )
 
 
 def test_consumer_process_sigterm_then_kill_9_then_restart_loses_nothing(
@@ -152,22 +103,22 @@ def test_consumer_process_sigterm_then_kill_9_then_restart_loses_nothing(
 ):
     root = str(tmp_path / "models")
     kit.publish(root, trained)
-    inp, out, dlq = _topics(bootstrap_servers)
+    inp, out, dlq = kit.new_topics(bootstrap_servers)
     group = f"g-{uuid.uuid4().hex[:8]}"
     config = {"bootstrap.servers": bootstrap_servers}
     values, _ = kit.records_with_poison(1500)
     thirds = [values[i::3] for i in range(3)]
 
     # 1. SIGTERM: the batch in hand is finished and committed; exit 0; no duplicates.
-    _produce(bootstrap_servers, inp, thirds[0])
+    kit.produce(bootstrap_servers, inp, thirds[0])
     proc = _start(bootstrap_servers, root, inp, out, dlq, group)
     _wait_for_outputs(bootstrap_servers, [out, dlq], 0, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr.decode()[-3000:]
-    stats = json.loads(stdout.decode().strip().splitlines()[-1])
+    stats = kit.last_stats(stdout)
     assert stats["stopped_by"] == "signal"
-    written = _read_all(bootstrap_servers, out) + _read_all(bootstrap_servers, dlq)
+    written = _written(bootstrap_servers, out, dlq)
     committed = committed_offsets({**config, "group.id": group}, inp)
     assert len(written) == stats["records_in"] == sum(v or 0 for v in committed.values())
     assert len(set(_coordinates(written))) == len(written)
@@ -176,24 +127,22 @@ def test_consumer_process_sigterm_then_kill_9_then_restart_loses_nothing(
     # short session timeout lets the group evict the killed member sooner.
     fast = tmp_path / "kafka.json"
     fast.write_text(json.dumps({"kafka_python": {"session_timeout_ms": 6000}}))
-    _produce(bootstrap_servers, inp, thirds[1])
+    kit.produce(bootstrap_servers, inp, thirds[1])
     proc = _start(bootstrap_servers, root, inp, out, dlq, group, f"--kafka_config={fast}")
     _wait_for_outputs(bootstrap_servers, [out, dlq], len(written), proc)
     proc.kill()
     proc.communicate(timeout=30)
     committed = committed_offsets({**config, "group.id": group}, inp)
-    covered = set(
-        _coordinates(_read_all(bootstrap_servers, out) + _read_all(bootstrap_servers, dlq))
-    )
+    covered = set(_coordinates(_written(bootstrap_servers, out, dlq)))
     assert all((tp.partition, o) in covered for tp, n in committed.items() for o in range(n or 0))
 
     # 3. Restart: it resumes from the committed offsets and drains the topic (its partitions
     # are assigned once the group has evicted the killed member: up to its session timeout).
-    _produce(bootstrap_servers, inp, thirds[2])
+    kit.produce(bootstrap_servers, inp, thirds[2])
     proc = _start(bootstrap_servers, root, inp, out, dlq, group, "--idle_timeout_s=10")
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr.decode()[-3000:]
-    written = _read_all(bootstrap_servers, out) + _read_all(bootstrap_servers, dlq)
+    written = _written(bootstrap_servers, out, dlq)
     coordinates = Counter(_coordinates(written))
     ends = end_offsets(config, inp)
     expected = {(tp.partition, o) for tp, n in ends.items() for o in range(n)}

@@ -8,9 +8,9 @@ import pathlib
 import time
 from types import SimpleNamespace
 
+import kit
 import numpy as np
 import pytest
-import streaming_kit as kit
 
 from ae_pipeline.artifact import ArtifactError, save_artifact
 from ae_pipeline.features import REASONS, FeatureSpec

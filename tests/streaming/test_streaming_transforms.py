@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import apache_beam as beam
+import kit
 import numpy as np
 import pytest
-import streaming_kit as kit
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelMetadata, RunInference
 from apache_beam.testing.util import assert_that, equal_to
