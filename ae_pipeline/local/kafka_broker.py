@@ -51,6 +51,113 @@ def _kafka_uuid() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+@dataclass(frozen=True)
+class BrokerCertificates:
+    """A test certificate authority and a broker certificate signed by it.
+
+    Attributes:
+        ca_pem: the CA certificate (PEM): what clients trust (``ssl_cafile``).
+        broker_properties: ``server.properties`` entries of the broker's key store.
+    """
+
+    ca_pem: Path
+    broker_properties: dict[str, str]
+
+
+_CERT_DAYS = "7"
+_BROKER_SAN = "IP:127.0.0.1,DNS:localhost"
+
+
+def _run_tool(*args: str | Path) -> None:
+    args = tuple(map(str, args))
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:  # the commands carry only generated test passwords
+        raise RuntimeError(f"{args[0]} {args[1]} failed ({done.returncode}): {done.stderr[-2000:]}")
+
+
+def make_test_certificates(folder: Path, tool: str | None = None) -> BrokerCertificates:
+    """Make a fresh CA and a broker certificate for 127.0.0.1/localhost in ``folder``.
+
+    Args:
+        folder: where the files go (created).
+        tool: ``"openssl"`` or ``"keytool"`` (default: openssl if on PATH, else keytool, which
+            every Java has).
+
+    Raises:
+        RuntimeError: when neither tool is found or one fails.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tool = tool or ("openssl" if shutil.which("openssl") else "keytool")
+    if shutil.which(tool) is None:
+        raise RuntimeError(f"{tool} is not on PATH: cannot make test certificates")
+    if tool == "openssl":
+        return _openssl_certificates(folder)
+    if tool == "keytool":
+        return _keytool_certificates(folder)
+    raise ValueError(f"tool must be 'openssl' or 'keytool', not {tool!r}")
+
+
+def _openssl_certificates(folder: Path) -> BrokerCertificates:
+    ca_key, ca_pem = folder / "ca.key", folder / "ca.pem"
+    key, csr, cert = folder / "broker.key", folder / "broker.csr", folder / "broker.pem"
+    ext = folder / "broker.ext"
+    ext.write_text(
+        f"subjectAltName={_BROKER_SAN}\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    ca_name = f"/CN=ae-pipeline test CA {uuid.uuid4().hex[:8]}"
+    new_key = ("-newkey", "rsa:2048", "-nodes", "-keyout")  # RSA, unencrypted PKCS#8
+    ca_ext = ("-addext", "basicConstraints=critical,CA:TRUE")
+    ca_ext += ("-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    days = ("-days", _CERT_DAYS)
+    ca_req = ("-x509", "-subj", ca_name, *days, *ca_ext)
+    _run_tool("openssl", "req", *ca_req, *new_key, ca_key, "-out", ca_pem)
+    _run_tool("openssl", "req", *new_key, key, "-out", csr, "-subj", "/CN=localhost")
+    signer = ("-CA", ca_pem, "-CAkey", ca_key, "-CAcreateserial")
+    _run_tool("openssl", "x509", "-req", "-in", csr, *signer, "-out", cert, *days, "-extfile", ext)
+    # Kafka's PEM key store: the (unencrypted PKCS#8) key, then the certificate chain.
+    store = folder / "broker-keystore.pem"
+    store.write_text(key.read_text() + cert.read_text() + ca_pem.read_text())
+    store.chmod(0o600)
+    return BrokerCertificates(
+        ca_pem, {"ssl.keystore.type": "PEM", "ssl.keystore.location": str(store)}
+    )
+
+
+def _keytool_certificates(folder: Path) -> BrokerCertificates:
+    password = uuid.uuid4().hex  # a throwaway test key store's password
+    ca_store, store = folder / "ca.p12", folder / "broker.p12"
+    ca_pem, csr, cert = folder / "ca.pem", folder / "broker.csr", folder / "broker.pem"
+
+    def keytool(command: str, keystore: Path, *args: str | Path) -> None:
+        _run_tool("keytool", command, "-keystore", keystore, "-storepass", password, *args)
+
+    def new_key(keystore: Path, alias: str, name: str, *args: str) -> None:
+        keytool("-genkeypair", keystore, "-alias", alias, "-dname", name, *args)
+
+    lasting = ("-keyalg", "RSA", "-keysize", "2048", "-validity", _CERT_DAYS)
+    new_key(
+        ca_store, "ca", f"CN=ae-pipeline test CA {uuid.uuid4().hex[:8]}", "-ext", "bc:c", *lasting
+    )
+    keytool("-exportcert", ca_store, "-rfc", "-alias", "ca", "-file", ca_pem)
+    new_key(store, "broker", "CN=localhost", *lasting)
+    keytool("-certreq", store, "-alias", "broker", "-file", csr)
+    sign = ("-ext", f"SAN={_BROKER_SAN}", "-ext", "EKU=serverAuth", "-validity", _CERT_DAYS)
+    keytool("-gencert", ca_store, "-alias", "ca", "-rfc", *sign, "-infile", csr, "-outfile", cert)
+    for alias, path in (("ca", ca_pem), ("broker", cert)):
+        keytool("-importcert", store, "-noprompt", "-alias", alias, "-file", path)
+    return BrokerCertificates(
+        ca_pem,
+        {
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(store),
+            "ssl.keystore.password": password,
+            "ssl.key.password": password,
+        },
+    )
+
+
 @dataclass
 class KafkaBroker:
     """A Kafka broker process.
@@ -79,23 +186,31 @@ class KafkaBroker:
         self.proc: subprocess.Popen | None = None
         self._log_offset = 0
         self.started_in: float | None = None
+        # Client listeners beside PLAINTEXT (name = security protocol -> port), and their
+        # server.properties entries; added by add_sasl_plain_listener / add_ssl_listener.
+        self._listeners: dict[str, int] = {"PLAINTEXT": self.port}
+        self._listener_config: dict[str, str] = {}
+        self._sasl_users: dict[str, str] = {}
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def _properties(self) -> dict[str, str]:
+        advertised = ",".join(
+            f"{name}://127.0.0.1:{port}" for name, port in self._listeners.items()
+        )
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": (
-                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
-            ),
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"{advertised},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(
+                f"{name}:{name}" for name in ["CONTROLLER", *self._listeners]
+            ).replace("CONTROLLER:CONTROLLER", "CONTROLLER:PLAINTEXT"),
             "log.dirs": str(self.data_dir / "logs"),
             "num.partitions": "1",
             "auto.create.topics.enable": "true",
@@ -108,8 +223,29 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.hours": "24",
         }
+        props.update(self._listener_config)
         props.update(self.extra_config)
         return props
+
+    def _add_listener(self, protocol: str) -> str:
+        if protocol in self._listeners:
+            raise ValueError(f"the broker already has a {protocol} listener")
+        port = free_port()
+        self._listeners[protocol] = port
+        return f"127.0.0.1:{port}"
+
+    def _add_sasl_users(self, protocol: str, users: dict[str, str]) -> None:
+        self._sasl_users.update(users)
+        jaas_users = " ".join(f'user_{name}="{pw}"' for name, pw in users.items())
+        self._listener_config.update(
+            {
+                "sasl.enabled.mechanisms": "PLAIN",
+                f"listener.name.{protocol.lower()}.plain.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                    f"{jaas_users};"
+                ),
+            }
+        )
 
     def add_sasl_plain_listener(self, users: dict[str, str]) -> str:
         """Add a SASL_PLAINTEXT (PLAIN) listener beside the PLAINTEXT one, before ``start``.
@@ -120,26 +256,33 @@ class KafkaBroker:
         Returns:
             The listener's bootstrap address (also kept as ``sasl_bootstrap``).
         """
-        sasl_port = free_port()
-        jaas_users = " ".join(f'user_{name}="{pw}"' for name, pw in users.items())
-        self.extra_config.update(
-            {
-                "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-                f"SASL_PLAINTEXT://127.0.0.1:{sasl_port},"
-                f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-                f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
-                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
-                "SASL_PLAINTEXT:SASL_PLAINTEXT",
-                "sasl.enabled.mechanisms": "PLAIN",
-                "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
-                    "org.apache.kafka.common.security.plain.PlainLoginModule required "
-                    f"{jaas_users};"
-                ),
-            }
-        )
-        self.sasl_bootstrap = f"127.0.0.1:{sasl_port}"
+        self.sasl_bootstrap = self._add_listener("SASL_PLAINTEXT")
+        self._add_sasl_users("SASL_PLAINTEXT", users)
         return self.sasl_bootstrap
+
+    def add_ssl_listener(self, sasl_users: dict[str, str] | None = None) -> str:
+        """Add an SSL listener (and with ``sasl_users`` a SASL_SSL PLAIN one), before ``start``.
+
+        A test certificate authority and the broker's certificate (for 127.0.0.1 and
+        localhost) are made here with ``openssl`` (or Java's ``keytool``), in the data
+        directory; clients verify the broker with ``ssl_cafile`` (the CA, PEM). Nothing is
+        downloaded.
+
+        Args:
+            sasl_users: user name -> password for a SASL_SSL listener (none without).
+
+        Returns:
+            The SSL listener's bootstrap address (also kept as ``ssl_bootstrap``; the SASL_SSL
+            one, if any, as ``sasl_ssl_bootstrap``).
+        """
+        certs = make_test_certificates(self.data_dir / "tls")
+        self.ssl_cafile = str(certs.ca_pem)
+        self.ssl_bootstrap = self._add_listener("SSL")
+        self._listener_config.update(certs.broker_properties)
+        if sasl_users:
+            self.sasl_ssl_bootstrap = self._add_listener("SASL_SSL")
+            self._add_sasl_users("SASL_SSL", sasl_users)
+        return self.ssl_bootstrap
 
     def _java_cmd(self, main: str, *args: str) -> list[str]:
         log4j = self.data_dir / "log4j2.properties"

@@ -7,6 +7,7 @@ import logging
 import uuid
 
 import pytest
+from kit.logs import all_logs  # noqa: F401 (a fixture)
 
 from ae_pipeline.kafka import KafkaConfig, create_producer, create_topics
 

@@ -3,21 +3,16 @@ and the password never shows in str/repr, error messages, logs or stderr."""
 
 from __future__ import annotations
 
-import logging
 import traceback
 
-import apache_beam as beam
+import kit
 import pytest
-from apache_beam.testing.util import assert_that, equal_to
 
-from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords
 from ae_pipeline.kafka import (
     KafkaClientError,
     KafkaConfig,
-    TopicPartition,
     create_consumer,
     create_producer,
-    create_topics,
 )
 from ae_pipeline.local.kafka_broker import KafkaBroker
 
@@ -55,26 +50,10 @@ def _assert_hidden(secret: str, *texts: str) -> None:
         assert secret not in text
 
 
-@pytest.fixture
-def all_logs(caplog):
-    caplog.set_level(logging.DEBUG)
-    logging.getLogger("kafka").setLevel(logging.DEBUG)
-    yield caplog
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-
-
 @pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_sasl_credentials_work_and_never_show(client, sasl_broker, all_logs, capfd):
     config = _config(sasl_broker, PASSWORD)
-    topic = f"sasl-{client}"
-    create_topics(config, {topic: 1})
-    with create_producer(config, client) as producer:
-        producer.send(topic, b"v", key=b"k")
-        assert producer.flush(30) == 1
-    with create_consumer(config, client) as consumer:
-        consumer.assign({TopicPartition(topic, 0): 0})
-        records = consumer.poll(10, 10)
-    assert [(r.key, r.value) for r in records] == [(b"k", b"v")]
+    assert kit.round_trip(config, client, f"sasl-{client}") == [(b"k", b"v")]
     out, err = capfd.readouterr()
     _assert_hidden(PASSWORD, repr(config), str(config), all_logs.text, out, err)
 
@@ -112,21 +91,8 @@ def test_beam_round_trip_over_sasl_never_logs_the_password(
     sasl_broker, all_logs, capfd, beam_options
 ):
     config = _config(sasl_broker, PASSWORD, **{"group.id": "sasl-beam"})
-    source, copy = "sasl-beam-in", "sasl-beam-out"
-    create_topics(config, {source: 2, copy: 1})
-    with create_producer(config) as producer:
-        for i in range(10):
-            producer.send(source, b"%d" % i, partition=i % 2)
-        producer.flush(30)
-    read = ReadKafkaRecords(source, config, bounded=True, client="confluent")
-    write = WriteKafkaRecords(copy, config)
-    with beam.Pipeline(options=beam_options("fnapi")) as p:
-        batches = p | read
-        _ = batches | write
-        assert_that(
-            batches | beam.FlatMap(lambda b: [r.value for r in b]),
-            equal_to([b"%d" % i for i in range(10)]),
-        )
+    read, p, copied = kit.copy_with_beam(beam_options("fnapi"), config, "sasl-in", "sasl-out")
+    assert copied == sorted(b"%d" % i for i in range(10))
     out, err = capfd.readouterr()
     _assert_hidden(
         PASSWORD,
