@@ -75,7 +75,8 @@ class ConsumerStats:
         dead_letters_by_reason: dead letters per reason.
         anomalies: results flagged anomalous (``flag`` mode).
         batches: batches processed (each produced, flushed and committed).
-        commit_failures: commits refused (e.g. after a rebalance; the batch will be replayed).
+        commit_failures: commits refused or lost (e.g. after a rebalance or a broker restart;
+            the batch will be replayed unless a later commit covers it).
         model_version: the version that scored the last batch.
         model_swaps: how many times a model was (re)loaded.
         seconds: wall time of :meth:`ScoringConsumer.run`.
@@ -180,6 +181,7 @@ class ScoringConsumer:
         self._producer = producer
         self._model: FixedModel | ModelWatcher | None = None
         self._written: dict[TopicPartition, int] = {}  # offsets whose outputs are acknowledged
+        self._sync_commit_failures = 0
         self._stop = threading.Event()
         self._stop_reason = "stop"
         self.stats = ConsumerStats()
@@ -255,6 +257,10 @@ class ScoringConsumer:
             while not self._stop.is_set():
                 records = consumer.poll(self.poll_timeout_s, self.max_batch)
                 if not records:
+                    # Idle: settle the batch in flight with a synchronous commit of every
+                    # written offset (which also repairs a lost asynchronous commit).
+                    self._confirm(in_flight, consumer, producer, final=True)
+                    in_flight = None
                     if idle_timeout_s is not None and (
                         time.monotonic() - last_record >= idle_timeout_s
                     ):
@@ -326,13 +332,21 @@ class ScoringConsumer:
         end, so that a stopped consumer has committed everything it wrote)."""
         if sent is None:
             return
+        self.stats.commit_failures = self._sync_commit_failures + getattr(
+            consumer, "async_commit_failures", 0
+        )
         producer.flush(self.flush_timeout_s)  # raises DeliveryError: no commit, replayed
         self._written.update(sent.offsets)
         try:
             # The last commit covers every partition written to, in case an earlier
-            # asynchronous one was lost.
-            consumer.commit(dict(self._written) if final else sent.offsets, asynchronous=not final)
+            # asynchronous one was lost. Asynchronous only with confluent-kafka: kafka-python's
+            # failed asynchronous commits resurface as errors of later polls (broker restarts).
+            consumer.commit(
+                dict(self._written) if final else sent.offsets,
+                asynchronous=not final and self.client == "confluent",
+            )
         except KafkaClientError as err:  # e.g. the group rebalanced: the batch is replayed
+            self._sync_commit_failures += 1
             self.stats.commit_failures += 1
             _log.warning("commit of %s failed (the batch will be replayed): %s", sent.offsets, err)
         self.stats.batches += 1

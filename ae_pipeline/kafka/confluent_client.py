@@ -61,6 +61,7 @@ class Consumer(KafkaConsumerClient):
         conf.setdefault("auto.offset.reset", auto_offset_reset)
         conf.setdefault("on_commit", self._on_commit)
         self._max_poll_records = max_poll_records
+        self.async_commit_failures = 0  # commits that failed after commit(asynchronous=True)
         self._assigned: dict[TopicPartition, int] = {}
         with scrubbed_errors(config, "confluent-kafka consumer"):
             self._consumer = ck.Consumer(conf)
@@ -154,6 +155,7 @@ class Consumer(KafkaConsumerClient):
     def _on_commit(self, error: Any, partitions: Any) -> None:
         failed = [tp for tp in partitions or () if tp.error is not None]
         if error is not None or failed:
+            self.async_commit_failures += 1
             detail = error if error is not None else failed[0].error
             _LIBRDKAFKA_LOG.warning(
                 "commit failed (the records will be replayed): %s",

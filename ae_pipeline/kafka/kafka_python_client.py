@@ -68,6 +68,7 @@ class Consumer(KafkaConsumerClient):
         max_poll_records: int = 500,
     ):
         self._config = config
+        self.async_commit_failures = 0  # commits that failed after commit(asynchronous=True)
         kwargs = client_kwargs(
             config,
             KafkaConsumer,
@@ -137,6 +138,7 @@ class Consumer(KafkaConsumerClient):
 
     def _on_commit(self, offsets: Any, response: Any) -> None:
         if isinstance(response, Exception):
+            self.async_commit_failures += 1
             _log.warning(
                 "asynchronous commit failed (the records will be replayed): %s",
                 scrub(str(response), self._config.secrets()),

@@ -65,7 +65,8 @@ def _restart_mid_stream(
     [False, pytest.param(True, marks=pytest.mark.soak)],  # kill -9: extended run (make soak)
     ids=["restart", "kill-9"],
 )
-def test_broker_restart_plain_consumer_loses_nothing(broker, model_root, kill):
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_broker_restart_plain_consumer_loses_nothing(broker, model_root, kill, client):
     root, version = model_root
     bootstrap = broker.bootstrap_servers
     inp, out, dlq = kit.new_topics(bootstrap)
@@ -79,6 +80,7 @@ def test_broker_restart_plain_consumer_loses_nothing(broker, model_root, kill):
         model_root=root,
         device="cpu",
         max_batch=100,
+        client=client,
     )
     thread = rel.ConsumerThread(consumer)
     thread.start()
@@ -99,7 +101,7 @@ def test_broker_restart_plain_consumer_loses_nothing(broker, model_root, kill):
     stats = consumer.stats
     rel.report_fault(
         "broker kill -9 + start" if kill else "broker restart (stop + start)",
-        "plain consumer",
+        f"plain consumer ({client})",
         t,
         commit_failures=stats.commit_failures,
         **figures,
