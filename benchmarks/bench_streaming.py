@@ -25,8 +25,8 @@ measurements alternate their order and the medians are reported.
     load). A warm-up run of each (one file) precedes the measurements.
 (b) Plain consumer (``ScoringConsumer``) records/s with each client against the I/O limit (a
     bare poll -> produce -> flush -> commit loop with the same client, batch size and commit
-    mode - asynchronous commits, a synchronous one at the end - no scoring) and the compute
-    limit (``orjson`` decode + batched ``Scorer.errors`` of the same records, no Kafka).
+    mode - asynchronous commits with confluent, a synchronous one at the end - no scoring) and
+    the compute limit (``orjson`` decode + batched ``Scorer.errors`` of the same records, no Kafka).
     Timed from the first non-empty poll to the last batch committed.
     Goal: confluent consumer >= 0.7x the smaller limit.
 (c) Latency, produce to result, at a steady 2,000 records/s: a paced producer stamps the send
@@ -412,7 +412,7 @@ def io_run(bootstrap: str, client: str, topic: str, n: int) -> dict:
             for r in records:
                 tp = TopicPartition(r.topic, r.partition)
                 offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
-            consumer.commit(offsets, asynchronous=True)  # as the consumer commits
+            consumer.commit(offsets, asynchronous=client == "confluent")  # as the consumer
             written.update(offsets)
             got += len(records)
         consumer.commit(written)
