@@ -139,7 +139,9 @@ def denoise_section(d: dict[str, Any]) -> list[str]:
         "### Denoising (Fashion-MNIST)",
         "",
         f"Train {d['split']['train']} / test {d['split']['test']}, model {d['model']}, "
-        f"{d['epochs']} epochs; PCA with {d['pca_components']} components; median filter via "
+        f"{d['epochs']} epochs at lr 2e-3 + {d.get('decay_epochs', 0)} at 2e-4, one "
+        "noise-matched DAE per corruption; "
+        f"PCA with {d['pca_components']} components; median filter via "
         f"{d['median_filter']}.",
         "",
         "| noise | method | MSE | PSNR dB |",

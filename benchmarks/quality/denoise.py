@@ -60,7 +60,9 @@ def _cfg(corruption: CorruptionConfig | None) -> ModelConfig:
     )
 
 
-def _grid(xt: np.ndarray, examples: dict[str, tuple[np.ndarray, np.ndarray]]) -> str | None:
+def _grid(
+    xt: np.ndarray, examples: dict[str, tuple[np.ndarray, np.ndarray]], quick: bool = False
+) -> str | None:
     try:
         import matplotlib
 
@@ -82,7 +84,7 @@ def _grid(xt: np.ndarray, examples: dict[str, tuple[np.ndarray, np.ndarray]]) ->
         axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     fig.tight_layout()
     PLOTS.mkdir(parents=True, exist_ok=True)
-    path = PLOTS / "denoise_grid.png"
+    path = PLOTS / ("denoise_grid_quick.png" if quick else "denoise_grid.png")
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path.name
@@ -134,7 +136,7 @@ def run(s: Settings, checkpoint: Callable[[dict[str, Any]], None] | None = None)
             if seed == s.seeds[0]:
                 examples[name] = (noisy, den)
         if seed == s.seeds[0]:
-            out["grid_png"] = _grid(xt, examples)
+            out["grid_png"] = _grid(xt, examples, s.quick)
         log(f"denoise seed {seed} done")
         for name in NOISES:
             out["by_noise"][name] = {
