@@ -22,7 +22,9 @@ Runner notes (Beam 2.62):
   bounded read that commits raises a ValueError at construction on Flink without
   ``--streaming``; pass ``commit_offsets=False`` there. In streaming mode Flink runs the
   finalizers, hence the commits, only when a checkpoint completes
-  (``--checkpointing_interval``).
+  (``--checkpointing_interval``), and needs ``--finish_bundle_before_checkpointing``: without
+  it, a bundle open at a checkpoint keeps its output until the step's next input, which the
+  one-element partition-listing step never gets (no output at all; see deploy/flink/README).
 * On FnApiRunner and Prism the finalizer runs right after each bundle.
 
 Unbounded by default; ``bounded=True`` stops every partition at the end offset it had when

@@ -64,10 +64,15 @@ def test_unbounded_read_sees_records_produced_while_it_runs(
     records_file, windows_file = tmp_path / "records.txt", tmp_path / "windows.txt"
 
     # Flink runs bundle finalizers (the offset commits) only when a checkpoint completes, and
-    # with checkpointing on, the read here often got no element within a minute (see the
-    # module notes in ae_pipeline/beam/kafka_io.py): on Flink this test reads without commits.
-    commit = runner != "flink"
-    p = beam.Pipeline(options=beam_options(runner, streaming=True))
+    # needs --finish_bundle_before_checkpointing for the read's outputs to leave at checkpoints
+    # (see the module notes in ae_pipeline/beam/kafka_io.py).
+    commit = True
+    extra = (
+        {"checkpointing_interval": 1000, "finish_bundle_before_checkpointing": True}
+        if runner == "flink"
+        else {}
+    )
+    p = beam.Pipeline(options=beam_options(runner, streaming=True, **extra))
     records = p | ReadKafkaRecords(
         topic, kafka_config, client=client, batch=False, commit_offsets=commit
     )
