@@ -89,6 +89,7 @@ def generic_section(name: str, data: dict[str, Any]) -> list[str]:
 
 
 def dimred_section(d: dict[str, Any], plt: Any) -> list[str]:
+    d = {**d, "by_d": dict(sorted(d["by_d"].items(), key=lambda kv: int(kv[0])))}
     lines = [
         "### Dimensionality reduction (Fashion-MNIST)",
         "",
