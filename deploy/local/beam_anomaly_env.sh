@@ -29,12 +29,5 @@ ln -sfn "$ENV" "$ROOT/.venv-beam-anomaly"
 
 if [ "$WITH_PRISM" = "--prism" ]; then
   SIDE_BEAM="$("$ROOT/.venv-beam-anomaly/bin/python" -c 'import apache_beam; print(apache_beam.__version__)')"
-  PRISM="$CACHE/bin/prism-v$SIDE_BEAM"
-  if [ ! -x "$PRISM" ]; then
-    echo "bootstrap: building Prism v$SIDE_BEAM from the Go module proxy"
-    mkdir -p "$CACHE/bin" "$CACHE/gobuild"
-    (cd "$CACHE/gobuild" && GOBIN="$CACHE/gobuild/bin" GONOSUMDB=github.com/apache/beam \
-       go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$SIDE_BEAM")
-    mv "$CACHE/gobuild/bin/prism" "$PRISM"
-  fi
+  bash "$ROOT/deploy/local/build_prism.sh" "$SIDE_BEAM"
 fi

@@ -54,16 +54,7 @@ fi
 
 # ---- 3. Prism ---------------------------------------------------------------------------------
 BEAM_VERSION="$("$VENV/bin/python" -c 'import apache_beam; print(apache_beam.__version__)')"
-PRISM="$CACHE/bin/prism-v$BEAM_VERSION"
-if [ ! -x "$PRISM" ]; then
-  echo "bootstrap: building Prism v$BEAM_VERSION from the Go module proxy"
-  mkdir -p "$CACHE/bin" "$CACHE/gobuild"
-  # The checksum database does not serve every Beam tag through the proxy here; the module
-  # proxy itself still verifies the zip it serves.
-  (cd "$CACHE/gobuild" && GOBIN="$CACHE/gobuild/bin" GONOSUMDB=github.com/apache/beam \
-     go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$BEAM_VERSION")
-  mv "$CACHE/gobuild/bin/prism" "$PRISM"
-fi
+bash "$ROOT/deploy/local/build_prism.sh" "$BEAM_VERSION"
 # ---- 4. Beam side environment for apache_beam.ml.anomaly (Beam 2.70; see its script) ---------
 bash "$ROOT/deploy/local/beam_anomaly_env.sh" "$VENV"
 echo "bootstrap: ready (venv $VENV, cache $CACHE)"

@@ -26,8 +26,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from ae_pipeline.beam.anomaly import autoencoder_detector
 from ae_pipeline.serving import ServingModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from anomaly_model import COLUMNS, publish, rows
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from anomaly_model import COLUMNS, publish, rows  # noqa: E402
 
 
 def as_dict(result) -> dict:
@@ -56,7 +56,9 @@ def main(workdir: str) -> None:
     version_dir = publish(str(out / "models"))
     normal = rows(400, 2)
     rng = np.random.default_rng(3)
-    planted = rows(20, 4) + rng.choice([-1.0, 1.0], size=(20, 6)) * rng.uniform(2, 4, (20, 6))
+    # Off the manifold: every feature moved by 2-4 of its standard deviations.
+    shift = rng.choice([-1.0, 1.0], size=(20, 6)) * rng.uniform(2, 4, (20, 6))
+    planted = rows(20, 4) + shift * normal.std(axis=0)
     records = [
         {"id": i, **dict(zip(COLUMNS, map(float, r), strict=True))}
         for i, r in enumerate(np.concatenate([normal, planted]))

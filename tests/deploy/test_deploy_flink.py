@@ -9,7 +9,6 @@ import functools
 import json
 import re
 import socket
-import sys
 import time
 import uuid
 import zipfile
@@ -23,7 +22,6 @@ from ae_pipeline.kafka import create_consumer, create_producer, create_topics, e
 from ae_pipeline.local.paths import classpath_dir, launcher_jar
 
 K8S = DEPLOY / "flink" / "k8s"
-sys.path.insert(0, str(REPO / "tests" / "streaming"))  # streaming_kit: model, records, poison
 
 
 def _doc(name: str, kind: str) -> dict:
@@ -142,7 +140,7 @@ def _port_open(port: int) -> bool:
 def test_stream_job_on_a_flink_session_cluster(
     flink_session_cluster, bootstrap_servers, tmp_path, beam_options
 ):
-    import streaming_kit as kit
+    import kit
 
     from ae_pipeline.registry import ModelRegistry
     from ae_pipeline.serving import ServingModel
@@ -165,15 +163,7 @@ def test_stream_job_on_a_flink_session_cluster(
         # alive for checkpoints and a bounded job never finishes.)
         "--streaming",
         "--bounded",
-        "--mode=flag",
-        f"--bootstrap_servers={bootstrap_servers}",
-        f"--input_topic={inp}",
-        f"--output_topic={out}",
-        f"--dead_letter_topic={dlq}",
-        f"--group_id=g-{tag}",
-        f"--model_root={root}",
-        "--device=cpu",
-        "--top_k=0",
+        *kit.stream_job_args(bootstrap_servers, inp, out, dlq, f"g-{tag}", root, "--top_k=0"),
     ]
     result = stream.main(argv, wait=False)
     try:
@@ -249,7 +239,7 @@ def test_checkpointed_stream_job_commits_offsets_and_resumes_on_a_flink_session_
     record, the group's offsets reach the end offsets (lag 0: on Flink the read commits when a
     checkpoint completes), and after a cancel and a new submission with the same group it
     scores only the records produced since - nothing twice."""
-    import streaming_kit as kit
+    import kit
 
     from pipelines import stream
 
@@ -265,14 +255,7 @@ def test_checkpointed_stream_job_commits_offsets_and_resumes_on_a_flink_session_
     argv = [
         *cluster.beam_args(launcher_jar("flink"), parallelism=2, checkpointing_interval_ms=1000),
         "--streaming",
-        "--mode=flag",
-        f"--bootstrap_servers={bootstrap_servers}",
-        f"--input_topic={inp}",
-        f"--output_topic={out}",
-        f"--dead_letter_topic={dlq}",
-        f"--group_id={group}",
-        f"--model_root={root}",
-        "--device=cpu",
+        *kit.stream_job_args(bootstrap_servers, inp, out, dlq, group, root),
     ]
 
     def caught_up() -> bool:
