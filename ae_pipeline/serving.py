@@ -100,6 +100,11 @@ class Source(NamedTuple):
     timestamp_ms: int | None = None
 
 
+def _timestamp(ts: Any) -> int | None:
+    """A record timestamp in ms, None where the client has none (-1) or gives no int."""
+    return ts if isinstance(ts, int) and ts >= 0 else None
+
+
 def as_input(element: Any) -> tuple[Any, Source | None]:
     """Splits an element into ``(value, source)``.
 
@@ -122,7 +127,7 @@ def as_input(element: Any) -> tuple[Any, Source | None]:
             getattr(element, "partition", None),
             getattr(element, "offset", None),
             getattr(element, "key", None),
-            ts if isinstance(ts, int) and ts >= 0 else None,
+            _timestamp(ts),
         )
     if type(element) is tuple and len(element) == 2:
         return element[1], Source(key=element[0])
@@ -146,7 +151,7 @@ def as_inputs(elements: Sequence[Any]) -> tuple[list[Any], list[Source | None]]:
                     element.partition,
                     element.offset,
                     element.key,
-                    ts if isinstance(ts, int) and ts >= 0 else None,
+                    _timestamp(ts),
                 )
             )
         else:

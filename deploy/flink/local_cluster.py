@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from ae_pipeline.local.kafka_broker import free_port
+from ae_pipeline.local.paths import cache_dir, logs_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POM = REPO_ROOT / "deploy" / "local" / "flink-dist" / "pom.xml"
@@ -101,23 +103,6 @@ appender.main.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %-5p %-60c %x - %m%n
 
 class ClusterStartError(RuntimeError):
     """The session cluster did not come up; the message carries the tails of its logs."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("AE_PIPELINE_CACHE", Path.home() / ".cache" / "ae-pipeline"))
-
-
-def logs_dir() -> Path:
-    path = Path(os.environ.get("AE_PIPELINE_LOGS", REPO_ROOT / "logs"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resolve_classpath(cache: Path | None = None, mvn: str = "mvn") -> Path:
