@@ -51,6 +51,7 @@ from ae_pipeline.kafka import (
     TopicPartition,
     create_consumer,
     create_producer,
+    next_offsets,
 )
 from ae_pipeline.serving import (
     FixedModel,
@@ -58,7 +59,7 @@ from ae_pipeline.serving import (
     NoModelError,
     check_mode,
     open_model,
-    to_message,
+    to_messages,
 )
 
 _log = logging.getLogger(__name__)
@@ -295,18 +296,12 @@ class ScoringConsumer:
         assert self._model is not None
         model = self._model.current()
         results, dead = model.score_records(records, self.mode, passthrough=self.passthrough)
-        messages = [
-            (topic, to_message(output))
-            for topic, outputs in ((self.output_topic, results), (self.dead_letter_topic, dead))
-            for output in outputs
-        ]
+        outputs, letters = to_messages(results), to_messages(dead)
         self._confirm(in_flight, consumer, producer)
-        for topic, (key, value, headers) in messages:
-            producer.send(topic, value, key=key, headers=headers)
-        offsets: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        producer.send_many(self.output_topic, outputs)
+        if letters:
+            producer.send_many(self.dead_letter_topic, letters)
+        offsets = next_offsets(records)
         stats = self.stats
         stats.records_in += len(records)
         stats.results += len(results)

@@ -46,15 +46,21 @@ Example:
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+try:  # a Beam dependency, several times faster than json
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None  # type: ignore[assignment]
 
 from ae_pipeline.artifact import ArtifactError, LoadedArtifact, load_artifact
 from ae_pipeline.features import (
@@ -142,7 +148,10 @@ def as_inputs(elements: Sequence[Any]) -> tuple[list[Any], list[Source | None]]:
     values: list[Any] = []
     sources: list[Source | None] = []
     for element in elements:
-        if type(element) is kafka_record:
+        if type(element) is bytes:  # a bare JSON value
+            values.append(element)
+            sources.append(None)
+        elif type(element) is kafka_record:
             ts = element.timestamp_ms
             values.append(element.value)
             sources.append(
@@ -445,7 +454,7 @@ class ServingModel:
             values, sources = as_inputs(values)
         elif len(sources) != len(values):
             raise ValueError(f"{len(values)} values but {len(sources)} sources")
-        batch = _drop_unscalable(decode_records(values, self.spec), self.scaler)
+        batch = _drop_unscalable(decode_records(values, self.spec, fields=passthrough), self.scaler)
         dead = [
             {
                 "reason": err.reason,
@@ -460,30 +469,85 @@ class ServingModel:
         if not batch.index:
             return [], dead
         scores = self.score_matrix(batch.matrix, mode)
-        results: list[dict[str, Any]] = []
-        names = self.feature_names
+        keys, extras = self._keys_and_extras(batch, sources, passthrough)
+        version = self.version
+        # One dict display per result (sized once): the hot path of every scoring step.
         if mode == "encode":
-            per_record: list[dict[str, Any]] = [{"latent": z} for z in scores["latent"].tolist()]
-        elif mode == "denoise":
+            rows = zip(keys, scores["latent"].tolist(), strict=True)
+            if extras is None:
+                return [{"key": k, "model_version": version, "latent": z} for k, z in rows], dead
+            return [
+                {"key": k, "model_version": version, **e, "latent": z}
+                for (k, z), e in zip(rows, extras, strict=True)
+            ], dead
+        if mode == "denoise":
+            names = self.feature_names
             recon = scores["reconstruction"].tolist()
-            per_record = [
-                {"reconstruction": dict(zip(names, r, strict=True)) if names else r} for r in recon
-            ]
+            values_out = [dict(zip(names, r, strict=True)) for r in recon] if names else recon
+            rows = zip(keys, values_out, strict=True)
+            if extras is None:
+                return [
+                    {"key": k, "model_version": version, "reconstruction": r} for k, r in rows
+                ], dead
+            return [
+                {"key": k, "model_version": version, **e, "reconstruction": r}
+                for (k, r), e in zip(rows, extras, strict=True)
+            ], dead
+        threshold = float(self.threshold)  # type: ignore[arg-type]
+        rows = zip(
+            keys,
+            scores["score"].tolist(),
+            scores["is_anomaly"].tolist(),
+            *self._top_contributions(scores["contributions"]),
+            strict=True,
+        )
+        if extras is None:
+            return [
+                {
+                    "key": k,
+                    "model_version": version,
+                    "score": s,
+                    "threshold": threshold,
+                    "is_anomaly": a,
+                    "contributions": dict(zip(n, c, strict=True)),
+                }
+                for k, s, a, n, c in rows
+            ], dead
+        return [
+            {
+                "key": k,
+                "model_version": version,
+                **e,
+                "score": s,
+                "threshold": threshold,
+                "is_anomaly": a,
+                "contributions": dict(zip(n, c, strict=True)),
+            }
+            for (k, s, a, n, c), e in zip(rows, extras, strict=True)
+        ], dead
+
+    @staticmethod
+    def _keys_and_extras(
+        batch: DecodedBatch, sources: Sequence[Source | None], passthrough: Sequence[str]
+    ) -> tuple[list[Any], list[dict[str, Any]] | None]:
+        """Each scored record's key (the record's key field, else the Kafka key) and the fields
+        that follow ``model_version`` in its result: Kafka coordinates, then the passthrough
+        fields (``None`` when no record has any)."""
+        keys = batch.keys
+        chosen = [sources[i] for i in batch.index]
+        if all(source is None for source in chosen):
+            extras = None
         else:
-            per_record = self._flag_fields(scores)
-        for row, i in enumerate(batch.index):
-            source = sources[i]
-            key = batch.keys[row]
-            if key is None and source is not None:
-                key = _key_text(source.key)
-            out: dict[str, Any] = {"key": key, "model_version": self.version}
-            out.update(_coordinates(source))
-            if passthrough:
-                record = batch.records[row]
-                out.update({f: _json_safe(record.get(f)) for f in passthrough})
-            out.update(per_record[row])
-            results.append(out)
-        return results, dead
+            keys = [
+                _key_text(source.key) if key is None and source is not None else key
+                for key, source in zip(keys, chosen, strict=True)
+            ]
+            extras = [_coordinates(source) for source in chosen]
+        if passthrough:
+            extras = extras or [{} for _ in chosen]
+            for extra, record in zip(extras, batch.records, strict=True):
+                extra.update({f: _json_safe(record.get(f)) for f in passthrough})
+        return keys, extras
 
     def anomaly_scores(self, values: Sequence[Any]) -> tuple[np.ndarray, dict[int, str]]:
         """Reconstruction-error score of each record, in input order (the ``flag`` score
@@ -493,7 +557,7 @@ class ServingModel:
             ``(scores, reasons)``: an ``N`` float array, NaN where a record cannot be scored,
             and ``{index: "reason: detail"}`` for those records.
         """
-        batch = _drop_unscalable(decode_records(values, self.spec), self.scaler)
+        batch = _drop_unscalable(decode_records(values, self.spec, fields=()), self.scaler)
         scores = np.full(len(values), np.nan, dtype=np.float64)
         reasons = {err.index: f"{err.reason}: {err.detail}" for err in batch.errors}
         if batch.index:
@@ -502,8 +566,9 @@ class ServingModel:
             scores[np.asarray(batch.index)] = error
         return scores, reasons
 
-    def _flag_fields(self, scores: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-        contributions = scores["contributions"]
+    def _top_contributions(self, contributions: np.ndarray) -> tuple[list, list]:
+        """Per row, the names and values of the ``top_k`` largest per-feature contributions,
+        largest first."""
         dim = contributions.shape[1]
         k = dim if self.top_k is None else min(self.top_k, dim)
         if k < dim:
@@ -514,22 +579,7 @@ class ServingModel:
             top = np.argsort(-contributions, axis=1, kind="stable")
         values = np.take_along_axis(contributions, top, axis=1).tolist()
         names = np.asarray(self.feature_names or [str(j) for j in range(dim)], dtype=object)
-        threshold = float(self.threshold)  # type: ignore[arg-type]
-        return [
-            {
-                "score": s,
-                "threshold": threshold,
-                "is_anomaly": a,
-                "contributions": dict(zip(idx, vals, strict=True)),
-            }
-            for s, a, idx, vals in zip(
-                scores["score"].tolist(),
-                scores["is_anomaly"].tolist(),
-                names[top].tolist(),
-                values,
-                strict=True,
-            )
-        ]
+        return names[top].tolist(), values
 
 
 def check_mode(mode: str) -> str:
@@ -697,27 +747,39 @@ def to_message(output: Mapping[str, Any]) -> tuple[bytes | None, bytes, list[tup
     the headers carry ``model_version`` (and ``reason`` for a dead letter), so that consumers
     can route without parsing. The Beam job and the plain consumer both produce these.
     """
-    key = output.get("key")
-    if key is not None and not isinstance(key, bytes):
-        key = str(key).encode()
-    headers = [("model_version", str(output.get("model_version", "")).encode())]
-    if "reason" in output:
-        headers.append(("reason", str(output["reason"]).encode()))
-    return key, to_json(output), headers
+    return to_messages([output])[0]
+
+
+def to_messages(
+    outputs: Iterable[Mapping[str, Any]],
+) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
+    """:func:`to_message` of each output; outputs of one model version (and dead-letter
+    reason) share one header list, which callers must not change."""
+    headers_of: dict[tuple[Any, Any], list[tuple[str, bytes]]] = {}
+    messages = []
+    append = messages.append
+    for output in outputs:
+        key = output.get("key")
+        if key is not None and type(key) is not bytes:
+            key = str(key).encode()
+        which = (output.get("model_version", ""), output.get("reason"))
+        headers = headers_of.get(which)
+        if headers is None:
+            headers = [("model_version", str(which[0]).encode())]
+            if "reason" in output:
+                headers.append(("reason", str(which[1]).encode()))
+            headers_of[which] = headers
+        append((key, to_json(output), headers))
+    return messages
 
 
 def to_json(obj: Any) -> bytes:
     """Serialises a result or dead letter (or any JSON data with numpy values) to bytes."""
-    import json
-
-    try:
-        import orjson
-
-        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
-    except ImportError:  # pragma: no cover - orjson is a Beam dependency
-        pass
-    except TypeError:  # e.g. an int beyond 64 bits, which Python's json writes as is
-        pass
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(obj, option=_orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:  # e.g. an int beyond 64 bits, which Python's json writes as is
+            pass
     return json.dumps(
         obj, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)
     ).encode()
@@ -736,5 +798,6 @@ __all__ = [
     "open_model",
     "to_json",
     "to_message",
+    "to_messages",
     "version_name",
 ]

@@ -384,9 +384,10 @@ def consumer_run(bootstrap: str, client: str, topic: str, n: int, version_dir: s
 
 
 def io_run(bootstrap: str, client: str, topic: str, n: int) -> dict:
-    """The I/O limit: poll -> produce each value -> flush -> commit (asynchronously, a last
-    synchronous one at the end, like the consumer), no scoring."""
-    from ae_pipeline.kafka import TopicPartition, create_consumer, create_producer
+    """The I/O limit: poll -> produce each value (``send_many``, as the consumer) -> flush ->
+    commit (asynchronously, a last synchronous one at the end, like the consumer), no
+    scoring."""
+    from ae_pipeline.kafka import create_consumer, create_producer, next_offsets
 
     config = {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}"}
     consumer = create_consumer(config, client, max_poll_records=BATCH)
@@ -405,13 +406,9 @@ def io_run(bootstrap: str, client: str, topic: str, n: int) -> dict:
                 continue
             idle_since = time.perf_counter()
             first = first or time.perf_counter()
-            for r in records:
-                producer.send(f"{topic}-io", r.value, key=r.key)
+            producer.send_many(f"{topic}-io", [(r.key, r.value, ()) for r in records])
             producer.flush(60)
-            offsets: dict = {}
-            for r in records:
-                tp = TopicPartition(r.topic, r.partition)
-                offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+            offsets = next_offsets(records)
             consumer.commit(offsets, asynchronous=client == "confluent")  # as the consumer
             written.update(offsets)
             got += len(records)
@@ -442,15 +439,14 @@ def compute_run(values: list[bytes], model: Any, scaler: Any) -> dict:
 
 def serving_run(values: list[bytes], version_dir: str) -> dict:
     """Diagnostic: the consumer's own scoring path without Kafka (``score_records`` in flag
-    mode, then ``to_message`` of every output), per batch of ``BATCH``."""
-    from ae_pipeline.serving import ServingModel, to_message
+    mode, then ``to_messages`` of the outputs), per batch of ``BATCH``."""
+    from ae_pipeline.serving import ServingModel, to_messages
 
     model = ServingModel.load(version_dir, device="cpu")
     t0 = time.perf_counter()
     for i in range(0, len(values), BATCH):
         results, _dead = model.score_records(values[i : i + BATCH], "flag")
-        for o in results:
-            to_message(o)
+        to_messages(results)
     wall = time.perf_counter() - t0
     return {"records": len(values), "seconds": wall, "records_per_s": len(values) / wall}
 

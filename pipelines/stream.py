@@ -10,7 +10,7 @@ Reads the input topic with :class:`ae_pipeline.beam.kafka_io.ReadKafkaRecords` (
 DoFn over partitions; one list of records per poll), scores each poll's list with
 :class:`ae_pipeline.beam.transforms.ScoreRecords` (the same scoring as the plain consumer),
 and writes results and dead letters with :class:`~ae_pipeline.beam.kafka_io.WriteKafkaRecords`
-as the messages of :func:`ae_pipeline.serving.to_message`. With ``--model_root`` it follows the
+as the messages of :func:`ae_pipeline.serving.to_messages`. With ``--model_root`` it follows the
 newest published version without a restart. The consumer group's offsets are committed by the
 read's bundle finalizer, once the runner has made the bundle's outputs durable.
 
@@ -38,7 +38,7 @@ from ae_pipeline.beam.options import (
 )
 from ae_pipeline.beam.transforms import ScoreRecords
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT
-from ae_pipeline.serving import MODES, to_message
+from ae_pipeline.serving import MODES, to_messages
 
 
 class StreamOptions(ModelLocationOptions):
@@ -121,7 +121,7 @@ def _kafka_config(opts: StreamOptions) -> dict[str, Any]:
 
 
 def _messages(outputs: list[dict]) -> list[tuple]:
-    return [to_message(o) for o in outputs]
+    return to_messages(outputs)
 
 
 def build(pipeline: beam.Pipeline, opts: StreamOptions) -> Any:

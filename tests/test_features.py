@@ -110,9 +110,11 @@ _FIELD_VALUES = st.one_of(
         max_size=20,
     ),
     st.sampled_from([SPEC, FeatureSpec(columns=["b"]), FeatureSpec(columns=["c", "a"])]),
+    st.sampled_from([None, (), ("z",), ("z", "id"), ("a",)]),
 )
-def test_fast_path_for_json_bytes_equals_the_checked_path(records, spec):
-    """JSON bytes take a fast path; ``str`` values take the field-by-field one: same outcome."""
+def test_fast_paths_for_json_bytes_equal_the_checked_path(records, spec, fields):
+    """JSON bytes take a fast path (typed ``msgspec`` decoding when ``fields`` is given, else
+    ``orjson`` + item picking); ``str`` values take the field-by-field one: same outcome."""
     texts = []
     for r in records:
         try:
@@ -120,14 +122,29 @@ def test_fast_path_for_json_bytes_equals_the_checked_path(records, spec):
         except UnicodeDecodeError:
             texts.append(None)
     keep = [i for i, t in enumerate(texts) if t is not None]
-    fast = decode_records([records[i] for i in keep], spec)
+    fast = decode_records([records[i] for i in keep], spec, fields=fields)
     slow = decode_records([texts[i] for i in keep], spec)
     np.testing.assert_array_equal(fast.matrix, slow.matrix)
     assert fast.index == slow.index
-    assert fast.keys == slow.keys or np.array_equal(fast.keys, slow.keys, equal_nan=True)
+    assert [repr(k) for k in fast.keys] == [repr(k) for k in slow.keys]  # 1 vs 1.0 differ
     assert [(e.index, e.reason, e.detail) for e in fast.errors] == [
         (e.index, e.reason, e.detail) for e in slow.errors
     ]
+    for got, whole in zip(fast.records, slow.records, strict=True):
+        for name in fields or ():
+            assert repr(got.get(name)) == repr(whole.get(name))
+
+
+def test_typed_fast_path_is_taken_and_falls_back_per_record():
+    """With ``fields``, plain-number records never reach orjson; one bad record in a batch
+    costs only itself (the others keep the typed result)."""
+    good = [json.dumps({"id": i, "a": i, "b": 0.5, "c": -1, "z": [i]}).encode() for i in range(50)]
+    batch = [*good[:25], b'{"id": 99, "a": "x", "b": 1, "c": 1}', *good[25:]]
+    out = decode_records(batch, SPEC, fields=("z",))
+    assert out.index == [*range(25), *range(26, 51)]
+    assert [e.reason for e in out.errors] == [NON_NUMERIC]
+    assert out.records[30] == {"z": [30]} and out.keys[30] == 30
+    assert out.matrix.dtype == np.float32 and out.matrix.shape == (50, 3)
 
 
 def test_arrow_schema_errors_name_the_column():

@@ -5,7 +5,8 @@ consumer build on this package.
 
 * :class:`KafkaConfig` - connection settings for kafka-python, confluent-kafka and Java.
 * :func:`create_consumer`, :func:`create_producer` - clients behind one small interface.
-* :class:`KafkaRecord`, :class:`TopicPartition` - what consumers return.
+* :class:`KafkaRecord`, :class:`TopicPartition` - what consumers return; :func:`next_offsets`
+  - the offsets to commit after a batch of records.
 * :func:`redact`, :func:`scrub` - secrets never reach logs, reprs or error messages.
 * :func:`create_topics`, :func:`topic_partitions`, :func:`end_offsets`,
   :func:`committed_offsets` - one-call admin helpers.
@@ -27,7 +28,7 @@ from ae_pipeline.kafka.client import (
 )
 from ae_pipeline.kafka.config import KafkaConfig
 from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError
-from ae_pipeline.kafka.records import KafkaRecord, TopicPartition
+from ae_pipeline.kafka.records import KafkaRecord, TopicPartition, next_offsets
 from ae_pipeline.kafka.redaction import REDACTED, redact, scrub
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "create_producer",
     "create_topics",
     "end_offsets",
+    "next_offsets",
     "redact",
     "scrub",
     "topic_partitions",

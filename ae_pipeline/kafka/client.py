@@ -107,6 +107,16 @@ class KafkaProducerClient(abc.ABC):
     ) -> None:
         """Queue one record (asynchronous; failures surface in :meth:`flush`)."""
 
+    def send_many(
+        self,
+        topic: str,
+        messages: Sequence[tuple[bytes | None, bytes | None, Headers | Sequence[Any]]],
+    ) -> None:
+        """Queue ``(key, value, headers)`` messages to ``topic``, in order; like :meth:`send`
+        for each (clients override it to spend less per message)."""
+        for key, value, headers in messages:
+            self.send(topic, value, key=key, headers=headers)
+
     @abc.abstractmethod
     def flush(self, timeout_s: float = 60.0) -> int:
         """Wait until every queued record is acknowledged.

@@ -217,6 +217,29 @@ class Producer(KafkaProducerClient):
             self._producer.poll(0)
         self._queued += 1
 
+    def send_many(
+        self,
+        topic: str,
+        messages: Sequence[tuple[bytes | None, bytes | None, Headers | Sequence[Any]]],
+    ) -> None:
+        produce = self._producer.produce
+        on_delivery = self._on_delivery
+        with scrubbed_errors(self._config, f"send to {topic!r}"):
+            for key, value, headers in messages:
+                while True:
+                    try:
+                        if headers:
+                            if type(headers) is not list:
+                                headers = list(headers)
+                            produce(topic, value, key, on_delivery=on_delivery, headers=headers)
+                        else:
+                            produce(topic, value, key, on_delivery=on_delivery)
+                        break
+                    except BufferError:  # local queue full: let deliveries drain
+                        self._producer.poll(0.05)
+                self._queued += 1
+            self._producer.poll(0)
+
     def flush(self, timeout_s: float = 60.0) -> int:
         with scrubbed_errors(self._config, "flush"):
             remaining = self._producer.flush(timeout_s)

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -51,3 +52,14 @@ class KafkaRecord:
     def timestamp(self) -> float | None:
         """Seconds since the epoch, or None when the record has no timestamp."""
         return self.timestamp_ms / 1000.0 if self.timestamp_ms >= 0 else None
+
+
+def next_offsets(records: Iterable[KafkaRecord]) -> dict[TopicPartition, int]:
+    """The offset to commit after ``records``: per partition, one past the highest offset."""
+    last: dict[tuple[str, int], int] = {}
+    get = last.get
+    for r in records:
+        where = (r.topic, r.partition)
+        if r.offset >= get(where, -1):
+            last[where] = r.offset
+    return {TopicPartition(t, p): o + 1 for (t, p), o in last.items()}

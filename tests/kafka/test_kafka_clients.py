@@ -16,6 +16,7 @@ from ae_pipeline.kafka import (
     create_consumer,
     create_producer,
     end_offsets,
+    next_offsets,
     topic_partitions,
 )
 
@@ -105,3 +106,34 @@ def test_broker_rejection_is_a_delivery_error(client, kafka_config):
     assert info.value.failed == 1
     assert "1 of 1 records were not delivered" in str(info.value)
     assert "large" in str(info.value).lower()
+
+
+def test_send_many_keeps_order_headers_and_reports_failures(client, kafka_config, new_topic):
+    """``send_many`` queues like :meth:`send` per message (order, keys, header lists and
+    tuples, none), and its failures surface in ``flush`` like those of ``send``."""
+    topic = new_topic(partitions=1)
+    shared = [("model_version", b"v1")]
+    messages = [
+        (f"k{i}".encode() if i % 2 else None, f"v{i}".encode(), shared if i % 3 else (("h", b"t"),))
+        for i in range(40)
+    ]
+    messages[5] = (b"k5", b"v5", ())
+    with create_producer(kafka_config, client) as producer:
+        producer.send_many(topic, messages)
+        assert producer.flush(30) == 40
+        with pytest.raises((DeliveryError, KafkaClientError)):  # at send or at flush
+            producer.send_many(topic, [(None, b"x" * 2_000_000, ())])  # over message.max.bytes
+            producer.flush(10)
+    assert shared == [("model_version", b"v1")]  # header lists are not changed
+    with create_consumer(kafka_config, client) as consumer:
+        consumer.assign({TopicPartition(topic, 0): 0})
+        records = _drain(consumer, 40)
+    assert [(r.key, r.value, r.headers) for r in records] == [
+        (k, v, tuple(h) if h else ()) for k, v, h in messages
+    ]
+
+
+def test_next_offsets_is_one_past_the_highest_offset_per_partition():
+    records = [KafkaRecord("a", p, o, -1, None, b"") for p, o in ((0, 4), (1, 9), (0, 6), (0, 5))]
+    assert next_offsets(records) == {TopicPartition("a", 0): 7, TopicPartition("a", 1): 10}
+    assert next_offsets([]) == {}

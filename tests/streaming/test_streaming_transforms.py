@@ -116,6 +116,63 @@ def test_encode_and_denoise_take_per_poll_lists_and_a_fixed_version(
         assert_that(enc.dead_letters | beam.Map(lambda d: d["offset"]), equal_to([99]), label="dl")
 
 
+def test_batching_in_the_global_window_and_in_fixed_windows(beam_options, version_dir):
+    """Global window: batched within bundles (at most ``max_batch_size``), here with one list
+    of results per batch. Fixed windows: ``BatchElements`` batches per window, and every
+    result stays in its record's window. Either way: every record, once."""
+    from apache_beam.transforms import window
+
+    values, n_poison = kit.records_with_poison(200)
+    model = ServingModel.load(version_dir)
+    expected = sorted(r["key"] for r in model.score_records(values, "flag")[0])
+    with beam.Pipeline(options=beam_options("fnapi")) as p:
+        records = p | beam.Create(values, reshuffle=False)
+        lists = records | "Global" >> FlagAnomalies(
+            model_version_dir=version_dir, device="cpu", max_batch_size=32, emit_batches=True
+        )
+        assert_that(
+            lists.results | beam.Map(len) | "Max" >> beam.CombineGlobally(max),
+            lambda sizes: sizes[0] <= 32 or pytest.fail(f"a batch of {sizes[0]} > 32"),
+            label="batches of at most max_batch_size",
+        )
+        assert_that(
+            lists.results | beam.FlatMap(lambda rs: [r["key"] for r in rs]),
+            equal_to(expected),
+            label="every record once, in lists",
+        )
+        assert_that(
+            lists.dead_letters | beam.FlatMap(lambda ds: [d["reason"] for d in ds]),
+            equal_to(list(kit.POISON)),
+            label="dead letters in lists",
+        )
+        stamped = records | beam.Map(
+            lambda v: (
+                window.TimestampedValue(v, 1000 + 10 * (json.loads(v).get("id", 0) % 2))
+                if v.startswith(b'{"id": ') and json.loads(v).get("id", -1) >= 0
+                else window.TimestampedValue(v, 1000)
+            )
+        )
+        windowed = (
+            stamped
+            | beam.WindowInto(window.FixedWindows(10))
+            | "Windowed"
+            >> (FlagAnomalies(model_version_dir=version_dir, device="cpu", max_batch_size=32))
+        )
+        assert_that(
+            windowed.results
+            | beam.Map(lambda r, w=beam.DoFn.WindowParam: (r["key"] % 2, int(w.start)))
+            | beam.Distinct(),
+            equal_to([(0, 1000), (1, 1010)]),
+            label="results stay in their record's window",
+        )
+        assert_that(
+            windowed.results | "Keys" >> beam.Map(lambda r: r["key"]),
+            equal_to(expected),
+            label="every record once, windowed",
+        )
+    assert n_poison == len(kit.POISON)
+
+
 def test_a_model_that_does_not_fit_the_records_fails_at_load(beam_options, version_dir):
     p = beam.Pipeline(options=beam_options("fnapi"))
     _ = (
