@@ -140,29 +140,23 @@ def as_input(element: Any) -> tuple[Any, Source | None]:
     return element, None
 
 
-def as_inputs(elements: Sequence[Any]) -> tuple[list[Any], list[Source | None]]:
-    """:func:`as_input` of each element: ``(values, sources)``, with a fast path for
-    ``ae_pipeline.kafka.KafkaRecord`` (what the consumer and ``ReadKafkaRecords`` score)."""
+def as_inputs(elements: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """:func:`as_input` of each element: ``(values, sources)``, with fast paths for bare JSON
+    bytes and for ``ae_pipeline.kafka.KafkaRecord`` (what the consumer and
+    ``ReadKafkaRecords`` score), which serves as its own source: it has the attributes of a
+    :class:`Source` (a negative ``timestamp_ms`` means none)."""
     records_module = sys.modules.get("ae_pipeline.kafka.records")  # no import: layering
     kafka_record = getattr(records_module, "KafkaRecord", None)
     values: list[Any] = []
-    sources: list[Source | None] = []
+    sources: list[Any] = []
     for element in elements:
-        if type(element) is bytes:  # a bare JSON value
+        kind = type(element)
+        if kind is bytes:  # a bare JSON value
             values.append(element)
             sources.append(None)
-        elif type(element) is kafka_record:
-            ts = element.timestamp_ms
+        elif kind is kafka_record:
             values.append(element.value)
-            sources.append(
-                Source(
-                    element.topic,
-                    element.partition,
-                    element.offset,
-                    element.key,
-                    _timestamp(ts),
-                )
-            )
+            sources.append(element)
         else:
             value, source = as_input(element)
             values.append(value)
@@ -206,25 +200,25 @@ def _json_safe(value: Any) -> Any:
     return repr(value)
 
 
-def _coordinates(source: Source | None) -> dict[str, Any]:
+def _coordinates(source: Any) -> dict[str, Any]:
+    """The Kafka coordinates of a :class:`Source` (or a ``KafkaRecord``) that are known."""
     if source is None:
         return {}
-    if None not in source[:3] and source.timestamp_ms is not None:  # the usual Kafka record
-        return {
-            "topic": source.topic,
-            "partition": source.partition,
-            "offset": source.offset,
-            "timestamp_ms": source.timestamp_ms,
-        }
+    topic, partition, offset = source.topic, source.partition, source.offset
+    ts = source.timestamp_ms
+    if type(ts) is not int or ts < 0:
+        ts = None
+    if topic is not None and partition is not None and offset is not None and ts is not None:
+        return {"topic": topic, "partition": partition, "offset": offset, "timestamp_ms": ts}
     out: dict[str, Any] = {}
-    if source.topic is not None:
-        out["topic"] = source.topic
-    if source.partition is not None:
-        out["partition"] = source.partition
-    if source.offset is not None:
-        out["offset"] = source.offset
-    if source.timestamp_ms is not None:
-        out["timestamp_ms"] = source.timestamp_ms
+    if topic is not None:
+        out["topic"] = topic
+    if partition is not None:
+        out["partition"] = partition
+    if offset is not None:
+        out["offset"] = offset
+    if ts is not None:
+        out["timestamp_ms"] = ts
     return out
 
 
@@ -433,7 +427,7 @@ class ServingModel:
         values: Sequence[Any],
         mode: str,
         *,
-        sources: Sequence[Source | None] | None = None,
+        sources: Sequence[Any] | None = None,
         passthrough: Sequence[str] = (),
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Scores a batch of records; every record becomes a result or a dead letter.
@@ -443,7 +437,9 @@ class ServingModel:
                 Kafka records or ``(key, value)`` tuples are unpacked with :func:`as_input`
                 unless ``sources`` is given.
             mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
-            sources: Kafka coordinates per value (same length), copied into the outputs.
+            sources: Kafka coordinates per value (same length; :class:`Source` objects or
+                anything with the same attributes, such as ``KafkaRecord``), copied into the
+                outputs.
             passthrough: record fields copied into each result.
 
         Returns:
@@ -528,7 +524,7 @@ class ServingModel:
 
     @staticmethod
     def _keys_and_extras(
-        batch: DecodedBatch, sources: Sequence[Source | None], passthrough: Sequence[str]
+        batch: DecodedBatch, sources: Sequence[Any], passthrough: Sequence[str]
     ) -> tuple[list[Any], list[dict[str, Any]] | None]:
         """Each scored record's key (the record's key field, else the Kafka key) and the fields
         that follow ``model_version`` in its result: Kafka coordinates, then the passthrough

@@ -7,8 +7,9 @@ dicts, ``beam.Row``, :class:`ae_pipeline.kafka.KafkaRecord` objects, ``(key, val
 :class:`ae_pipeline.beam.kafka_io.ReadKafkaRecords` emits: one list per poll). Records are
 batched early (within each bundle by :class:`BatchAndScoreFn` in the global window; by
 ``beam.BatchElements`` in other windows or with ``max_batch_duration_secs``; or the lists as
-they come with ``prebatched=True``) and scored by :meth:`ae_pipeline.serving.ServingModel.score_records`, the same code the plain Kafka
-consumer runs.
+they come with ``prebatched=True``) and scored by
+:meth:`ae_pipeline.serving.ServingModel.score_records`, the same code the plain Kafka consumer
+runs.
 
 Each transform returns two PCollections of JSON-serialisable dicts, reachable as
 ``out.results`` / ``out.dead_letters`` (or ``out["results"]``, or ``results, dead = out``):
@@ -47,7 +48,6 @@ from ae_pipeline.features import REASONS, FeatureSpec
 from ae_pipeline.serving import (
     FixedModel,
     ModelWatcher,
-    as_input,
     as_inputs,
     check_mode,
     open_model,
@@ -154,15 +154,12 @@ class ScoreBatchesFn(beam.DoFn):
         self._latency = Metrics.distribution(NAMESPACE, "score_batch_micros")
 
     def process(self, batch: Any) -> Iterator[Any]:
-        values: list[Any] = []
-        sources: list[Any] = []
-        for element in batch if isinstance(batch, list) else [batch]:
-            for item in element if isinstance(element, list) else [element]:
-                value, source = as_input(item)
-                values.append(value)
-                sources.append(source)
-        if not values:
+        items = batch if isinstance(batch, list) else [batch]
+        if any(isinstance(item, list) for item in items):  # a list of lists: flatten
+            items = [i for item in items for i in (item if isinstance(item, list) else [item])]
+        if not items:
             return
+        values, sources = as_inputs(items)
         results, dead = self._score(values, sources)
         if self._emit_batches:
             if results:
@@ -370,11 +367,11 @@ __all__ = [
     "DEAD_LETTERS",
     "NAMESPACE",
     "RESULTS",
+    "BatchAndScoreFn",
     "Denoise",
     "Encode",
     "FlagAnomalies",
     "ModelSource",
-    "BatchAndScoreFn",
     "ScoreBatchesFn",
     "ScoreRecords",
 ]
