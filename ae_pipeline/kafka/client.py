@@ -15,6 +15,9 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib
+import logging
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -165,6 +168,8 @@ def create_consumer(
     config = KafkaConfig.from_dict(config)
     module = _module(client)
     guard_logs(config.secrets())
+    if config.uses_ssl:
+        _TLS_ERRORS.watch()
     return module.Consumer(config, **options)
 
 
@@ -175,6 +180,8 @@ def create_producer(
     config = KafkaConfig.from_dict(config)
     module = _module(client)
     guard_logs(config.secrets())
+    if config.uses_ssl:
+        _TLS_ERRORS.watch()
     return module.Producer(config)
 
 
@@ -189,5 +196,50 @@ def scrubbed_errors(config: KafkaConfig, what: str) -> Iterator[None]:
     except KafkaClientError:
         raise
     except Exception as e:
-        message = scrub(f"{what}: {type(e).__name__}: {e}", config.secrets())
-        raise KafkaClientError(message) from None
+        message = f"{what}: {type(e).__name__}: {e}"
+        if config.uses_ssl:
+            message += _TLS_ERRORS.hint()
+        raise KafkaClientError(scrub(message, config.secrets())) from None
+
+
+class _TlsErrors(logging.Handler):
+    """Remembers the last TLS failure that the client libraries logged.
+
+    Both clients log the cause of a failed TLS handshake (``certificate verify failed``,
+    a host-name mismatch...), while their exceptions only say that no broker could be reached;
+    :func:`scrubbed_errors` appends the cause to the error of a client that uses TLS.
+    """
+
+    WINDOW_S = 120.0
+    LOGGERS = ("kafka", "ae_pipeline.kafka.librdkafka")
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.last: tuple[float, str] | None = None
+        self._watching = False
+        self._guard = threading.Lock()
+
+    def watch(self) -> None:
+        with self._guard:
+            if not self._watching:
+                for name in self.LOGGERS:
+                    logging.getLogger(name).addHandler(self)
+                self._watching = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed log call is not ours to report
+            return
+        low = text.lower()
+        if "certificate" in low or "handshake" in low or ("ssl" in low and "fail" in low):
+            self.last = (time.monotonic(), " ".join(text.split())[:400])
+
+    def hint(self) -> str:
+        last = self.last
+        if last is None or time.monotonic() - last[0] > self.WINDOW_S:
+            return ""
+        return f" (the client logged this TLS error: {last[1]})"
+
+
+_TLS_ERRORS = _TlsErrors()

@@ -86,6 +86,8 @@ def test_a_wrong_ca_fails_clearly(client, protocol, ssl_broker, tmp_path, all_lo
     # be reached: "Unable to bootstrap" / "Broker transport failure").
     failures = [r.getMessage() for r in all_logs.records if r.levelno >= logging.ERROR]
     assert any("certificate verify failed" in m for m in failures), failures[-5:]
+    # ... and the exception carries it (the clients themselves only say "no broker").
+    assert "certificate verify failed" in str(info.value), str(info.value)
     shown = "".join(traceback.format_exception(info.value))
     for text in (shown, all_logs.text, out, err):
         assert PASSWORD not in text
