@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True
     )
 
+    from ae_pipeline.kafka import create_topics
     from ae_pipeline.local.kafka_broker import KafkaBroker
     from ae_pipeline.local.runners import runner_args
     from ae_pipeline.registry import ModelRegistry
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     with KafkaBroker() as broker:
         bootstrap = broker.bootstrap_servers
         records, planted = fresh_records(args.records, 0.02)
+        # Created up front, not on first use: no client errors about missing topic metadata.
+        topics = ["sensors", "sensors-flags", "sensors-dead-letters"]
+        create_topics({"bootstrap.servers": bootstrap}, topics)
         secs = produce(bootstrap, "sensors", records)
         print(
             f"      {len(records):,} records ({len(planted)} planted anomalies, 5 poison) "

@@ -34,7 +34,7 @@ from ae_pipeline.beam.parquet import REJECTED, Block, ReadFeatureBlocks
 from ae_pipeline.features import FeatureSpec, Scaler
 
 
-class EncodeOptions(ModelLocationOptions, ParquetInputOptions):
+class EncodeOptions(ModelLocationOptions, ParquetInputOptions, PipelineOptions):
     """Options of the encode job (plus every Beam pipeline option)."""
 
     @classmethod

@@ -41,7 +41,7 @@ from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT
 from ae_pipeline.serving import MODES, to_messages
 
 
-class StreamOptions(ModelLocationOptions):
+class StreamOptions(ModelLocationOptions, PipelineOptions):
     """Options of the streaming scoring job (plus every Beam pipeline option)."""
 
     @classmethod

@@ -39,7 +39,7 @@ def _ints(text: str) -> list[int]:
         raise ValueError(f"expected comma-separated integers like '128,32', got {text!r}") from None
 
 
-class TrainOptions(ModelLocationOptions, ParquetInputOptions):
+class TrainOptions(ModelLocationOptions, ParquetInputOptions, PipelineOptions):
     """Options of the training job (plus every Beam pipeline option)."""
 
     @classmethod

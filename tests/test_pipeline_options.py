@@ -26,6 +26,33 @@ def test_all_option_classes_parse_together_without_conflicts():
     assert options.view_as(pipelines.encode.EncodeOptions).output == "/o"
 
 
+def test_runners_see_every_job_flag_as_known(caplog):
+    """Portable runners (Prism, Flink) list the options with ``retain_unknown_options``, which
+    only asks the direct subclasses of PipelineOptions: each job's options class is one, so
+    its flags are neither reported as unknown nor sent as untyped strings."""
+    argv = [
+        "--model_root=/m",
+        "--mode=flag",
+        "--bootstrap_servers=h:9092",
+        "--bounded",
+        "--epochs=3",
+        "--hidden_dims=8",
+        "--with_errors",
+        "--output=/o",
+        "--input=/i",
+    ]
+    for options_class in (
+        pipelines.stream.StreamOptions,
+        pipelines.train.TrainOptions,
+        pipelines.encode.EncodeOptions,
+    ):
+        assert PipelineOptions in options_class.__bases__, options_class
+    with caplog.at_level("WARNING", logger="apache_beam.options.pipeline_options"):
+        found = PipelineOptions(argv).get_all_options(retain_unknown_options=True)
+    assert not [r for r in caplog.records if "Unknown pipeline options" in r.getMessage()]
+    assert found["epochs"] == 3 and found["bounded"] is True and found["mode"] == "flag"
+
+
 FLAG_OF = {
     "train": "--threshold_method",
     "encode": "--with_errors",
