@@ -79,6 +79,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from ae_pipeline.kafka import (
     DEFAULT_CLIENT,
+    DeliveryError,
     KafkaClientError,
     KafkaConfig,
     KafkaConsumerClient,
@@ -867,14 +868,20 @@ class _WriteFn(beam.DoFn):
                     raise  # the runner retries the bundle
                 delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (attempt - 1))
                 self._retries.inc()
+                # Only unacknowledged records (the broker is slow or away): the producer still
+                # holds them and keeps sending; flush it again rather than send them twice.
+                waiting = isinstance(e, DeliveryError) and e.failed == e.unacknowledged > 0
                 _LOG.warning(
-                    "writing %d records failed (try %d), sending them again in %.1fs: %s",
+                    "writing %d records failed (try %d), %s in %.1fs: %s",
                     len(self._bundle),
                     attempt,
+                    "waiting for them again" if waiting else "sending them again",
                     delay,
                     e,  # scrubbed of secrets by the client layer
                 )
                 time.sleep(delay)
+                if waiting:
+                    continue
                 self._drop_producer()
                 self._send_error = None
                 try:
@@ -886,12 +893,18 @@ class _WriteFn(beam.DoFn):
         self._bundle = []
 
     def _drop_producer(self) -> None:
+        """Drops the producer of a failed bundle, with its undelivered records: the bundle is
+        sent again by a new producer (or by the runner's retry)."""
         producer, self._producer = self._producer, None
-        _close_quietly(producer)
+        if producer is not None:
+            try:
+                producer.abort()
+            except Exception as e:  # best effort
+                _LOG.warning("aborting a Kafka producer failed: %s", e)
 
     def teardown(self) -> None:
-        if getattr(self, "_producer", None) is not None:
-            self._drop_producer()
+        producer, self._producer = getattr(self, "_producer", None), None
+        _close_quietly(producer)
 
 
 class WriteKafkaRecords(beam.PTransform):

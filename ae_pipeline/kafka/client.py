@@ -135,6 +135,12 @@ class KafkaProducerClient(abc.ABC):
     def close(self) -> None:
         """Close the producer (without flushing: call :meth:`flush` first)."""
 
+    def abort(self) -> None:
+        """Close the producer and drop the records it has not delivered yet, so that a caller
+        who sends them again (with a new producer) does not also get them from this one.
+        Records already on the wire may still arrive."""
+        self.close()
+
     def __enter__(self) -> KafkaProducerClient:
         return self
 

@@ -243,7 +243,7 @@ class Producer(KafkaProducerClient):
     def flush(self, timeout_s: float = 60.0) -> int:
         with scrubbed_errors(self._config, "flush"):
             remaining = self._producer.flush(timeout_s)
-        queued, self._queued = self._queued, 0
+        queued, self._queued = self._queued, remaining  # the remaining ones stay queued
         errors, self._errors = self._errors, []
         if remaining:
             errors.append(("*", None, f"{remaining} not acknowledged within {timeout_s:g}s"))
@@ -254,6 +254,7 @@ class Producer(KafkaProducerClient):
                 f"first: topic {errors[0][0]!r}: {errors[0][2]}",
                 failed,
                 errors[:10],
+                unacknowledged=remaining,
             )
         return queued
 
@@ -261,3 +262,12 @@ class Producer(KafkaProducerClient):
         with scrubbed_errors(self._config, "close"):
             self._producer.flush(0)
         self._producer = None  # librdkafka's producer stops when it is freed
+
+    def abort(self) -> None:
+        # A freed producer still delivers its queue: purge it first (queued and in-flight
+        # requests; a request already sent may still be written by the broker).
+        with scrubbed_errors(self._config, "abort"):
+            self._producer.purge(in_queue=True, in_flight=True, blocking=True)
+            self._producer.flush(0)  # serves the purged records' delivery reports
+        self._errors, self._queued = [], 0
+        self._producer = None

@@ -11,11 +11,21 @@ class DeliveryError(KafkaClientError):
     """Records were not acknowledged by the broker when a producer flushed.
 
     Attributes:
-        failed: how many records failed.
+        failed: how many records failed (``unacknowledged`` included).
         errors: up to ten ``(topic, partition, reason)`` examples.
+        unacknowledged: how many of them were neither delivered nor refused when the flush
+            gave up: they stay queued in the producer, which keeps sending them, and the next
+            flush reports them.
     """
 
-    def __init__(self, message: str, failed: int, errors: list[tuple[str, int | None, str]]):
+    def __init__(
+        self,
+        message: str,
+        failed: int,
+        errors: list[tuple[str, int | None, str]],
+        unacknowledged: int = 0,
+    ):
         super().__init__(message)
         self.failed = failed
         self.errors = errors
+        self.unacknowledged = unacknowledged

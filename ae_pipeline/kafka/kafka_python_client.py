@@ -191,6 +191,7 @@ class Producer(KafkaProducerClient):
         for topic, future in pending:
             if not future.is_done:
                 errors.append((topic, None, f"not acknowledged within {timeout_s:g}s"))
+                self._pending.append((topic, future))  # still queued: the next flush reports it
             elif future.failed():
                 reason = scrub(
                     f"{type(future.exception).__name__}: {future.exception}", self._config.secrets()
@@ -202,9 +203,15 @@ class Producer(KafkaProducerClient):
                 f"first: topic {errors[0][0]!r}: {errors[0][2]}",
                 len(errors),
                 errors[:10],
+                unacknowledged=len(self._pending),
             )
         return len(pending)
 
     def close(self) -> None:
         with scrubbed_errors(self._config, "close"):
             self._producer.close(timeout=5)
+
+    def abort(self) -> None:
+        with scrubbed_errors(self._config, "abort"):
+            self._producer.close(timeout=0)  # unsent batches are failed, not sent
+        self._pending = []
