@@ -1,8 +1,9 @@
 """Quality benchmarks: dimensionality reduction, denoising and anomaly detection.
 
-Writes ``benchmarks/results/quality.json`` (with ``ratio_*`` keys for ``benchmarks/run.py``)
-and the denoising image grid; ``python -m benchmarks.report`` turns the results into
-``benchmarks/results/REPORT.md`` and plots. ``--quick``: 1 seed, tiny subsets (< 3 minutes).
+Writes ``benchmarks/results/quality.json`` (``quality_quick.json`` with ``--quick``; with
+``ratio_*`` keys for ``benchmarks/run.py``) and the denoising image grid;
+``python -m benchmarks.report`` turns the results into ``benchmarks/results/REPORT.md`` and
+plots. ``--quick``: 1 seed, tiny subsets (< 3 minutes).
 
 The three studies run as parallel processes with one torch thread each (on 2 cores the small
 models use one thread each better than one process with two threads), merged into one file;
@@ -111,10 +112,13 @@ def _merge(
             res["wall_s"] = {}
             res["machine"]["threads"] = "1 per study process (--parallel)"
             res["merged"] = []
-        res.setdefault("merged", []).append(name)
+        if name not in res.setdefault("merged", []):
+            res["merged"].append(name)
         if name in part:
             res[name] = part[name]
             res["wall_s"][name] = part["wall_s"].get(name)
+            # the settings of the code that produced the newest part (its seeds may be fewer)
+            res["settings"].update({k: v for k, v in part["settings"].items() if k != "seeds"})
         path.unlink()
     if not res:
         return 1
@@ -146,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", choices=sorted(STUDIES), help="studies to run")
     ap.add_argument("--seeds", type=int, help="use only the first N seeds (partial runs)")
     ap.add_argument("--dims", type=int, nargs="*", help="code sizes of the dimred study")
-    ap.add_argument("--out", default="quality", help="result file name (without .json)")
+    ap.add_argument(
+        "--out",
+        help="result file name without .json (default: quality, quality_quick with --quick)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument(
         "--parallel",
@@ -160,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         help="only merge existing <out>.<study>.json files (of separate --only runs)",
     )
     args = ap.parse_args(argv)
+    if args.out is None:
+        # --quick must not overwrite the default run's results
+        args.out = "quality_quick" if args.quick else "quality"
     if args.merge:
         names = [n for n in STUDIES if not args.only or n in args.only]
         return _merge(args, names, time.perf_counter(), list(os.getloadavg()), False)

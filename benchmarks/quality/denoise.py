@@ -5,8 +5,33 @@ Each corruption (Gaussian sigma 0.3 and 0.5 clipped to [0, 1], salt-and-pepper 1
 noisy images. The DAE is trained with the corruption it is tested on (one noise-matched DAE
 per corruption); the plain AE and PCA are fit on clean images. Both AEs are 784-512-128 with a
 mirrored decoder and sigmoid output, trained with MSE on the first ``denoise_train`` training
-images, Adam at lr 2e-3 then one epoch at 2e-4. Seeds change model initialisation, shuffling
-and the training corruption; the test corruption is fixed (generator seed 1234).
+images (all 60,000 in the default run) for ``denoise_epochs`` (5) epochs at Adam lr 2e-3, then
+one epoch at 2e-4. Seeds change model initialisation, shuffling and the training corruption;
+the test corruption is fixed (generator seed 1234).
+
+The recipe was chosen on a validation split of the training images (train on the first 55,000,
+PSNR on the last 5,000 with a fixed corruption; the test split was not used), seed 0, for
+salt-and-pepper 10% (3x3 median filter on the same images: 20.06 dB):
+
+    ============================================  ========  ==========
+    DAE candidate (MSE unless noted)              val PSNR  train time
+    ============================================  ========  ==========
+    784-512-128, 30,000 images, 4+1 epochs        19.90 dB  20 s
+    784-512-128, 55,000 images, 4+1 epochs        20.71 dB  32 s
+    same, BCE loss                                20.60 dB  36 s
+    784-512-256, 55,000 images, 4+1 epochs        20.75 dB  35 s
+    784-768-128, 55,000 images, 5+1 epochs        21.19 dB  48 s
+    784-1024-128, 55,000 images, 4+1 epochs       21.11 dB  58 s
+    784-1024-512-128, 55,000 images, 4+1 epochs   19.73 dB  87 s
+    784-512-128, 55,000 images, 5+1 epochs        20.96 dB  40 s
+    784-512-128, 55,000 images, 7+1 epochs        21.29 dB  51 s
+    ============================================  ========  ==========
+
+The 30,000-image models were under-trained (more images and epochs help more than width).
+5+1 epochs at 784-512-128 is the largest budget that keeps the default run under 30 minutes
+(25 models of 5 seeds); on the same validation images it also beats the best baseline for the
+other corruptions (Gaussian 0.3: 20.23 vs PCA 16.95 dB; Gaussian 0.5: 18.85 vs PCA 14.30 dB;
+masking 25%: 20.65 vs PCA 16.34 dB). The plain AE gets the same architecture and budget.
 """
 
 from __future__ import annotations
