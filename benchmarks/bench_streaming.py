@@ -799,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.getLogger("kafka").setLevel(logging.ERROR)
     q = args.quick
-    beam_n, beam_repeats = (20_000, 2) if q else (50_000, 3)
+    beam_n, beam_repeats = (20_000, 2) if q else (50_000, 5)
     cons_n, cons_repeats = (20_000, 1) if q else (50_000, 3)
     lat_s, prism_s = (30.0, 20.0) if q else (300.0, 60.0)
 

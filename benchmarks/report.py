@@ -423,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     for path in sorted(RESULTS.glob("*.json")):
+        if path.stem.endswith("_quick"):  # smoke runs (make bench-quick): not figures to quote
+            continue
         data = json.loads(path.read_text())
         if data.get("benchmark") == "quality":
             lines += quality_section(data, plt, path.stem)
