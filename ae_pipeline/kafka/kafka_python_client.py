@@ -212,6 +212,10 @@ class Producer(KafkaProducerClient):
             self._producer.close(timeout=5)
 
     def abort(self) -> None:
+        sender = getattr(self._producer, "_sender", None)  # kafka-python's I/O thread
         with scrubbed_errors(self._config, "abort"):
-            self._producer.close(timeout=0)  # unsent batches are failed, not sent
+            if sender is not None:
+                sender.force_close()  # fails the unsent batches instead of sending them
+            with contextlib.suppress(KafkaTimeoutError):  # close() flushes first
+                self._producer.close(timeout=0)
         self._pending = []

@@ -137,3 +137,26 @@ def test_next_offsets_is_one_past_the_highest_offset_per_partition():
     records = [KafkaRecord("a", p, o, -1, None, b"") for p, o in ((0, 4), (1, 9), (0, 6), (0, 5))]
     assert next_offsets(records) == {TopicPartition("a", 0): 7, TopicPartition("a", 1): 10}
     assert next_offsets([]) == {}
+
+
+def test_abort_drops_the_producer_without_waiting(client, kafka_config, new_topic):
+    """``abort`` (used before a bundle is sent again by a new producer) returns at once with
+    records still queued, and never delivers a record twice by itself."""
+    topic = new_topic(partitions=1)
+    producer = create_producer(kafka_config, client)
+    producer.send(topic, b"first")
+    assert producer.flush(30) == 1
+    for i in range(2000):
+        producer.send(topic, b"%d" % i)
+    started = time.monotonic()
+    producer.abort()
+    assert time.monotonic() - started < 5
+    with create_producer(kafka_config, client) as again:
+        again.send(topic, b"last")
+        assert again.flush(30) == 1
+    with create_consumer(kafka_config, client) as consumer:
+        consumer.assign({TopicPartition(topic, 0): 0})
+        values = [r.value for r in _drain(consumer, 2, timeout_s=5)]
+        values += [r.value for r in _drain(consumer, 10_000, timeout_s=2)]
+    assert values[0] == b"first" and b"last" in values
+    assert len(values) == len(set(values)) <= 2002  # aborted records: at most once
