@@ -56,3 +56,33 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_configure(config):
     # `import apache_beam` installs a root handler at WARNING; keep test logs readable.
     logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def pytest_unconfigure(config):
+    """At exit, the SDK worker threads that LOOPBACK jobs (Prism, Flink) left behind lose their
+    job servers as those shut down: their gRPC streams end with UNAVAILABLE ("Socket closed"),
+    and their Kafka clients lose the broker: expected then, not test failures. Registered
+    now, the quieting runs before the exit handlers that stop the job servers (atexit runs
+    last in, first out) and after pytest has restored its own thread-exception hook. Other
+    thread exceptions are still printed."""
+    import atexit
+
+    atexit.register(_quiet_worker_shutdown)
+
+
+def _quiet_worker_shutdown() -> None:
+    import threading
+
+    logging.raiseExceptions = False  # no "--- Logging error ---" for writes to closed streams
+    # ... and Kafka clients those workers still hold retry the broker the session stopped.
+    for name in ("apache_beam.runners.worker", "kafka"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    previous = threading.excepthook
+
+    def hook(args):
+        code = getattr(args.exc_value, "code", None)
+        unavailable = callable(code) and getattr(code(), "name", "") == "UNAVAILABLE"
+        if not unavailable:
+            previous(args)
+
+    threading.excepthook = hook
