@@ -350,10 +350,9 @@ def decode_records(
                 has_key = key_column is not None
                 rows.append(values[:dim])
                 index.append(i)
-                keys.append(values[dim] if has_key else None)
-                parsed.append(
-                    dict(zip(fields, values[dim + has_key :], strict=True)) if fields else None
-                )
+                keys.append(_as_orjson(values[dim]) if has_key else None)
+                extra = map(_as_orjson, values[dim + has_key :])
+                parsed.append(dict(zip(fields, extra, strict=True)) if fields else None)
                 continue
         if pick is not None and type(obj) is bytes:
             # Fast path for the common case: JSON bytes of an object with every feature a plain
@@ -433,6 +432,14 @@ def decode_records(
 _astuple = msgspec.structs.astuple
 
 
+def _as_orjson(value: Any) -> Any:
+    """A key or passed-through value as the checked path (orjson) reads it: an integer beyond
+    64 bits becomes a float there, while msgspec keeps it exact."""
+    if type(value) is int and not -(2**63) <= value <= 2**64 - 1:
+        return float(value)
+    return value
+
+
 def _typed_batch(decoded: list[tuple], spec: FeatureSpec, fields: tuple[str, ...]) -> DecodedBatch:
     """A :class:`DecodedBatch` of records that all took the typed path."""
     dim = spec.dim
@@ -440,11 +447,15 @@ def _typed_batch(decoded: list[tuple], spec: FeatureSpec, fields: tuple[str, ...
     has_key = spec.key_column is not None
     if has_key or fields:
         rows: list = [r[:dim] for r in decoded]
-        keys = [r[dim] for r in decoded] if has_key else [None] * n
+        keys = [_as_orjson(r[dim]) for r in decoded] if has_key else [None] * n
     else:
         rows, keys = decoded, [None] * n
     first = dim + has_key
-    parsed = [dict(zip(fields, r[first:], strict=True)) for r in decoded] if fields else [None] * n
+    parsed = (
+        [dict(zip(fields, map(_as_orjson, r[first:]), strict=True)) for r in decoded]
+        if fields
+        else [None] * n
+    )
     return _to_batch(rows, list(range(n)), keys, parsed, [], spec)
 
 

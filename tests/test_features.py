@@ -202,3 +202,16 @@ def test_scaler_refuses_bad_options():
         Scaler.fit("robust", ColumnStats.of(np.ones((2, 2))))
     with pytest.raises(ValueError, match="non-zero"):
         Scaler.from_dict({"kind": "standard", "offset": [0.0], "scale": [0.0]})
+
+
+@pytest.mark.parametrize("big", [-(2**63) - 1, 2**64, 2**64 - 1, -(2**63)])
+def test_typed_path_reads_integers_beyond_64_bits_like_the_checked_path(big):
+    """orjson (the checked path) reads an integer beyond 64 bits as a float; the typed path
+    gives keys and passed-through fields the same value, alone or in a batch that falls back."""
+    spec = FeatureSpec(columns=["a"], key_column="id")
+    records = [json.dumps({"a": i, "id": big, "z": big}).encode() for i in range(2)]
+    checked = decode_records([r.decode() for r in records], spec)
+    for batch in (records, [*records, b"bad"]):
+        typed = decode_records(batch, spec, fields=("z",))
+        assert [repr(k) for k in typed.keys] == [repr(k) for k in checked.keys]
+        assert [repr(r["z"]) for r in typed.records] == [repr(r["z"]) for r in checked.records]
