@@ -52,6 +52,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -220,6 +221,9 @@ def _coordinates(source: Any) -> dict[str, Any]:
     if ts is not None:
         out["timestamp_ms"] = ts
     return out
+
+
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 
 
 def _drop_unscalable(batch: DecodedBatch, scaler: Scaler) -> DecodedBatch:
@@ -468,47 +472,29 @@ class ServingModel:
         keys, extras = self._keys_and_extras(batch, sources, passthrough)
         version = self.version
         # One dict display per result (sized once): the hot path of every scoring step.
+        # ``extras`` (coordinates, passthrough fields) are empty dicts for bare records.
         if mode == "encode":
-            rows = zip(keys, scores["latent"].tolist(), strict=True)
-            if extras is None:
-                return [{"key": k, "model_version": version, "latent": z} for k, z in rows], dead
+            rows = zip(keys, extras, scores["latent"].tolist(), strict=True)
             return [
-                {"key": k, "model_version": version, **e, "latent": z}
-                for (k, z), e in zip(rows, extras, strict=True)
+                {"key": k, "model_version": version, **e, "latent": z} for k, e, z in rows
             ], dead
         if mode == "denoise":
             names = self.feature_names
             recon = scores["reconstruction"].tolist()
             values_out = [dict(zip(names, r, strict=True)) for r in recon] if names else recon
-            rows = zip(keys, values_out, strict=True)
-            if extras is None:
-                return [
-                    {"key": k, "model_version": version, "reconstruction": r} for k, r in rows
-                ], dead
+            rows = zip(keys, extras, values_out, strict=True)
             return [
-                {"key": k, "model_version": version, **e, "reconstruction": r}
-                for (k, r), e in zip(rows, extras, strict=True)
+                {"key": k, "model_version": version, **e, "reconstruction": r} for k, e, r in rows
             ], dead
         threshold = float(self.threshold)  # type: ignore[arg-type]
         rows = zip(
             keys,
+            extras,
             scores["score"].tolist(),
             scores["is_anomaly"].tolist(),
             *self._top_contributions(scores["contributions"]),
             strict=True,
         )
-        if extras is None:
-            return [
-                {
-                    "key": k,
-                    "model_version": version,
-                    "score": s,
-                    "threshold": threshold,
-                    "is_anomaly": a,
-                    "contributions": dict(zip(n, c, strict=True)),
-                }
-                for k, s, a, n, c in rows
-            ], dead
         return [
             {
                 "key": k,
@@ -519,20 +505,22 @@ class ServingModel:
                 "is_anomaly": a,
                 "contributions": dict(zip(n, c, strict=True)),
             }
-            for (k, s, a, n, c), e in zip(rows, extras, strict=True)
+            for k, e, s, a, n, c in rows
         ], dead
 
     @staticmethod
     def _keys_and_extras(
         batch: DecodedBatch, sources: Sequence[Any], passthrough: Sequence[str]
-    ) -> tuple[list[Any], list[dict[str, Any]] | None]:
+    ) -> tuple[list[Any], list[dict[str, Any]]]:
         """Each scored record's key (the record's key field, else the Kafka key) and the fields
         that follow ``model_version`` in its result: Kafka coordinates, then the passthrough
-        fields (``None`` when no record has any)."""
+        fields (one shared, read-only empty dict per record when no record has any)."""
         keys = batch.keys
         chosen = [sources[i] for i in batch.index]
         if all(source is None for source in chosen):
-            extras = None
+            if not passthrough:
+                return keys, [_NO_FIELDS] * len(chosen)
+            extras = [{} for _ in chosen]
         else:
             keys = [
                 _key_text(source.key) if key is None and source is not None else key
@@ -540,7 +528,6 @@ class ServingModel:
             ]
             extras = [_coordinates(source) for source in chosen]
         if passthrough:
-            extras = extras or [{} for _ in chosen]
             for extra, record in zip(extras, batch.records, strict=True):
                 extra.update({f: _json_safe(record.get(f)) for f in passthrough})
         return keys, extras
