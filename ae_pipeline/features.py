@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -295,7 +296,9 @@ def _typed_decoder(
         specs.append(("k", Any, None))
     specs += [(f"p{j}", Any, None) for j in range(len(fields))]
     rename = {spec[0]: name for spec, name in zip(specs, names, strict=True)}
-    struct = msgspec.defstruct("Record", specs, kw_only=True, rename=rename)
+    # gc=False: one object fewer per record for the garbage collector to count and traverse
+    # (a decoded record holds JSON values only, so it cannot be part of a reference cycle).
+    struct = msgspec.defstruct("Record", specs, kw_only=True, rename=rename, gc=False)
     return msgspec.json.Decoder(struct).decode
 
 
@@ -337,7 +340,7 @@ def decode_records(
         objs = objs if isinstance(objs, (list, tuple)) else list(objs)
         try:
             if all(map(bytes.isascii, objs)):
-                return _typed_batch(list(map(_astuple, map(typed, objs))), spec, fields)
+                return _typed_batch(list(map(typed, objs)), spec, fields)
         except (msgspec.DecodeError, TypeError):  # TypeError: not bytes
             pass
     for i, obj in enumerate(objs):
@@ -440,38 +443,72 @@ def _as_orjson(value: Any) -> Any:
     return value
 
 
-def _typed_batch(decoded: list[tuple], spec: FeatureSpec, fields: tuple[str, ...]) -> DecodedBatch:
-    """A :class:`DecodedBatch` of records that all took the typed path."""
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+
+def _as_orjson_all(values: list[Any]) -> list[Any]:
+    """:func:`_as_orjson` of each value; C-speed checks when no integer is out of range."""
+    kinds = set(map(type, values))
+    if int not in kinds:
+        return values
+    ints = values if len(kinds) == 1 else [v for v in values if type(v) is int]
+    if min(ints) >= _INT64_MIN and max(ints) <= _UINT64_MAX:
+        return values
+    return list(map(_as_orjson, values))
+
+
+_KEY = operator.attrgetter("k")  # the key field of a typed record (see _typed_decoder)
+
+
+def _typed_batch(structs: list[Any], spec: FeatureSpec, fields: tuple[str, ...]) -> DecodedBatch:
+    """A :class:`DecodedBatch` of records that all took the typed path (``structs``: what the
+    decoder of :func:`_typed_decoder` returned for each)."""
     dim = spec.dim
-    n = len(decoded)
+    n = len(structs)
     has_key = spec.key_column is not None
-    if has_key or fields:
-        rows: list = [r[:dim] for r in decoded]
-        keys = [_as_orjson(r[dim]) for r in decoded] if has_key else [None] * n
-    else:
-        rows, keys = decoded, [None] * n
+    keys = _as_orjson_all(list(map(_KEY, structs))) if has_key else [None] * n
+    width = dim + has_key + len(fields)
+    try:
+        # Every value of every record as float64 in one C loop, then the feature columns. The
+        # records' tuples are made one at a time and freed at once: none of them is alive when
+        # the garbage collector runs (the structs are not tracked by it).
+        wide = np.fromiter(
+            itertools.chain.from_iterable(map(_astuple, structs)), np.float64, n * width
+        )
+        wide = wide.reshape(n, width)[:, :dim]
+    except (TypeError, ValueError, OverflowError):  # a key or field is no number: features only
+        rows = [_astuple(r)[:dim] for r in structs]
+        wide = np.array(rows, dtype=np.float64).reshape(n, dim)
     first = dim + has_key
     parsed = (
-        [dict(zip(fields, map(_as_orjson, r[first:]), strict=True)) for r in decoded]
+        [dict(zip(fields, map(_as_orjson, _astuple(r)[first:]), strict=True)) for r in structs]
         if fields
         else [None] * n
     )
-    return _to_batch(rows, list(range(n)), keys, parsed, [], spec)
+    return _to_batch(wide, list(range(n)), keys, parsed, [], spec)
 
 
 def _to_batch(
-    rows: list, index: list[int], keys: list, parsed: list, errors: list[RecordError], spec
+    rows: list | np.ndarray,
+    index: list[int],
+    keys: list,
+    parsed: list,
+    errors: list[RecordError],
+    spec,
 ) -> DecodedBatch:
-    """Rows of plain numbers to the float32 matrix, moving non-finite or out-of-float32-range
-    rows to ``errors`` (sorted by index)."""
+    """Rows of plain numbers (or their float64 matrix) to the float32 matrix, moving
+    non-finite or out-of-float32-range rows to ``errors`` (sorted by index)."""
     dim = spec.dim
     # One conversion for the whole batch, then vectorised finiteness / range checks.
-    try:
-        wide = np.array(rows, dtype=np.float64).reshape(len(rows), dim)
-    except OverflowError:  # an int beyond float64: find it row by row
-        wide = np.array(
-            [[_float_or_inf(v) for v in row] for row in rows], dtype=np.float64
-        ).reshape(len(rows), dim)
+    if isinstance(rows, np.ndarray):
+        wide = rows
+    else:
+        try:
+            wide = np.array(rows, dtype=np.float64).reshape(len(rows), dim)
+        except OverflowError:  # an int beyond float64: find it row by row
+            wide = np.array(
+                [[_float_or_inf(v) for v in row] for row in rows], dtype=np.float64
+            ).reshape(len(rows), dim)
     with np.errstate(over="ignore", invalid="ignore"):
         bad_rows = ~np.isfinite(wide).all(axis=1) | (
             np.abs(wide).max(axis=1, initial=0.0) > np.finfo(np.float32).max

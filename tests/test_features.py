@@ -215,3 +215,29 @@ def test_typed_path_reads_integers_beyond_64_bits_like_the_checked_path(big):
         typed = decode_records(batch, spec, fields=("z",))
         assert [repr(k) for k in typed.keys] == [repr(k) for k in checked.keys]
         assert [repr(r["z"]) for r in typed.records] == [repr(r["z"]) for r in checked.records]
+
+
+@pytest.mark.parametrize(
+    "keys, tags",
+    [
+        ([1, 2**64, "k", None, 2.5, -(2**63) - 1], [1, 2, 3, 4, 5, 6]),  # mixed keys, one big
+        ([1, 2, 3, 4, 5, 6], ["x", None, [1], {"a": 1}, True, 2**70]),  # fields not numbers
+        ([2**63, -(2**63), 7, 8, 9, 10], [0.5, 1, 2, 3, 4, 5]),  # all numbers, at the limits
+    ],
+)
+def test_typed_batch_keys_and_fields_equal_the_checked_path(keys, tags):
+    """A batch that takes the typed path whole (its features read in one C loop, falling back
+    to per-record slices when a key or field is no number) reads keys and passed-through
+    fields as the checked path does."""
+    spec = FeatureSpec(columns=["a", "b"], key_column="id")
+    records = [
+        json.dumps({"a": i, "b": -i / 3, "id": k, "tag": t}).encode()
+        for i, (k, t) in enumerate(zip(keys, tags, strict=True))
+    ]
+    typed = decode_records(records, spec, fields=("tag",))
+    checked = decode_records([r.decode() for r in records], spec)
+    assert not typed.errors and typed.index == list(range(len(records)))
+    np.testing.assert_array_equal(typed.matrix, checked.matrix)
+    assert typed.matrix.flags.c_contiguous and typed.matrix.dtype == np.float32
+    assert [repr(k) for k in typed.keys] == [repr(k) for k in checked.keys]
+    assert [repr(r["tag"]) for r in typed.records] == [repr(r["tag"]) for r in checked.records]
