@@ -51,7 +51,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -146,6 +146,9 @@ def as_inputs(elements: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     bytes and for ``ae_pipeline.kafka.KafkaRecord`` (what the consumer and
     ``ReadKafkaRecords`` score), which serves as its own source: it has the attributes of a
     :class:`Source` (a negative ``timestamp_ms`` means none)."""
+    kinds = set(map(type, elements))
+    if kinds == {bytes}:  # bare JSON values only: no per-element work
+        return list(elements), [None] * len(elements)
     records_module = sys.modules.get("ae_pipeline.kafka.records")  # no import: layering
     kafka_record = getattr(records_module, "KafkaRecord", None)
     values: list[Any] = []
@@ -312,6 +315,7 @@ class ServingModel:
         self.scorer = artifact.scorer(batch_size=batch_size)
         self.input_dim = artifact.input_dim
         self.feature_names: list[str] | None = list(spec.columns) or None
+        self._names_array: np.ndarray | None = None  # feature names as objects (contributions)
 
     @classmethod
     def load(
@@ -472,7 +476,9 @@ class ServingModel:
         keys, extras = self._keys_and_extras(batch, sources, passthrough)
         version = self.version
         # One dict display per result (sized once): the hot path of every scoring step.
-        # ``extras`` (coordinates, passthrough fields) are empty dicts for bare records.
+        # ``extras`` (coordinates, passthrough fields) are None for bare records.
+        if mode != "flag" and extras is None:
+            extras = [_NO_FIELDS] * len(keys)
         if mode == "encode":
             rows = zip(keys, extras, scores["latent"].tolist(), strict=True)
             return [
@@ -487,14 +493,24 @@ class ServingModel:
                 {"key": k, "model_version": version, **e, "reconstruction": r} for k, e, r in rows
             ], dead
         threshold = float(self.threshold)  # type: ignore[arg-type]
-        rows = zip(
-            keys,
-            extras,
+        columns = (
             scores["score"].tolist(),
             scores["is_anomaly"].tolist(),
             *self._top_contributions(scores["contributions"]),
-            strict=True,
         )
+        if extras is None:  # bare records: the same dicts without merging empty extras
+            return [
+                {
+                    "key": k,
+                    "model_version": version,
+                    "score": s,
+                    "threshold": threshold,
+                    "is_anomaly": a,
+                    "contributions": dict(zip(n, c)),  # noqa: B905 (equal by construction)
+                }
+                for k, s, a, n, c in zip(keys, *columns, strict=True)
+            ], dead
+        rows = zip(keys, extras, *columns, strict=True)
         return [
             {
                 "key": k,
@@ -503,7 +519,7 @@ class ServingModel:
                 "score": s,
                 "threshold": threshold,
                 "is_anomaly": a,
-                "contributions": dict(zip(n, c, strict=True)),
+                "contributions": dict(zip(n, c)),  # noqa: B905 (equal by construction)
             }
             for k, e, s, a, n, c in rows
         ], dead
@@ -511,17 +527,22 @@ class ServingModel:
     @staticmethod
     def _keys_and_extras(
         batch: DecodedBatch, sources: Sequence[Any], passthrough: Sequence[str]
-    ) -> tuple[list[Any], list[dict[str, Any]]]:
+    ) -> tuple[list[Any], list[dict[str, Any]] | None]:
         """Each scored record's key (the record's key field, else the Kafka key) and the fields
         that follow ``model_version`` in its result: Kafka coordinates, then the passthrough
-        fields (one shared, read-only empty dict per record when no record has any)."""
+        fields (None when no record has any)."""
         keys = batch.keys
-        chosen = [sources[i] for i in batch.index]
-        if all(source is None for source in chosen):
+        if (  # bare records only (a C-speed check for the lists the callers pass)
+            sources.count(None) == len(sources)
+            if isinstance(sources, (list, tuple))
+            else all(source is None for source in sources)
+        ):
             if not passthrough:
-                return keys, [_NO_FIELDS] * len(chosen)
+                return keys, None
+            chosen: list[Any] = [None] * len(keys)
             extras = [{} for _ in chosen]
         else:
+            chosen = [sources[i] for i in batch.index]
             keys = [
                 _key_text(source.key) if key is None and source is not None else key
                 for key, source in zip(keys, chosen, strict=True)
@@ -549,9 +570,9 @@ class ServingModel:
             scores[np.asarray(batch.index)] = error
         return scores, reasons
 
-    def _top_contributions(self, contributions: np.ndarray) -> tuple[list, list]:
+    def _top_contributions(self, contributions: np.ndarray) -> tuple[Iterator, Iterator]:
         """Per row, the names and values of the ``top_k`` largest per-feature contributions,
-        largest first."""
+        largest first (two iterators of tuples, one per row)."""
         dim = contributions.shape[1]
         k = dim if self.top_k is None else min(self.top_k, dim)
         if k < dim:
@@ -560,9 +581,17 @@ class ServingModel:
             top = np.take_along_axis(top, order, axis=1)
         else:
             top = np.argsort(-contributions, axis=1, kind="stable")
-        values = np.take_along_axis(contributions, top, axis=1).tolist()
-        names = np.asarray(self.feature_names or [str(j) for j in range(dim)], dtype=object)
-        return names[top].tolist(), values
+        values = np.take_along_axis(contributions, top, axis=1).ravel().tolist()
+        names = self._names_array
+        if names is None or len(names) != dim:
+            names = np.asarray(self.feature_names or [str(j) for j in range(dim)], dtype=object)
+            self._names_array = names
+        # Rows as tuples made one at a time from flat lists (one list of names, one of values):
+        # no per-row list stays alive for the garbage collector to count and traverse.
+        if k == 0:
+            return iter([()] * len(contributions)), iter([()] * len(contributions))
+        flat_names = names[top].ravel().tolist()
+        return zip(*[iter(flat_names)] * k), zip(*[iter(values)] * k)  # noqa: B905
 
 
 def check_mode(mode: str) -> str:

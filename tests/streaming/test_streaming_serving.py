@@ -140,6 +140,25 @@ def test_contributions_sum_to_error_times_width_and_are_sorted(model, version_di
     top2 = ServingModel.load(version_dir, device="cpu", top_k=2)
     short, _ = top2.score_records(records[:1], "flag")
     assert list(short[0]["contributions"].items()) == list(results[0]["contributions"].items())[:2]
+    none = ServingModel.load(version_dir, device="cpu", top_k=0)
+    empty, _ = none.score_records(records, "flag")
+    assert [r["contributions"] for r in empty] == [{}] * len(records)
+    assert [r["score"] for r in empty] == [r["score"] for r in results]
+
+
+def test_flag_results_have_the_same_fields_in_the_same_order_with_or_without_sources(model):
+    """Bare records take a result comprehension of their own (no extras to merge): the same
+    fields, in the same order, as records with Kafka coordinates less those."""
+    records = [kit.record(i, r) for i, r in enumerate(kit.normal_rows(20))]
+    bare, _ = model.score_records(records, "flag")
+    sources = [Source("t", 0, i, None, 5) for i in range(len(records))]
+    kafka, _ = model.score_records(records, "flag", sources=sources)
+    fields = ["key", "model_version", "score", "threshold", "is_anomaly", "contributions"]
+    assert [list(r) for r in bare] == [fields] * len(records)
+    coordinates = ["topic", "partition", "offset", "timestamp_ms"]
+    assert [list(r) for r in kafka] == [[*fields[:2], *coordinates, *fields[2:]]] * len(records)
+    for b, k in zip(bare, kafka, strict=True):
+        assert {f: k[f] for f in fields} == b
 
 
 def test_denoise_returns_original_units(model, trained):
