@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -155,7 +156,7 @@ class ScoreBatchesFn(beam.DoFn):
 
     def process(self, batch: Any) -> Iterator[Any]:
         items = batch if isinstance(batch, list) else [batch]
-        if any(isinstance(item, list) for item in items):  # a list of lists: flatten
+        if any(issubclass(kind, list) for kind in set(map(type, items))):  # lists: flatten
             items = [i for item in items for i in (item if isinstance(item, list) else [item])]
         if not items:
             return
@@ -186,7 +187,7 @@ class ScoreBatchesFn(beam.DoFn):
         self._batch_sizes.update(len(values))
         self._results.inc(len(results))
         if self._mode == "flag":
-            self._anomalies.inc(sum(1 for r in results if r["is_anomaly"]))
+            self._anomalies.inc(sum(map(_IS_ANOMALY, results)))
         if dead:
             self._dead.inc(len(dead))
             for letter in dead:
@@ -246,6 +247,7 @@ class BatchAndScoreFn(ScoreBatchesFn):
         return out
 
 
+_IS_ANOMALY = operator.itemgetter("is_anomaly")
 _END_OF_GLOBAL_WINDOW = GlobalWindow().max_timestamp()
 _GLOBAL_WINDOWS = (GlobalWindow(),)
 
