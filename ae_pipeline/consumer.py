@@ -12,6 +12,11 @@ uncommitted batches (duplicates, never losses); results carry the input
 ``topic``/``partition``/``offset`` so that consumers downstream can count or drop duplicates.
 Run N processes with the same group id to scale out (up to the number of partitions).
 
+With ``scoring_process=True`` (``--scoring_process``) the scoring runs in a child process
+(:class:`~ae_pipeline.scoring_process.ScoringProcess`): batch ``k + 1`` is scored there while this
+process produces batch ``k`` and commits batch ``k - 1``. It pays where a core is spare beside
+the Kafka client's threads; ``benchmarks/bench_streaming.py`` measures both ways.
+
 SIGTERM / SIGINT (after :meth:`ScoringConsumer.install_signal_handlers`) stop it gracefully:
 the batch in hand is finished, flushed and committed, then the consumer leaves its group. With
 a model root it hot-reloads: a :class:`~ae_pipeline.serving.ModelWatcher` swaps to a newly
@@ -35,9 +40,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -53,14 +59,13 @@ from ae_pipeline.kafka import (
     create_producer,
     next_offsets,
 )
-from ae_pipeline.serving import (
-    FixedModel,
-    ModelWatcher,
-    NoModelError,
-    check_mode,
-    open_model,
-    to_messages,
+from ae_pipeline.scoring_process import (
+    InlineScorer,
+    ScoredBatch,
+    ScoringProcess,
+    ScoringProcessError,
 )
+from ae_pipeline.serving import NoModelError, check_mode
 
 _log = logging.getLogger(__name__)
 
@@ -128,6 +133,9 @@ class ScoringConsumer:
         top_k: per-feature contributions in ``flag`` results (None: all).
         passthrough: record fields copied into each result.
         wait_for_model_s: at start, wait this long for a first published version.
+        scoring_process: score in a child process
+            (:class:`~ae_pipeline.scoring_process.ScoringProcess`), so that scoring overlaps
+            the Kafka I/O on another core; default: in this process.
         consumer: an already built consumer client (tests); default: built from ``config``.
         producer: an already built producer client (tests).
     """
@@ -152,6 +160,7 @@ class ScoringConsumer:
         top_k: int | None = 5,
         passthrough: tuple[str, ...] = (),
         wait_for_model_s: float = 0.0,
+        scoring_process: bool = False,
         consumer: KafkaConsumerClient | None = None,
         producer: KafkaProducerClient | None = None,
     ) -> None:
@@ -180,7 +189,8 @@ class ScoringConsumer:
         self.wait_for_model_s = wait_for_model_s
         self._consumer = consumer
         self._producer = producer
-        self._model: FixedModel | ModelWatcher | None = None
+        self.scoring_process = scoring_process
+        self._scorer: InlineScorer | ScoringProcess | None = None
         self._written: dict[TopicPartition, int] = {}  # offsets whose outputs are acknowledged
         self._sync_commit_failures = 0
         self._stop = threading.Event()
@@ -206,18 +216,25 @@ class ScoringConsumer:
 
     # ------------------------------------------------------------------ loop
 
-    def _open_model(self) -> FixedModel | ModelWatcher:
-        provider = open_model(**self._model_args)
+    def _open_scorer(self) -> InlineScorer | ScoringProcess:
+        """The scorer, with its model loaded (waiting up to ``wait_for_model_s`` for a first
+        published version)."""
+        kind = ScoringProcess if self.scoring_process else InlineScorer
+        scorer = kind(self._model_args, mode=self.mode, passthrough=self.passthrough)
         deadline = time.monotonic() + self.wait_for_model_s
-        while True:
-            try:
-                provider.current()
-                return provider
-            except NoModelError:
-                if time.monotonic() >= deadline or self._stop.is_set():
-                    raise
-                _log.info("waiting for a model version under %s", self._model_args["root"])
-                self._stop.wait(min(5.0, max(0.1, deadline - time.monotonic())))
+        try:
+            while True:
+                try:
+                    self.stats.model_version = scorer.open()
+                    return scorer
+                except NoModelError:
+                    if time.monotonic() >= deadline or self._stop.is_set():
+                        raise
+                    _log.info("waiting for a model version under %s", self._model_args["root"])
+                    self._stop.wait(min(5.0, max(0.1, deadline - time.monotonic())))
+        except BaseException:
+            scorer.close()
+            raise
 
     def run(
         self, *, max_records: int | None = None, idle_timeout_s: float | None = None
@@ -234,30 +251,43 @@ class ScoringConsumer:
         Raises:
             ae_pipeline.kafka.DeliveryError: outputs could not be delivered; the batch was not
                 committed and will be replayed by the next consumer of its partitions.
+            ae_pipeline.scoring_process.ScoringProcessError: the scoring process failed or
+                died; nothing it held was committed.
         """
         start = time.monotonic()
-        self._model = self._model or self._open_model()
+        self._scorer = self._scorer or self._open_scorer()
+        scorer = self._scorer
         consumer = self._consumer or create_consumer(
             self.config, self.client, max_poll_records=self.max_batch
         )
         producer = self._producer or create_producer(self.config, self.client)
         _log.info(
-            "scoring %s -> %s (dead letters: %s), mode %s, group %s, client %s, model %s",
+            "scoring %s -> %s (dead letters: %s), mode %s, group %s, client %s, model %s, "
+            "scoring %s",
             self.input_topic,
             self.output_topic,
             self.dead_letter_topic,
             self.mode,
             self.config.group_id,
             self.client,
-            self._model.version,
+            self.stats.model_version,
+            "in a child process" if self.scoring_process else "inline",
         )
+        polled = self.stats.records_in
+        # Batches submitted to the scorer and not yet produced: their offsets, oldest first.
+        scoring: deque[dict[TopicPartition, int]] = deque()
+        in_flight: _Sent | None = None
         try:
             consumer.subscribe([self.input_topic])
             last_record = time.monotonic()
-            in_flight: _Sent | None = None
             while not self._stop.is_set():
-                records = consumer.poll(self.poll_timeout_s, self.max_batch)
+                # With a batch in the scorer, only take what is already buffered: waiting here
+                # would hold back that batch's outputs.
+                records = consumer.poll(0 if scoring else self.poll_timeout_s, self.max_batch)
                 if not records:
+                    if scoring:
+                        in_flight = self._drain(scoring, consumer, producer, in_flight)
+                        continue
                     # Idle: settle the batch in flight with a synchronous commit of every
                     # written offset (which also repairs a lost asynchronous commit).
                     self._confirm(in_flight, consumer, producer, final=True)
@@ -269,13 +299,25 @@ class ScoringConsumer:
                         break
                     continue
                 last_record = time.monotonic()
-                in_flight = self._process(records, consumer, producer, in_flight)
-                if max_records is not None and self.stats.records_in >= max_records:
+                scorer.submit(records)
+                scoring.append(next_offsets(records))
+                polled += len(records)
+                while len(scoring) > scorer.depth:
+                    in_flight = self._send(scoring.popleft(), consumer, producer, in_flight)
+                if max_records is not None and polled >= max_records:
                     self._stop_reason = "max_records"
                     break
+            in_flight = self._drain(scoring, consumer, producer, in_flight)
             self._confirm(in_flight, consumer, producer, final=True)
             in_flight = None
             self.stats.stopped_by = self._stop_reason
+        except BaseException:
+            # Batches still in the scorer are dropped uncommitted (replayed later); a scoring
+            # process that failed is started afresh by the next run().
+            if scoring or isinstance(sys.exc_info()[1], ScoringProcessError):
+                scorer.close()
+                self._scorer = None
+            raise
         finally:
             self.stats.seconds = time.monotonic() - start
             if self._consumer is None:
@@ -285,33 +327,48 @@ class ScoringConsumer:
         _log.info("consumer stopped (%s): %s", self.stats.stopped_by, self.stats.to_dict())
         return self.stats
 
-    def _process(
+    def close(self) -> None:
+        """Stops the scoring process, if any (``run`` can be called again before this)."""
+        if self._scorer is not None:
+            self._scorer.close()
+            self._scorer = None
+
+    def _drain(
         self,
-        records: list,
+        scoring: deque[dict[TopicPartition, int]],
+        consumer: KafkaConsumerClient,
+        producer: KafkaProducerClient,
+        in_flight: _Sent | None,
+    ) -> _Sent | None:
+        """Produces every batch still in the scorer."""
+        while scoring:
+            in_flight = self._send(scoring.popleft(), consumer, producer, in_flight)
+        return in_flight
+
+    def _send(
+        self,
+        offsets: dict[TopicPartition, int],
         consumer: KafkaConsumerClient,
         producer: KafkaProducerClient,
         in_flight: _Sent | None,
     ) -> _Sent:
-        """Scores ``records``, confirms the batch in flight, then sends this one's outputs."""
-        assert self._model is not None
-        model = self._model.current()
-        results, dead = model.score_records(records, self.mode, passthrough=self.passthrough)
-        outputs, letters = to_messages(results), to_messages(dead)
+        """Collects the oldest scored batch, confirms the batch in flight, then sends this
+        one's outputs."""
+        assert self._scorer is not None
+        scored: ScoredBatch = self._scorer.collect()
         self._confirm(in_flight, consumer, producer)
-        producer.send_many(self.output_topic, outputs)
-        if letters:
-            producer.send_many(self.dead_letter_topic, letters)
-        offsets = next_offsets(records)
+        producer.send_many(self.output_topic, scored.outputs)
+        if scored.letters:
+            producer.send_many(self.dead_letter_topic, scored.letters)
         stats = self.stats
-        stats.records_in += len(records)
-        stats.results += len(results)
-        stats.dead_letters += len(dead)
-        for letter in dead:
-            stats.dead_letters_by_reason[letter["reason"]] += 1
-        if self.mode == "flag":
-            stats.anomalies += sum(1 for r in results if r["is_anomaly"])
-        stats.model_version = model.version
-        stats.model_swaps = self._model.swaps
+        stats.records_in += len(scored.outputs) + len(scored.letters)
+        stats.results += len(scored.outputs)
+        stats.dead_letters += len(scored.letters)
+        for reason in scored.dead_reasons:
+            stats.dead_letters_by_reason[reason] += 1
+        stats.anomalies += scored.anomalies
+        stats.model_version = scored.version
+        stats.model_swaps = scored.swaps
         return _Sent(offsets)
 
     def _confirm(

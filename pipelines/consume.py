@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="torch intra-op CPU threads (0: torch's default, one per core)",
     )
+    model.add_argument(
+        "--scoring_process",
+        action="store_true",
+        help="score in a child process, so that scoring overlaps the Kafka I/O on another core",
+    )
     model.add_argument("--top_k", type=int, default=5, help="contributions per flag (0: all)")
     model.add_argument("--passthrough", default="", help="comma list of fields to copy")
     run = parser.add_argument_group("run")
@@ -101,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         top_k=args.top_k or None,
         passthrough=tuple(f for f in args.passthrough.split(",") if f),
         wait_for_model_s=args.wait_for_model_s,
+        scoring_process=args.scoring_process,
     )
     consumer.install_signal_handlers()
-    stats = consumer.run(max_records=args.max_records, idle_timeout_s=args.idle_timeout_s)
+    try:
+        stats = consumer.run(max_records=args.max_records, idle_timeout_s=args.idle_timeout_s)
+    finally:
+        consumer.close()
     print(json.dumps(stats.to_dict()), flush=True)
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import uuid
@@ -30,9 +31,13 @@ def _coordinates(records) -> list[tuple[int, int]]:
     return [(d["partition"], d["offset"]) for d in decoded]
 
 
-@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+@pytest.mark.parametrize(
+    ("client", "scoring_process"),
+    [("kafka-python", False), ("confluent", False), ("confluent", True)],
+    ids=["kafka-python", "confluent", "confluent-scoring-process"],
+)
 def test_consumer_accounts_for_every_record_and_hot_reloads(
-    bootstrap_servers, tmp_path, trained, client
+    bootstrap_servers, tmp_path, trained, client, scoring_process
 ):
     if client == "confluent":
         pytest.importorskip("confluent_kafka")
@@ -53,6 +58,7 @@ def test_consumer_accounts_for_every_record_and_hot_reloads(
         device="cpu",
         client=client,
         max_batch=64,
+        scoring_process=scoring_process,
     )
     stats = consumer.run(max_records=len(values), idle_timeout_s=20)
     assert stats.records_in == len(values) == stats.results + stats.dead_letters
@@ -77,6 +83,7 @@ def test_consumer_accounts_for_every_record_and_hot_reloads(
     second = kit.publish(root, trained)
     kit.produce(bootstrap_servers, inp, values[:50])
     consumer.run(max_records=len(values) + 50, idle_timeout_s=20)
+    consumer.close()
     assert consumer.stats.model_version == second
     results = kit.read_records(bootstrap_servers, out)
     assert Counter(json.loads(r.value)["model_version"] for r in results)[second] == 50 - sum(
@@ -151,3 +158,67 @@ def test_consumer_process_sigterm_then_kill_9_then_restart_loses_nothing(
     print(f"kill -9 replayed {duplicates} duplicate outputs of {len(expected)} records")
     assert duplicates <= 25 * 2  # at most the batches in flight when killed
     assert committed_offsets({**config, "group.id": group}, inp) == ends
+
+
+def _scorer_children(pid: int) -> list[int]:
+    """Child processes of ``pid`` that run the scoring process module."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if ppid == pid and b"ae_pipeline.scoring_process" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the child through /proc")
+def test_consumer_process_with_scoring_process_drains_on_sigterm_and_leaves_no_orphan(
+    bootstrap_servers, tmp_path, trained
+):
+    root = str(tmp_path / "models")
+    kit.publish(root, trained)
+    inp, out, dlq = kit.new_topics(bootstrap_servers)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    values, _ = kit.records_with_poison(1000)
+    kit.produce(bootstrap_servers, inp, values)
+
+    # SIGTERM (to the whole process group, as a terminal's Ctrl-C or a service manager does):
+    # the child ignores it, the parent drains the batches in the child, commits, exits 0.
+    proc = _start(bootstrap_servers, root, inp, out, dlq, group, "--scoring_process")
+    _wait_for_outputs(bootstrap_servers, [out, dlq], 0, proc)
+    children = _scorer_children(proc.pid)
+    assert len(children) == 1
+    os.kill(children[0], signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    stats = kit.last_stats(stdout)
+    written = _written(bootstrap_servers, out, dlq)
+    committed = committed_offsets({"bootstrap.servers": bootstrap_servers, "group.id": group}, inp)
+    assert len(written) == stats["records_in"] == sum(v or 0 for v in committed.values())
+    assert kit.wait_until(lambda: _gone(children[0]), "the scoring process to exit", timeout_s=10)
+
+    # kill -9 of the parent: the child sees its pipe close and exits (no orphan left behind).
+    proc = _start(bootstrap_servers, root, inp, out, dlq, group, "--scoring_process")
+    kit.wait_until(
+        lambda: _scorer_children(proc.pid), "the scoring process", timeout_s=60, interval_s=0.1
+    )
+    child = _scorer_children(proc.pid)[0]
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert kit.wait_until(lambda: _gone(child), "the orphaned scorer to exit", timeout_s=20)

@@ -1,0 +1,422 @@
+"""Scoring batches of Kafka records into output messages, here or in a child process.
+
+The plain consumer (:class:`ae_pipeline.consumer.ScoringConsumer`) is one Python process: its
+Kafka I/O (polling, producing, waiting for acknowledgements) and its scoring (decoding JSON,
+the forward pass, building results, serialising them) take turns on one core, because they
+share the interpreter lock. :class:`ScoringProcess` moves the scoring to a child process (a
+fresh interpreter running this module: the parent's Kafka client threads must not be forked),
+so that, with a spare core, batch ``k + 1`` is scored while batch ``k``'s outputs are produced
+and committed.
+:class:`InlineScorer` scores in the calling thread, behind the same ``submit`` / ``collect``
+calls. Both return :class:`ScoredBatch` objects from :func:`score_batch`, so the outputs are the
+same messages either way.
+
+The child loads the model itself (a fixed version, or a
+:class:`~ae_pipeline.serving.ModelWatcher` that hot-reloads), and the two processes exchange
+only plain data over its stdin and stdout, as length-prefixed MessagePack frames (``msgspec``):
+record values and coordinates one way, message keys and values the other. Nothing is
+unpickled. The child ignores SIGINT and SIGTERM (the parent decides when to stop and drains its
+batches first) and exits when the parent closes the pipe or dies.
+
+Example:
+    >>> scorer = ScoringProcess(                                       # doctest: +SKIP
+    ...     {"version_dir": "/models/v1", "device": "cpu"}, mode="flag")
+    >>> scorer.open()                                                  # doctest: +SKIP
+    'v1'
+    >>> scorer.submit(records); batch = scorer.collect()               # doctest: +SKIP
+    >>> scorer.close()                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any
+
+import msgspec
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
+
+from ae_pipeline.serving import (
+    FixedModel,
+    ModelWatcher,
+    NoModelError,
+    Source,
+    check_mode,
+    open_model,
+    to_messages,
+)
+
+_log = logging.getLogger(__name__)
+
+Message = tuple[Any, bytes, Any]
+
+
+class ScoringProcessError(RuntimeError):
+    """The scoring child process failed or exited; the message says how. The batches it held
+    were not produced nor committed: they are replayed by the next consumer of the partitions."""
+
+
+@dataclass
+class ScoredBatch:
+    """The outputs of one batch of records.
+
+    Attributes:
+        outputs: ``(key, value, headers)`` result messages (:func:`ae_pipeline.serving.to_message`).
+        letters: the same for dead letters.
+        dead_reasons: each dead letter's reason, in order.
+        anomalies: results flagged anomalous (``flag`` mode).
+        version: the model version that scored the batch.
+        swaps: how many times the model provider has (re)loaded a model so far.
+    """
+
+    outputs: list[Message]
+    letters: list[Message]
+    dead_reasons: list[str] = field(default_factory=list)
+    anomalies: int = 0
+    version: str | None = None
+    swaps: int = 0
+
+
+def score_batch(
+    provider: FixedModel | ModelWatcher,
+    records: Sequence[Any],
+    mode: str,
+    passthrough: Sequence[str] = (),
+    sources: Sequence[Any] | None = None,
+) -> ScoredBatch:
+    """Scores ``records`` (Kafka records, or values with ``sources``) with the provider's
+    current model and turns the results and dead letters into messages."""
+    model = provider.current()
+    results, dead = model.score_records(records, mode, sources=sources, passthrough=passthrough)
+    anomalies = sum(1 for r in results if r["is_anomaly"]) if mode == "flag" else 0
+    return ScoredBatch(
+        to_messages(results),
+        to_messages(dead),
+        [d["reason"] for d in dead],
+        anomalies,
+        model.version,
+        provider.swaps,
+    )
+
+
+class InlineScorer:
+    """Scores each submitted batch at once, in the calling thread (``depth`` 0: collect each
+    batch right after submitting it)."""
+
+    depth = 0
+
+    def __init__(
+        self, model_args: dict[str, Any], *, mode: str, passthrough: Sequence[str] = ()
+    ) -> None:
+        self.model_args = dict(model_args)
+        self.mode = check_mode(mode)
+        self.passthrough = tuple(passthrough)
+        self.provider: FixedModel | ModelWatcher | None = None
+        self._done: deque[ScoredBatch] = deque()
+
+    def open(self) -> str | None:
+        """Loads the model (raises :class:`~ae_pipeline.serving.NoModelError` while none is
+        published); returns its version."""
+        if self.provider is None:
+            self.provider = open_model(**self.model_args)
+        return self.provider.current().version
+
+    def submit(self, records: Sequence[Any]) -> None:
+        assert self.provider is not None, "open() first"
+        self._done.append(score_batch(self.provider, records, self.mode, self.passthrough))
+
+    def collect(self) -> ScoredBatch:
+        return self._done.popleft()
+
+    @property
+    def pending(self) -> int:
+        return len(self._done)
+
+    def close(self) -> None:
+        self._done.clear()
+
+
+# ------------------------------------------------------------------------------ the child
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+_LENGTH = struct.Struct("!I")
+
+
+def _write_frame(stream: Any, payload: list[Any]) -> None:
+    data = _encode(payload)
+    stream.write(_LENGTH.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _widen_pipe(stream: Any, size: int = 1 << 20) -> None:
+    """Raises a pipe's capacity (Linux, up to ``/proc/sys/fs/pipe-max-size``; 1 MiB by
+    default) so that a batch's frame is written in one go: through a 64 KiB pipe, each chunk
+    waits for the reader's thread to get the interpreter lock (milliseconds per chunk)."""
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if setpipe is None:
+        return
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(stream.fileno(), setpipe, size)
+
+
+def _read_frame(stream: Any) -> list[Any]:
+    """The next frame; raises EOFError when the other end has closed the pipe."""
+    head = stream.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        raise EOFError("pipe closed")
+    size = _LENGTH.unpack(head)[0]
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("pipe closed in a frame")
+    return _decode(data)
+
+
+def _child_main() -> None:
+    """The child (``python -m ae_pipeline.scoring_process``): a settings frame, then ``open``
+    and ``score`` requests on stdin, replies on stdout in order, until stdin closes. Its own stdout
+    (prints, library chatter) goes to stderr, so that only frames travel on the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us, after draining
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    requests = os.fdopen(os.dup(0), "rb")
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    settings = _read_frame(requests)[1]
+    logging.basicConfig(
+        level=settings["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    model_args, mode, passthrough = settings["model"], settings["mode"], settings["passthrough"]
+    # A reader thread keeps stdin drained: the parent may be writing the next batch while this
+    # process writes a reply, and two processes each blocked on a full pipe would deadlock.
+    inbox: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while True:
+                inbox.put(_read_frame(requests))
+        except (EOFError, OSError):  # the parent closed the pipe or died
+            inbox.put(None)
+
+    threading.Thread(target=read, name="requests", daemon=True).start()
+    provider: FixedModel | ModelWatcher | None = None
+    while True:
+        request = inbox.get()
+        if request is None:
+            return
+        try:
+            if request[0] == "close":
+                return
+            if provider is None:
+                provider = open_model(**model_args)
+                # This process only scores: its long-lived objects (torch, the model) need not
+                # be traced by every collection the per-record result dicts trigger.
+                gc.freeze()
+            if request[0] == "open":
+                reply: list[Any] = ["ready", provider.current().version]
+            else:
+                _, values, topics, partitions, offsets, keys, timestamps = request
+                sources = list(map(Source, topics, partitions, offsets, keys, timestamps))
+                scored = score_batch(provider, values, mode, passthrough, sources=sources)
+                reply = [
+                    "scored",
+                    [m[0] for m in scored.outputs],
+                    [m[1] for m in scored.outputs],
+                    [m[0] for m in scored.letters],
+                    [m[1] for m in scored.letters],
+                    scored.dead_reasons,
+                    scored.anomalies,
+                    scored.version,
+                    scored.swaps,
+                ]
+        except NoModelError as err:
+            reply = ["no_model", str(err)]
+        except Exception as err:
+            reply = ["error", f"{type(err).__name__}: {err}", traceback.format_exc()]
+        try:
+            _write_frame(replies, reply)
+        except (BrokenPipeError, OSError):
+            return
+
+
+class ScoringProcess:
+    """Scores batches in a child process; see the module docstring.
+
+    :meth:`submit` sends a batch and returns at once; :meth:`collect` returns the oldest
+    submitted batch's :class:`ScoredBatch` (waiting for it). ``depth`` 1: the consumer keeps one
+    batch in the child while it produces the previous one.
+
+    Args:
+        model_args: :func:`ae_pipeline.serving.open_model` arguments (``version_dir`` or
+            ``root``, ``interval_s``, ``device``, ``top_k``, ``torch_threads``...).
+        mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+        passthrough: record fields copied into each result.
+    """
+
+    depth = 1
+
+    def __init__(
+        self, model_args: dict[str, Any], *, mode: str, passthrough: Sequence[str] = ()
+    ) -> None:
+        self.model_args = dict(model_args)
+        self.mode = check_mode(mode)
+        self.passthrough = list(passthrough)
+        self._process: subprocess.Popen | None = None
+        self._submitted = 0
+        self._headers: dict[tuple[str | None, str | None], list[tuple[str, bytes]]] = {}
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before it starts)."""
+        return self._process.pid if self._process is not None else None
+
+    def _start(self) -> subprocess.Popen:
+        # A fresh interpreter running this module (not multiprocessing's spawn, which would
+        # re-import the caller's __main__ in the child).
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ae_pipeline.scoring_process"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self._process = process
+        for stream in (process.stdin, process.stdout):
+            _widen_pipe(stream)
+        settings = {
+            "model": self.model_args,
+            "mode": self.mode,
+            "passthrough": self.passthrough,
+            "log_level": logging.getLogger().getEffectiveLevel(),
+        }
+        self._request(["settings", settings])
+        _log.info("scoring process started (pid %d)", process.pid)
+        return process
+
+    def _request(self, request: list[Any]) -> None:
+        process = self._process or self._start()
+        try:
+            _write_frame(process.stdin, request)
+        except (BrokenPipeError, OSError, ValueError) as err:
+            raise ScoringProcessError(self._died(f"cannot send to it ({err})")) from None
+
+    def _reply(self) -> list[Any]:
+        assert self._process is not None
+        try:
+            reply = _read_frame(self._process.stdout)
+        except (EOFError, OSError, ValueError):
+            raise ScoringProcessError(self._died("it closed the pipe")) from None
+        if reply[0] == "no_model":
+            raise NoModelError(reply[1])
+        if reply[0] == "error":
+            _log.error("scoring process failed:\n%s", reply[2])
+            raise ScoringProcessError(f"the scoring process failed: {reply[1]}")
+        return reply
+
+    def _died(self, what: str) -> str:
+        assert self._process is not None
+        try:
+            code = self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            code = None
+        return f"the scoring process exited unexpectedly (exit code {code}): {what}"
+
+    def open(self) -> str | None:
+        """Starts the child (once) and has it load the model; returns the version.
+
+        Raises:
+            NoModelError: nothing is published under the model root yet (ask again later).
+            ScoringProcessError: the child failed (e.g. the model is corrupt) or died.
+        """
+        self._request(["open"])
+        return self._reply()[1]
+
+    def submit(self, records: Sequence[Any]) -> None:
+        """Sends a batch of Kafka records (``KafkaRecord`` or anything with its attributes)."""
+        self._request(
+            [
+                "score",
+                [r.value for r in records],
+                [r.topic for r in records],
+                [r.partition for r in records],
+                [r.offset for r in records],
+                [r.key for r in records],
+                [r.timestamp_ms for r in records],
+            ]
+        )
+        self._submitted += 1
+
+    @property
+    def pending(self) -> int:
+        return self._submitted
+
+    def collect(self) -> ScoredBatch:
+        """The oldest submitted batch's outputs (waits for the child)."""
+        if not self._submitted:
+            raise RuntimeError("collect() without a submitted batch")
+        self._submitted -= 1
+        _, keys, values, dead_keys, dead_values, reasons, anomalies, version, swaps = self._reply()
+        headers = self._header(version, None)
+        outputs = list(zip(keys, values, repeat(headers, len(values)), strict=True))
+        letters = [
+            (k, v, self._header(version, reason))
+            for k, v, reason in zip(dead_keys, dead_values, reasons, strict=True)
+        ]
+        return ScoredBatch(outputs, letters, reasons, anomalies, version, swaps)
+
+    def _header(self, version: str | None, reason: str | None) -> list[tuple[str, bytes]]:
+        """The headers :func:`~ae_pipeline.serving.to_messages` gives (shared per version and
+        reason)."""
+        headers = self._headers.get((version, reason))
+        if headers is None:
+            headers = [("model_version", str(version or "").encode())]
+            if reason is not None:
+                headers.append(("reason", reason.encode()))
+            self._headers[(version, reason)] = headers
+        return headers
+
+    def close(self) -> None:
+        """Stops the child (after the batch it is scoring) and waits for it."""
+        process, self._process = self._process, None
+        self._submitted = 0
+        if process is None:
+            return
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            _write_frame(process.stdin, ["close"])
+        for stream in (process.stdin, process.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+__all__ = [
+    "InlineScorer",
+    "ScoredBatch",
+    "ScoringProcess",
+    "ScoringProcessError",
+    "score_batch",
+]
+
+if __name__ == "__main__":
+    _child_main()

@@ -1,0 +1,126 @@
+"""The consumer's scorers: the child scoring process gives the same messages as inline scoring,
+hot-reloads, refuses bad models with the child's reason, and fails loudly when the child dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import kit
+import pytest
+
+from ae_pipeline.kafka import KafkaRecord
+from ae_pipeline.scoring_process import InlineScorer, ScoringProcess, ScoringProcessError
+from ae_pipeline.serving import NoModelError
+
+
+def _records(values: list[bytes], start: int = 0) -> list[KafkaRecord]:
+    return [
+        KafkaRecord("events", i % 2, start + i, 1_700_000_000_000 + i, f"k{i}".encode(), v)
+        for i, v in enumerate(values)
+    ]
+
+
+@pytest.fixture
+def child(request):
+    made: list[ScoringProcess] = []
+
+    def make(model_args: dict, **kwargs) -> ScoringProcess:
+        scorer = ScoringProcess({"device": "cpu", **model_args}, **kwargs)
+        made.append(scorer)
+        return scorer
+
+    yield make
+    for scorer in made:
+        scorer.close()
+
+
+@pytest.mark.parametrize("mode", ["flag", "encode", "denoise"])
+def test_child_process_outputs_equal_inline_outputs(child, version_dir, mode):
+    values, n_poison = kit.records_with_poison(120, anomalies=3)
+    values = [*values, None]  # a tombstone is a dead letter too
+    args = {"version_dir": version_dir}
+    inline = InlineScorer({**args, "device": "cpu"}, mode=mode, passthrough=("id",))
+    remote = child(args, mode=mode, passthrough=("id",))
+    assert remote.open() == inline.open()
+    halves = [_records(values[:60]), _records(values[60:], start=60)]
+    for batch in halves:  # two batches in the child at once: replies come back in order
+        remote.submit(batch)
+    letters = 0
+    for batch in halves:
+        inline.submit(batch)
+        want, got = inline.collect(), remote.collect()
+        assert got.outputs == want.outputs  # keys, JSON values and headers, in order
+        assert got.letters == want.letters
+        assert got.dead_reasons == want.dead_reasons
+        assert (got.anomalies, got.version, got.swaps) == (want.anomalies, want.version, 1)
+        letters += len(got.letters)
+    assert letters == n_poison + 1
+    assert remote.pending == 0
+
+
+def test_child_process_hot_reloads_and_waits_for_a_first_version(child, tmp_path, trained):
+    root = str(tmp_path / "models")
+    remote = child({"root": root, "interval_s": 0}, mode="flag")
+    with pytest.raises(NoModelError, match="no loadable model version"):
+        remote.open()
+    first = kit.publish(root, trained)
+    assert remote.open() == first
+    values, _ = kit.records_with_poison(20)
+    remote.submit(_records(values))
+    assert remote.collect().version == first
+    second = kit.publish(root, trained)
+    remote.submit(_records(values))
+    batch = remote.collect()
+    assert (batch.version, batch.swaps) == (second, 2)
+    assert {dict(h)["model_version"] for _, _, h in batch.outputs} == {second.encode()}
+
+
+def test_child_process_refuses_a_corrupt_model_with_the_reason(child, version_dir):
+    weights = os.path.join(version_dir, "weights.safetensors")
+    with open(weights, "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00" * 16)
+    remote = child({"version_dir": version_dir}, mode="flag")
+    with pytest.raises(ScoringProcessError, match=r"ArtifactError.*checksum"):
+        remote.open()
+
+
+def test_a_killed_child_process_fails_the_batch_loudly(child, version_dir):
+    remote = child({"version_dir": version_dir}, mode="flag")
+    remote.open()
+    os.kill(remote.pid, signal.SIGKILL)
+    values, _ = kit.records_with_poison(10)
+    with pytest.raises(ScoringProcessError, match="exit code -9"):
+        remote.submit(_records(values))
+        remote.collect()
+
+
+def test_child_process_ignores_sigterm_and_stops_when_the_pipe_closes(child, version_dir):
+    remote = child({"version_dir": version_dir}, mode="flag")
+    remote.open()
+    pid = remote.pid
+    os.kill(pid, signal.SIGTERM)  # the parent decides when to stop (after draining)
+    values, _ = kit.records_with_poison(10)
+    remote.submit(_records(values))
+    assert len(remote.collect().outputs) == 10
+    process = remote._process
+    remote.close()
+    assert process.returncode == 0
+
+
+def test_frames_larger_than_the_pipe_do_not_deadlock(child, version_dir):
+    """Two batches of ~1.5 MB each in flight: the child keeps reading while it writes."""
+    remote = child({"version_dir": version_dir}, mode="flag", passthrough=("pad",))
+    remote.open()
+    pad = "x" * 300
+    values, _ = kit.records_with_poison(5000)
+    padded = [v[:-1] + f', "pad": "{pad}"}}'.encode() if v.endswith(b"}") else v for v in values]
+    batches = [_records(padded), _records(padded, start=len(padded))]
+    started = time.monotonic()
+    for batch in batches:
+        remote.submit(batch)
+    for _ in batches:
+        assert len(remote.collect().outputs) == 5000
+    assert time.monotonic() - started < 60
