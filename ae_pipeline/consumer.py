@@ -352,11 +352,12 @@ class ScoringConsumer:
         producer: KafkaProducerClient,
         in_flight: _Sent | None,
     ) -> _Sent:
-        """Collects the oldest scored batch, confirms the batch in flight, then sends this
-        one's outputs."""
+        """Confirms the batch in flight, collects the oldest scored batch and sends its
+        outputs. Confirming first lets a scoring process go on with the next batch while this
+        one waits for the acknowledgements (a flush sends at once, without lingering)."""
         assert self._scorer is not None
-        scored: ScoredBatch = self._scorer.collect()
         self._confirm(in_flight, consumer, producer)
+        scored: ScoredBatch = self._scorer.collect()
         producer.send_many(self.output_topic, scored.outputs)
         if scored.letters:
             producer.send_many(self.dead_letter_topic, scored.letters)
