@@ -532,8 +532,10 @@ class ServingModel:
         that follow ``model_version`` in its result: Kafka coordinates, then the passthrough
         fields (None when no record has any)."""
         keys = batch.keys
-        if (  # bare records only (a C-speed check for the lists the callers pass)
-            sources.count(None) == len(sources)
+        # Bare records only (a C-speed check for the lists the callers pass; the first element
+        # is looked at first, as list.count would call a Kafka record's __eq__ per element).
+        if (
+            (not sources or sources[0] is None) and sources.count(None) == len(sources)
             if isinstance(sources, (list, tuple))
             else all(source is None for source in sources)
         ):
@@ -770,6 +772,8 @@ def to_messages(
     headers_of: dict[tuple[Any, Any], list[tuple[str, bytes]]] = {}
     messages = []
     append = messages.append
+    dumps = _orjson.dumps if _orjson is not None else to_json
+    option = _orjson.OPT_SERIALIZE_NUMPY if _orjson is not None else None
     for output in outputs:
         key = output.get("key")
         if key is not None and type(key) is not bytes:
@@ -781,7 +785,11 @@ def to_messages(
             if "reason" in output:
                 headers.append(("reason", str(which[1]).encode()))
             headers_of[which] = headers
-        append((key, to_json(output), headers))
+        try:  # to_json, without a call per record
+            value = dumps(output, option=option) if option is not None else dumps(output)
+        except TypeError:
+            value = to_json(output)
+        append((key, value, headers))
     return messages
 
 
