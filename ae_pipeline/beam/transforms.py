@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import operator
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,23 +154,24 @@ class ScoreBatchesFn(beam.DoFn):
         self._batch_sizes = Metrics.distribution(NAMESPACE, "batch_size")
         self._latency = Metrics.distribution(NAMESPACE, "score_batch_micros")
 
-    def process(self, batch: Any) -> Iterator[Any]:
+    def process(self, batch: Any) -> Sequence[Any]:
+        # A plain function returning its outputs (not a generator with an early return, which
+        # Beam warns about: apache/beam#22969).
         items = batch if isinstance(batch, list) else [batch]
         if any(issubclass(kind, list) for kind in set(map(type, items))):  # lists: flatten
             items = [i for item in items for i in (item if isinstance(item, list) else [item])]
         if not items:
-            return
+            return _NOTHING
         values, sources = as_inputs(items)
         results, dead = self._score(values, sources)
         if self._emit_batches:
-            if results:
-                yield results
+            out: list[Any] = [results] if results else []
             if dead:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead)
-            return
-        yield from results
-        for letter in dead:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
+                out.append(beam.pvalue.TaggedOutput(DEAD_LETTERS, dead))
+            return out
+        if not dead:
+            return results
+        return [*results, *(beam.pvalue.TaggedOutput(DEAD_LETTERS, letter) for letter in dead)]
 
     def _score(self, values: list[Any], sources: list[Any]) -> tuple[list[dict], list[dict]]:
         """Scores one batch with the current model and counts it in the metrics."""
@@ -222,15 +223,16 @@ class BatchAndScoreFn(ScoreBatchesFn):
     def start_bundle(self) -> None:
         self._batch: list[Any] = []
 
-    def process(self, element: Any) -> list[Any] | None:  # type: ignore[override]
-        # A plain function, not a generator: most calls only add to the batch.
+    def process(self, element: Any) -> Sequence[Any]:
+        # A plain function, not a generator: most calls only add to the batch. (Not ``return
+        # None``: Beam reads the source and warns about that line.)
         self._batch.append(element)
         if len(self._batch) >= self._max_batch_size:
             return self._flush()
-        return None
+        return _NOTHING
 
-    def finish_bundle(self) -> list[Any] | None:
-        return self._flush() if self._batch else None
+    def finish_bundle(self) -> Sequence[Any]:
+        return self._flush() if self._batch else _NOTHING
 
     def _flush(self) -> list[Any]:
         batch, self._batch = self._batch, []
@@ -248,6 +250,7 @@ class BatchAndScoreFn(ScoreBatchesFn):
 
 
 _IS_ANOMALY = operator.itemgetter("is_anomaly")
+_NOTHING: tuple[()] = ()  # no outputs
 _END_OF_GLOBAL_WINDOW = GlobalWindow().max_timestamp()
 _GLOBAL_WINDOWS = (GlobalWindow(),)
 

@@ -269,3 +269,21 @@ def test_model_handler_update_path_keeps_the_old_version_when_the_new_one_is_bad
     handler.update_model_path(f"{registry.path(good)}/_PUBLISHED")
     assert handler.load_model().version == good
     assert json.loads(json.dumps(repr(handler)))
+
+
+@pytest.mark.parametrize("prebatched", [False, True])
+def test_scoring_dofns_raise_no_beam_warnings_about_their_process_methods(
+    caplog, version_dir, prebatched
+):
+    """Beam reads a DoFn's source and warns about ``return None`` lines and about generators
+    with early returns (apache/beam#22969): the scoring DoFns must give it no reason to."""
+    caplog.set_level("WARNING", logger="apache_beam.transforms.core")
+    p = beam.Pipeline()
+    records = p | beam.Create([kit.record(0, kit.normal_rows(1)[0])])
+    flag = FlagAnomalies(
+        model_version_dir=version_dir, device="cpu", prebatched=prebatched, emit_batches=True
+    )
+    _ = records | "Flag" >> flag
+    _ = records | "Flag each" >> FlagAnomalies(model_version_dir=version_dir, device="cpu")
+    noise = [r.getMessage() for r in caplog.records if "process method" in r.getMessage()]
+    assert not noise, noise
