@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 
+from ae_pipeline.beam.options import add_switch
 from ae_pipeline.consumer import ScoringConsumer
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT
 from ae_pipeline.serving import MODES
@@ -56,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="torch intra-op CPU threads (0: torch's default, one per core)",
     )
-    model.add_argument(
+    add_switch(
+        model,
         "--scoring_process",
-        action="store_true",
         help="score in a child process, so that scoring overlaps the Kafka I/O on another core",
     )
     model.add_argument("--top_k", type=int, default=5, help="contributions per flag (0: all)")

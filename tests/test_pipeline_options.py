@@ -264,6 +264,9 @@ def test_both_kafka_jobs_read_kafka_config_through_beam_filesystems(monkeypatch)
         def run(self, **kwargs):
             raise SystemExit(0)
 
+        def close(self):
+            pass
+
     monkeypatch.setattr(pipelines.consume, "ScoringConsumer", Consumer)
     argv = ["--bootstrap_servers=h:1", "--group_id=g", "--input_topic=i", "--output_topic=o"]
     argv += ["--dead_letter_topic=d", "--model_root=/m", f"--kafka_config={path}"]
