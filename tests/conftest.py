@@ -60,11 +60,11 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     """At exit, the SDK worker threads that LOOPBACK jobs (Prism, Flink) left behind lose their
-    job servers as those shut down: their gRPC streams end with UNAVAILABLE ("Socket closed"),
-    and their Kafka clients lose the broker: expected then, not test failures. Registered
-    now, the quieting runs before the exit handlers that stop the job servers (atexit runs
-    last in, first out) and after pytest has restored its own thread-exception hook. Other
-    thread exceptions are still printed."""
+    job servers as those shut down: their gRPC streams end with UNAVAILABLE ("Socket closed")
+    or CANCELLED ("Runner closed connection"), and their Kafka clients lose the broker:
+    expected then, not test failures. Registered now, the quieting runs before the exit
+    handlers that stop the job servers (atexit runs last in, first out) and after pytest has
+    restored its own thread-exception hook. Other thread exceptions are still printed."""
     import atexit
 
     atexit.register(_quiet_worker_shutdown)
@@ -81,8 +81,8 @@ def _quiet_worker_shutdown() -> None:
 
     def hook(args):
         code = getattr(args.exc_value, "code", None)
-        unavailable = callable(code) and getattr(code(), "name", "") == "UNAVAILABLE"
-        if not unavailable:
+        gone = callable(code) and getattr(code(), "name", "") in ("UNAVAILABLE", "CANCELLED")
+        if not gone:
             previous(args)
 
     threading.excepthook = hook
