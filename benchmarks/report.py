@@ -79,6 +79,8 @@ def generic_section(name: str, data: dict[str, Any]) -> list[str]:
             "",
         ]
     rows = [(k, v) for k, v in _flatten(data) if not k.startswith("ratio")]
+    # The goals first: the table shows a result's first rows only.
+    rows.sort(key=lambda kv: not kv[0].startswith("goals."))
     lines += ["| key | value |", "| --- | --- |"]
     for k, v in rows[:80]:
         val = f"{v:.4g}" if isinstance(v, float) else str(v)
