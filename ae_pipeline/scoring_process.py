@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import operator
 import os
 import queue
 import signal
@@ -59,6 +60,7 @@ from ae_pipeline.serving import (
     NoModelError,
     Source,
     check_mode,
+    message_headers,
     open_model,
     to_messages,
 )
@@ -66,6 +68,7 @@ from ae_pipeline.serving import (
 _log = logging.getLogger(__name__)
 
 Message = tuple[Any, bytes, Any]
+_IS_ANOMALY = operator.itemgetter("is_anomaly")
 
 
 class ScoringProcessError(RuntimeError):
@@ -105,7 +108,7 @@ def score_batch(
     current model and turns the results and dead letters into messages."""
     model = provider.current()
     results, dead = model.score_records(records, mode, sources=sources, passthrough=passthrough)
-    anomalies = sum(1 for r in results if r["is_anomaly"]) if mode == "flag" else 0
+    anomalies = sum(map(_IS_ANOMALY, results)) if mode == "flag" else 0
     return ScoredBatch(
         to_messages(results),
         to_messages(dead),
@@ -116,9 +119,10 @@ def score_batch(
     )
 
 
-class InlineScorer:
-    """Scores each submitted batch at once, in the calling thread (``depth`` 0: collect each
-    batch right after submitting it)."""
+class _Scorer:
+    """What both scorers take: :func:`ae_pipeline.serving.open_model` arguments (``version_dir``
+    or ``root``, ``interval_s``, ``device``, ``top_k``, ``torch_threads``...), the mode and the
+    passthrough fields. ``depth``: batches the consumer keeps submitted before collecting."""
 
     depth = 0
 
@@ -128,6 +132,16 @@ class InlineScorer:
         self.model_args = dict(model_args)
         self.mode = check_mode(mode)
         self.passthrough = tuple(passthrough)
+
+
+class InlineScorer(_Scorer):
+    """Scores each submitted batch at once, in the calling thread (``depth`` 0: collect each
+    batch right after submitting it)."""
+
+    def __init__(
+        self, model_args: dict[str, Any], *, mode: str, passthrough: Sequence[str] = ()
+    ) -> None:
+        super().__init__(model_args, mode=mode, passthrough=passthrough)
         self.provider: FixedModel | ModelWatcher | None = None
         self._done: deque[ScoredBatch] = deque()
 
@@ -258,7 +272,7 @@ def _child_main() -> None:
             return
 
 
-class ScoringProcess:
+class ScoringProcess(_Scorer):
     """Scores batches in a child process; see the module docstring.
 
     :meth:`submit` sends a batch and returns at once; :meth:`collect` returns the oldest
@@ -277,9 +291,7 @@ class ScoringProcess:
     def __init__(
         self, model_args: dict[str, Any], *, mode: str, passthrough: Sequence[str] = ()
     ) -> None:
-        self.model_args = dict(model_args)
-        self.mode = check_mode(mode)
-        self.passthrough = list(passthrough)
+        super().__init__(model_args, mode=mode, passthrough=passthrough)
         self._process: subprocess.Popen | None = None
         self._submitted = 0
         self._headers: dict[tuple[str | None, str | None], list[tuple[str, bytes]]] = {}
@@ -382,14 +394,11 @@ class ScoringProcess:
         return ScoredBatch(outputs, letters, reasons, anomalies, version, swaps)
 
     def _header(self, version: str | None, reason: str | None) -> list[tuple[str, bytes]]:
-        """The headers :func:`~ae_pipeline.serving.to_messages` gives (shared per version and
-        reason)."""
+        """:func:`~ae_pipeline.serving.message_headers`, one shared list per version and
+        reason (as :func:`~ae_pipeline.serving.to_messages` shares them)."""
         headers = self._headers.get((version, reason))
         if headers is None:
-            headers = [("model_version", str(version or "").encode())]
-            if reason is not None:
-                headers.append(("reason", reason.encode()))
-            self._headers[(version, reason)] = headers
+            headers = self._headers[(version, reason)] = message_headers(version or "", reason)
         return headers
 
     def close(self) -> None:

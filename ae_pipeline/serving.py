@@ -781,16 +781,22 @@ def to_messages(
         which = (output.get("model_version", ""), output.get("reason"))
         headers = headers_of.get(which)
         if headers is None:
-            headers = [("model_version", str(which[0]).encode())]
-            if "reason" in output:
-                headers.append(("reason", str(which[1]).encode()))
-            headers_of[which] = headers
+            headers = headers_of[which] = message_headers(*which)
         try:  # to_json, without a call per record
             value = dumps(output, option=option) if option is not None else dumps(output)
         except TypeError:
             value = to_json(output)
         append((key, value, headers))
     return messages
+
+
+def message_headers(version: Any, reason: Any = None) -> list[tuple[str, bytes]]:
+    """The headers of an output message: ``model_version``, and ``reason`` for a dead letter
+    (``reason`` not None)."""
+    headers = [("model_version", str(version).encode())]
+    if reason is not None:
+        headers.append(("reason", str(reason).encode()))
+    return headers
 
 
 def to_json(obj: Any) -> bytes:
@@ -815,6 +821,7 @@ __all__ = [
     "Source",
     "as_input",
     "check_mode",
+    "message_headers",
     "open_model",
     "to_json",
     "to_message",

@@ -91,6 +91,15 @@ def test_consumer_accounts_for_every_record_and_hot_reloads(
     )
 
 
+def _published_model_and_topics(bootstrap, tmp_path, trained) -> tuple[str, ...]:
+    """A model root with one published version, fresh in/out/dead-letter topics and a fresh
+    group id: ``(root, inp, out, dlq, group)``."""
+    root = str(tmp_path / "models")
+    kit.publish(root, trained)
+    inp, out, dlq = kit.new_topics(bootstrap)
+    return root, inp, out, dlq, f"g-{uuid.uuid4().hex[:8]}"
+
+
 def _start(bootstrap, root, inp, out, dlq, group, *extra) -> subprocess.Popen:
     return kit.start_consumer(bootstrap, root, inp, out, dlq, group, *extra, max_batch=25)
 
@@ -108,10 +117,7 @@ def _wait_for_outputs(bootstrap, topics, more_than: int, proc, timeout=60.0) -> 
 def test_consumer_process_sigterm_then_kill_9_then_restart_loses_nothing(
     bootstrap_servers, tmp_path, trained
 ):
-    root = str(tmp_path / "models")
-    kit.publish(root, trained)
-    inp, out, dlq = kit.new_topics(bootstrap_servers)
-    group = f"g-{uuid.uuid4().hex[:8]}"
+    root, inp, out, dlq, group = _published_model_and_topics(bootstrap_servers, tmp_path, trained)
     config = {"bootstrap.servers": bootstrap_servers}
     values, _ = kit.records_with_poison(1500)
     thirds = [values[i::3] for i in range(3)]
@@ -190,10 +196,7 @@ def _gone(pid: int) -> bool:
 def test_consumer_process_with_scoring_process_drains_on_sigterm_and_leaves_no_orphan(
     bootstrap_servers, tmp_path, trained
 ):
-    root = str(tmp_path / "models")
-    kit.publish(root, trained)
-    inp, out, dlq = kit.new_topics(bootstrap_servers)
-    group = f"g-{uuid.uuid4().hex[:8]}"
+    root, inp, out, dlq, group = _published_model_and_topics(bootstrap_servers, tmp_path, trained)
     values, _ = kit.records_with_poison(1000)
     kit.produce(bootstrap_servers, inp, values)
 
