@@ -12,10 +12,12 @@ uncommitted batches (duplicates, never losses); results carry the input
 ``topic``/``partition``/``offset`` so that consumers downstream can count or drop duplicates.
 Run N processes with the same group id to scale out (up to the number of partitions).
 
-With ``scoring_process=True`` (``--scoring_process``) the scoring runs in a child process
-(:class:`~ae_pipeline.scoring_process.ScoringProcess`): batch ``k + 1`` is scored there while this
-process produces batch ``k`` and commits batch ``k - 1``. It pays where a core is spare beside
-the Kafka client's threads; ``benchmarks/bench_streaming.py`` measures both ways.
+Where the process may use 2 CPUs or more (affinity and cgroup quota), the scoring runs in a
+child process by default (:class:`~ae_pipeline.scoring_process.ScoringProcess`;
+``scoring_process=None``, ``--scoring_process=auto``): batch ``k + 1`` is scored there while this
+process produces batch ``k`` and commits batch ``k - 1``. On one CPU it scores inline, in this
+process; ``scoring_process=True`` / ``False`` forces either. ``benchmarks/bench_streaming.py``
+measures both ways.
 
 SIGTERM / SIGINT (after :meth:`ScoringConsumer.install_signal_handlers`) stop it gracefully:
 the batch in hand is finished, flushed and committed, then the consumer leaves its group. With
@@ -40,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -64,6 +65,7 @@ from ae_pipeline.scoring_process import (
     ScoredBatch,
     ScoringProcess,
     ScoringProcessError,
+    default_scoring_process,
 )
 from ae_pipeline.serving import NoModelError, check_mode
 
@@ -135,7 +137,9 @@ class ScoringConsumer:
         wait_for_model_s: at start, wait this long for a first published version.
         scoring_process: score in a child process
             (:class:`~ae_pipeline.scoring_process.ScoringProcess`), so that scoring overlaps
-            the Kafka I/O on another core; default: in this process.
+            the Kafka I/O on another core (True), or in this process (False); None (default):
+            a child process where this process may use 2 CPUs or more
+            (:func:`~ae_pipeline.scoring_process.default_scoring_process`).
         consumer: an already built consumer client (tests); default: built from ``config``.
         producer: an already built producer client (tests).
     """
@@ -160,7 +164,7 @@ class ScoringConsumer:
         top_k: int | None = 5,
         passthrough: tuple[str, ...] = (),
         wait_for_model_s: float = 0.0,
-        scoring_process: bool = False,
+        scoring_process: bool | None = None,
         consumer: KafkaConsumerClient | None = None,
         producer: KafkaProducerClient | None = None,
     ) -> None:
@@ -189,7 +193,9 @@ class ScoringConsumer:
         self.wait_for_model_s = wait_for_model_s
         self._consumer = consumer
         self._producer = producer
-        self.scoring_process = scoring_process
+        self.scoring_process = (
+            default_scoring_process() if scoring_process is None else bool(scoring_process)
+        )
         self._scorer: InlineScorer | ScoringProcess | None = None
         self._written: dict[TopicPartition, int] = {}  # offsets whose outputs are acknowledged
         self._sync_commit_failures = 0
@@ -311,10 +317,10 @@ class ScoringConsumer:
             self._confirm(in_flight, consumer, producer, final=True)
             in_flight = None
             self.stats.stopped_by = self._stop_reason
-        except BaseException:
+        except BaseException as err:
             # Batches still in the scorer are dropped uncommitted (replayed later); a scoring
             # process that failed is started afresh by the next run().
-            if scoring or isinstance(sys.exc_info()[1], ScoringProcessError):
+            if scoring or isinstance(err, ScoringProcessError):
                 scorer.close()
                 self._scorer = None
             raise

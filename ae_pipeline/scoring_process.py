@@ -71,6 +71,39 @@ Message = tuple[Any, bytes, Any]
 _IS_ANOMALY = operator.itemgetter("is_anomaly")
 
 
+def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> float:
+    """The CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota (a
+    container's ``--cpus`` or a Kubernetes CPU limit, which the affinity does not show).
+
+    Reads cgroup v2's ``cpu.max`` (``"<quota> <period>"`` or ``"max <period>"``) or cgroup v1's
+    ``cpu/cpu.cfs_quota_us`` and ``cpu/cpu.cfs_period_us``; no quota: the affinity alone.
+    """
+    try:
+        cpus: float = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count() or 1
+    quota = None
+    with contextlib.suppress(OSError, ValueError):
+        text = open(os.path.join(cgroup_root, "cpu.max")).read().split()  # noqa: SIM115
+        if text and text[0] != "max":
+            quota = int(text[0]) / int(text[1])
+    if quota is None:
+        with contextlib.suppress(OSError, ValueError):
+            base = os.path.join(cgroup_root, "cpu")
+            q = int(open(os.path.join(base, "cpu.cfs_quota_us")).read())  # noqa: SIM115
+            if q > 0:
+                quota = q / int(open(os.path.join(base, "cpu.cfs_period_us")).read())  # noqa: SIM115
+    return min(cpus, quota) if quota and quota > 0 else cpus
+
+
+def default_scoring_process() -> bool:
+    """Whether a consumer scores in a child process when not told (``scoring_process=None``,
+    ``--scoring_process=auto``): where it may use 2 CPUs or more. Then batch ``k + 1`` is scored
+    on the second core while batch ``k``'s outputs are produced; on one CPU the two processes
+    would only take turns, at the cost of a second interpreter."""
+    return usable_cpus() >= 2
+
+
 class ScoringProcessError(RuntimeError):
     """The scoring child process failed or exited; the message says how. The batches it held
     were not produced nor committed: they are replayed by the next consumer of the partitions."""

@@ -43,10 +43,10 @@ measurements alternate their order and the medians are reported.
     mode - asynchronous commits with confluent, a synchronous one at the end - no scoring) and
     the compute limit (``orjson`` decode + batched ``Scorer.errors`` of the same records, no Kafka).
     Timed from the first non-empty poll to the last batch committed.
-    Goal: confluent consumer >= 0.7x the smaller limit (the default consumer: scoring in its
-    own process). With confluent, also ``consumer_process``: the consumer with
-    ``scoring_process=True`` (``--scoring_process``: scoring in a child process while this
-    one does the Kafka I/O), and its ratio over the default consumer, run for run.
+    Goal: confluent consumer >= 0.7x the smaller limit. ``consumer`` is the consumer as
+    configured by default (``scoring_process=None``: scoring in a child process where 2 CPUs
+    are usable, else inline; ``default_scoring`` names which). With confluent, also the other
+    way (``consumer_inline`` or ``consumer_process``), and scoring process / inline run for run.
 (c) Latency, produce to result, at a steady 2,000 records/s: a paced producer stamps the send
     time into each record (``ts``, passed through to the result); a reader of the output topic
     computes receive time - ``ts``. For ``pipelines.consume`` (confluent; goal p99 < 1 s) and
@@ -431,7 +431,7 @@ def consumer_run(
     topic: str,
     n: int,
     version_dir: str,
-    scoring_process: bool = False,
+    scoring_process: bool | None = None,
     torch_threads: int | None = None,
 ) -> dict:
     from ae_pipeline.consumer import ScoringConsumer
@@ -544,31 +544,40 @@ def bench_consumer(
     import torch
 
     from ae_pipeline.kafka import create_topics
+    from ae_pipeline.scoring_process import default_scoring_process, usable_cpus
 
     values = encode_records(normal_rows(n, 11))
     topic = f"tput-{uuid.uuid4().hex[:6]}"
     create_topics({"bootstrap.servers": bootstrap}, [topic, f"{topic}-out", f"{topic}-dlq"])
     create_topics({"bootstrap.servers": bootstrap}, [f"{topic}-io"])
     produce_all(bootstrap, topic, values)
-    out: dict[str, Any] = {"records": n, "batch": BATCH}
+    # "consumer" is the default configuration; with confluent, also the other scoring mode
+    # (kafka-python's own I/O is the bottleneck there).
+    default_process = default_scoring_process()
+    other = "consumer_inline" if default_process else "consumer_process"
+    scoring = {"consumer": None, "consumer_inline": False, "consumer_process": True}
+    out: dict[str, Any] = {
+        "records": n,
+        "batch": BATCH,
+        "default_scoring": "process" if default_process else "inline",
+        "usable_cpus": usable_cpus(),
+    }
     compute: list[dict] = []
     for client in ("kafka-python", "confluent"):
-        # With confluent, also the consumer with its scoring in a child process
-        # (--scoring_process); kafka-python's own I/O is the bottleneck there.
         kinds = ["consumer", "io", "compute"]
         if client == "confluent":
-            kinds.insert(1, "consumer_process")
+            kinds.insert(1, other)
         runs: dict[str, list[dict]] = {k: [] for k in kinds if k != "compute"}
         for r in range(repeats):
             for kind in kinds if r % 2 == 0 else kinds[::-1]:
-                if kind in ("consumer", "consumer_process"):
+                if kind in scoring:
                     m = consumer_run(
                         bootstrap,
                         client,
                         topic,
                         n,
                         version_dir,
-                        scoring_process=kind == "consumer_process",
+                        scoring_process=scoring[kind],
                         torch_threads=torch.get_num_threads(),
                     )
                 elif kind == "io":
@@ -609,12 +618,20 @@ def bench_consumer(
         c["ratio_consumer_over_min_limit"] = c["consumer_records_per_s"] / min(
             compute_rate, c["io_limit_records_per_s"]
         )
-        if "consumer_process_records_per_s" in c:
-            c["ratio_consumer_process_over_min_limit"] = c["consumer_process_records_per_s"] / min(
-                compute_rate, c["io_limit_records_per_s"]
-            )
-            pairs = zip(c["runs"]["consumer_process"], c["runs"]["consumer"], strict=True)
-            c["ratio_consumer_process_over_consumer"] = statistics.median(
+        if other in c["runs"]:
+            # Both modes under their own names, whichever one is the default here.
+            mode_runs = {
+                "process": c["runs"]["consumer" if default_process else other],
+                "inline": c["runs"][other if default_process else "consumer"],
+            }
+            for mode, mruns in mode_runs.items():
+                rate = statistics.median(m["records_per_s"] for m in mruns)
+                c[f"consumer_{mode}_records_per_s"] = rate
+                c[f"ratio_consumer_{mode}_over_min_limit"] = rate / min(
+                    compute_rate, c["io_limit_records_per_s"]
+                )
+            pairs = zip(mode_runs["process"], mode_runs["inline"], strict=True)
+            c["ratio_consumer_process_over_inline"] = statistics.median(
                 p["records_per_s"] / i["records_per_s"] for p, i in pairs
             )
     return out
@@ -1049,10 +1066,12 @@ def main(argv: list[str] | None = None) -> int:
         goals["consumer_confluent_ge_0.7x_min_limit"] = (
             ct["confluent"]["ratio_consumer_over_min_limit"] >= 0.7
         )
-        if "ratio_consumer_process_over_min_limit" in ct["confluent"]:
-            result["ratio_consumer_confluent_scoring_process_over_min_limit"] = ct["confluent"][
-                "ratio_consumer_process_over_min_limit"
-            ]
+        result["consumer_default_scoring"] = ct["default_scoring"]
+        for mode in ("process", "inline"):
+            if f"ratio_consumer_{mode}_over_min_limit" in ct["confluent"]:
+                result[f"ratio_consumer_confluent_scoring_{mode}_over_min_limit"] = ct[
+                    "confluent"
+                ][f"ratio_consumer_{mode}_over_min_limit"]
     lc = result.get("latency_consumer")
     if lc and "p99_s" in lc:
         goals["consumer_p99_lt_1s"] = lc["p99_s"] < 1.0
@@ -1121,12 +1140,17 @@ def print_table(r: dict) -> None:
                 f"{c['io_limit_records_per_s']:9,.0f}  consumer/min(limits) "
                 f"{c['ratio_consumer_over_min_limit']:.2f}"
             )
-            if "consumer_process_records_per_s" in c:
+            if "ratio_consumer_process_over_inline" in c:
+                for mode in ("process", "inline"):
+                    print(
+                        f"    {'':12s} scoring {mode:7s} "
+                        f"{c[f'consumer_{mode}_records_per_s']:9,.0f}"
+                        f"  /min(limits) {c[f'ratio_consumer_{mode}_over_min_limit']:.2f}"
+                    )
                 print(
-                    f"    {'':12s} --scoring_process "
-                    f"{c['consumer_process_records_per_s']:9,.0f}"
-                    f"  /min(limits) {c['ratio_consumer_process_over_min_limit']:.2f}  "
-                    f"/consumer {c['ratio_consumer_process_over_consumer']:.2f}"
+                    f"    {'':12s} process / inline, run for run "
+                    f"{c['ratio_consumer_process_over_inline']:.2f} (default here: "
+                    f"{ct['default_scoring']})"
                 )
     for name in ("latency_consumer", "latency_prism"):
         lat = r.get(name)

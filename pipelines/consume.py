@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_switch(
         model,
         "--scoring_process",
-        help="score in a child process, so that scoring overlaps the Kafka I/O on another core",
+        default=None,
+        help="score in a child process, so that scoring overlaps the Kafka I/O on another core "
+        "(auto: where this process may use 2 CPUs or more)",
     )
     model.add_argument("--top_k", type=int, default=5, help="contributions per flag (0: all)")
     model.add_argument("--passthrough", default="", help="comma list of fields to copy")

@@ -126,6 +126,24 @@ def test_switch_default_true_can_be_turned_off():
     assert parser.parse_args(["--on"]).on is True
 
 
+def test_switch_with_an_auto_default_takes_auto_as_none():
+    parser = _plain_parser(default=None)
+    assert parser.parse_args([]).on is None
+    assert parser.parse_args(["--on=auto"]).on is None
+    assert parser.parse_args(["--on=AUTO", "--on"]).on is True
+    assert parser.parse_args(["--on=false"]).on is False
+    assert "(default auto; --on alone: true)" in parser.format_help()
+    with pytest.raises(argparse.ArgumentError, match="--on: expected true, false or auto"):
+        parser.parse_args(["--on=sure"])
+    # consume's --scoring_process is such a switch: auto unless told.
+    consume = pipelines.consume.build_parser()
+    argv = ["--bootstrap_servers=h:1", "--group_id=g", "--input_topic=i", "--output_topic=o"]
+    argv += ["--dead_letter_topic=d", "--model_root=/m"]
+    assert consume.parse_args(argv).scoring_process is None
+    assert consume.parse_args([*argv, "--scoring_process=false"]).scoring_process is False
+    assert consume.parse_args([*argv, "--scoring_process"]).scoring_process is True
+
+
 def test_switch_with_a_bad_value_is_a_clear_error(capsys):
     parser = argparse.ArgumentParser(prog="t")
     add_switch(parser.add_argument_group("g"), "--on")

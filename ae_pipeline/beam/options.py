@@ -38,24 +38,41 @@ def parse_bool(text: str | bool) -> bool:
     )
 
 
-def add_switch(parser: Any, flag: str, *, default: bool = False, help: str | None = None) -> None:
+def parse_bool_or_auto(text: str | bool | None) -> bool | None:
+    """:func:`parse_bool`, or None for ``auto`` (the program decides)."""
+    if text is None or str(text).strip().lower() == "auto":
+        return None
+    try:
+        return parse_bool(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected true, false or auto (also yes/no, on/off, 1/0), got {text!r}"
+        ) from None
+
+
+def add_switch(
+    parser: Any, flag: str, *, default: bool | None = False, help: str | None = None
+) -> None:
     """Add an on/off option that takes ``--flag``, ``--flag=true`` and ``--flag=false``.
 
     Dataflow Flex Templates (and many launchers) pass every parameter as ``--name=value``, which
     an argparse ``store_true`` option refuses; this one takes both forms. ``parser`` is an
     ``argparse`` parser or argument group - a plain one (``pipelines/consume.py``) or the one
-    Beam hands to ``PipelineOptions._add_argparse_args``. The parsed value is a ``bool``.
+    Beam hands to ``PipelineOptions._add_argparse_args``. The parsed value is a ``bool``; with
+    ``default=None`` the switch also takes ``--flag=auto`` (the default), parsed as None.
     """
     if not flag.startswith("--"):
         raise ValueError(f"a switch is a long option like --name, not {flag!r}")
+    auto = default is None
     parser.add_argument(
         flag,
         nargs="?",
         const=True,
         default=default,
-        type=parse_bool,
-        metavar="true|false",
-        help=f"{help or ''} (default {str(default).lower()}; {flag} alone: true)".strip(),
+        type=parse_bool_or_auto if auto else parse_bool,
+        metavar="true|false|auto" if auto else "true|false",
+        help=f"{help or ''} (default {'auto' if auto else str(default).lower()}; "
+        f"{flag} alone: true)".strip(),
     )
 
 

@@ -122,9 +122,10 @@ def test_consumer_process_sigterm_then_kill_9_then_restart_loses_nothing(
     values, _ = kit.records_with_poison(1500)
     thirds = [values[i::3] for i in range(3)]
 
-    # 1. SIGTERM: the batch in hand is finished and committed; exit 0; no duplicates.
+    # 1. SIGTERM: the batch in hand is finished and committed; exit 0; no duplicates. Scoring
+    # inline here (steps 2 and 3 take the default: a scoring process where 2 CPUs are usable).
     kit.produce(bootstrap_servers, inp, thirds[0])
-    proc = _start(bootstrap_servers, root, inp, out, dlq, group)
+    proc = _start(bootstrap_servers, root, inp, out, dlq, group, "--scoring_process=false")
     _wait_for_outputs(bootstrap_servers, [out, dlq], 0, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)

@@ -1,5 +1,6 @@
 """The consumer's scorers: the child scoring process gives the same messages as inline scoring,
-hot-reloads, refuses bad models with the child's reason, and fails loudly when the child dies."""
+hot-reloads, refuses bad models with the child's reason, and fails loudly when the child dies;
+the consumer uses the child process by default where two CPUs are usable."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ import time
 import kit
 import pytest
 
+from ae_pipeline import scoring_process
+from ae_pipeline.consumer import ScoringConsumer
 from ae_pipeline.kafka import KafkaRecord
-from ae_pipeline.scoring_process import InlineScorer, ScoringProcess, ScoringProcessError
+from ae_pipeline.scoring_process import (
+    InlineScorer,
+    ScoringProcess,
+    ScoringProcessError,
+    default_scoring_process,
+    usable_cpus,
+)
 from ae_pipeline.serving import NoModelError
 
 
@@ -124,3 +133,45 @@ def test_frames_larger_than_the_pipe_do_not_deadlock(child, version_dir):
     for _ in batches:
         assert len(remote.collect().outputs) == 5000
     assert time.monotonic() - started < 60
+
+
+# --- where the consumer scores by default ---
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({}, None),  # no cgroup files: the affinity alone
+        ({"cpu.max": "max 100000\n"}, None),  # cgroup v2 without a quota
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2: --cpus=1.5
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "garbage\n"}, None),  # unreadable: ignored
+    ],
+)
+def test_usable_cpus_is_the_affinity_capped_by_a_cgroup_quota(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    expected = affinity if quota is None else min(affinity, quota)
+    assert usable_cpus(str(tmp_path)) == expected
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(1, False), (1.5, False), (2, True), (16, True)])
+def test_consumer_scores_in_a_child_process_by_default_where_two_cpus_are_usable(
+    monkeypatch, cpus, expected
+):
+    monkeypatch.setattr(scoring_process, "usable_cpus", lambda: cpus)
+    assert default_scoring_process() is expected
+
+    def consumer(**kwargs) -> ScoringConsumer:
+        config = {"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}
+        return ScoringConsumer(
+            config, input_topic="i", output_topic="o", dead_letter_topic="d",
+            model_version_dir="/nowhere", **kwargs,
+        )  # fmt: skip
+
+    assert consumer().scoring_process is expected
+    assert consumer(scoring_process=True).scoring_process is True
+    assert consumer(scoring_process=False).scoring_process is False
