@@ -131,7 +131,8 @@ def autoencoder_detector(
         threshold: the score above which a record is an outlier; default: the model's
             calibrated threshold (a model without one is refused).
         device: ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``...
-        torch_threads: torch's intra-op CPU threads per worker (None: torch's default).
+        torch_threads: torch's intra-op CPU threads in each worker thread that scores
+            (None: torch's default).
         max_batch_size: most records per inference call.
         **detector_kwargs: passed to ``OfflineDetector`` (``model_id``, ``features``...).
 

@@ -75,7 +75,8 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
         inference_batch_size: rows per forward pass.
         env_vars: environment variables set before loading (Beam convention).
         large_model: share one model between the worker's processes.
-        torch_threads: torch's intra-op CPU threads per worker process (None: torch's default).
+        torch_threads: torch's intra-op CPU threads in each worker thread that scores
+            (None: torch's default).
     """
 
     def __init__(

@@ -74,7 +74,8 @@ class ModelSource:
         threshold: overrides the model's calibrated threshold.
         top_k: per-feature contributions in ``flag`` results (None: all).
         batch_size: rows per forward pass.
-        torch_threads: torch's intra-op CPU threads per worker process (None: torch's default).
+        torch_threads: torch's intra-op CPU threads in each worker thread that scores
+            (None: torch's default).
     """
 
     version_dir: str | None = None
@@ -269,8 +270,8 @@ class ScoreRecords(beam.PTransform):
         threshold: overrides the calibrated anomaly threshold.
         top_k: per-feature contributions kept in ``flag`` results (None: all).
         passthrough: record fields copied into each result.
-        torch_threads: torch's intra-op CPU threads per worker process (None: torch's
-            default, one per core; 1-2 is usually faster for many small batches).
+        torch_threads: torch's intra-op CPU threads in each worker thread that scores (None:
+            torch's default, one per core; 1-2 is usually faster for many small batches).
         min_batch_size: smallest batch ``beam.BatchElements`` forms (where it is used: see the
             module docstring).
         max_batch_size: largest batch scored at once.

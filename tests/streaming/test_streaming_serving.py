@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
+import threading
 import time
 from types import SimpleNamespace
 
 import kit
 import numpy as np
 import pytest
+import torch
 
 from ae_pipeline.artifact import ArtifactError, save_artifact
 from ae_pipeline.features import REASONS, FeatureSpec
@@ -264,3 +266,36 @@ def test_watcher_callers_wait_for_a_load_in_progress_instead_of_using_the_old_mo
     got.append(watcher.current().version)  # asked while the other thread is loading
     a.join()
     assert got == [second, second]
+
+
+def test_torch_threads_are_set_in_every_thread_that_scores(version_dir, monkeypatch):
+    # Part of torch.set_num_threads belongs to the calling thread (OpenMP, MKL), and Beam runs
+    # bundles on a pool of threads: the model makes the call in each thread that scores.
+    calls: list[tuple[int, int]] = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(
+        torch, "set_num_threads", lambda n: (calls.append((threading.get_ident(), n)), real(n))
+    )
+    before = torch.get_num_threads()
+    try:
+        model = ServingModel.load(version_dir, device="cpu", torch_threads=1)
+        default = ServingModel.load(version_dir, device="cpu")
+        loader = threading.get_ident()
+        assert calls == [(loader, 1)]
+        scorers = []
+
+        def score() -> None:
+            scorers.append(threading.get_ident())
+            for _ in range(3):  # once per thread, not per batch
+                model.score_matrix(np.zeros((4, model.input_dim), np.float32), "encode")
+                model.anomaly_scores([b"{}"])
+            default.score_matrix(np.zeros((4, model.input_dim), np.float32), "encode")
+
+        threads = [threading.Thread(target=score) for _ in range(2)]
+        for t in threads:
+            t.start()
+            t.join()
+    finally:
+        real(before)
+    # the loader, then each scoring thread once; the model without torch_threads sets nothing
+    assert calls == [(loader, 1), (scorers[0], 1), (scorers[1], 1)]
