@@ -1068,10 +1068,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["consumer_default_scoring"] = ct["default_scoring"]
         for mode in ("process", "inline"):
-            if f"ratio_consumer_{mode}_over_min_limit" in ct["confluent"]:
-                result[f"ratio_consumer_confluent_scoring_{mode}_over_min_limit"] = ct[
-                    "confluent"
-                ][f"ratio_consumer_{mode}_over_min_limit"]
+            ratio = ct["confluent"].get(f"ratio_consumer_{mode}_over_min_limit")
+            if ratio is not None:
+                result[f"ratio_consumer_confluent_scoring_{mode}_over_min_limit"] = ratio
     lc = result.get("latency_consumer")
     if lc and "p99_s" in lc:
         goals["consumer_p99_lt_1s"] = lc["p99_s"] < 1.0
