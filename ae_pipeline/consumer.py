@@ -35,7 +35,8 @@ Example:
     ...     input_topic="events", output_topic="scores", dead_letter_topic="events-dlq",
     ...     mode="flag", model_root="/models")
     >>> consumer.install_signal_handlers()                            # doctest: +SKIP
-    >>> stats = consumer.run()                                        # doctest: +SKIP
+    >>> with consumer:  # close() stops the scoring process           # doctest: +SKIP
+    ...     stats = consumer.run()
 """
 
 from __future__ import annotations
@@ -338,6 +339,12 @@ class ScoringConsumer:
         if self._scorer is not None:
             self._scorer.close()
             self._scorer = None
+
+    def __enter__(self) -> ScoringConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _drain(
         self,

@@ -164,6 +164,8 @@ class ConsumerThread(threading.Thread):
             self.consumer.run()
         except BaseException as err:
             self.error = err
+        finally:
+            self.consumer.close()  # its scoring process, if any
 
     def problem(self) -> str | None:
         if self.error is not None:

@@ -231,11 +231,25 @@ def test_version_published_while_scoring(model_root, trained):
 
 
 @pytest.mark.kafka
-def test_consumer_keeps_serving_through_model_faults(broker, model_root, trained, plant, caplog):
+@pytest.mark.parametrize("scoring_process", [False, True], ids=["inline", "scoring-process"])
+def test_consumer_keeps_serving_through_model_faults(
+    broker, model_root, trained, plant, caplog, capfd, scoring_process
+):
     """The consumer follows the model root (registry polled before every batch); each faulty
     version is refused and the records produced after it are scored by the previous version;
-    then a good version published mid-stream takes over without a gap or a duplicate."""
+    then a good version published mid-stream takes over without a gap or a duplicate. Inline,
+    and with the scoring process (which loads the versions and logs the refusals itself, on the
+    stderr it shares with this process)."""
     caplog.set_level(logging.ERROR, logger="ae_pipeline.serving")
+    child_stderr: list[str] = []
+
+    def refusals_of(version: str) -> list[str]:
+        if not scoring_process:
+            return [r.getMessage() for r in caplog.records if version in r.getMessage()]
+        child_stderr.append(capfd.readouterr().err)
+        lines = "".join(child_stderr).splitlines()
+        return [line for line in lines if version in line and "failed to load" in line]
+
     root, good = model_root
     bootstrap = broker.bootstrap_servers
     inp, out, dlq = kit.new_topics(bootstrap)
@@ -249,6 +263,7 @@ def test_consumer_keeps_serving_through_model_faults(broker, model_root, trained
         model_poll_interval_s=0,
         device="cpu",
         max_batch=100,
+        scoring_process=scoring_process,
     )
     thread = rel.ConsumerThread(consumer)
     thread.start()
@@ -276,7 +291,7 @@ def test_consumer_keeps_serving_through_model_faults(broker, model_root, trained
                 fault, lambda f=fault, b=bad: b.append(publish_faulty(root, trained, f, plant))
             )
             assert set(t.versions) == {good}, f"{fault}: served by {t.versions}"
-            refusals = [r.getMessage() for r in caplog.records if bad[0] in r.getMessage()]
+            refusals = refusals_of(bad[0])
             assert len(refusals) == 1 and FAULTS[fault][2] in refusals[0], refusals
 
         # A good version published while records stream in.

@@ -71,5 +71,6 @@ def test_the_consumer_survives_a_record_with_an_id_beyond_64_bits(broker, model_
         model_root=root,
         device="cpu",
     )
-    stats = consumer.run(max_records=len(values), idle_timeout_s=15)
+    with consumer:
+        stats = consumer.run(max_records=len(values), idle_timeout_s=15)
     assert stats.records_in == len(values) == stats.results + stats.dead_letters

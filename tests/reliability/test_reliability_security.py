@@ -122,7 +122,8 @@ def test_sasl_consumer_in_process_never_logs_the_password(broker, model_root, al
         model_root=root,
         device="cpu",
     )
-    stats = consumer.run(max_records=len(values), idle_timeout_s=15)
+    with consumer:
+        stats = consumer.run(max_records=len(values), idle_timeout_s=15)
     t = rel.tally(broker.bootstrap_servers, inp, out, dlq)
     rel.report_fault("SASL_PLAINTEXT consumer, DEBUG logs", "plain consumer", t)
     assert stats.records_in == len(values) and t.lost == 0

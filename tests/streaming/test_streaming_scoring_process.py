@@ -175,3 +175,21 @@ def test_consumer_scores_in_a_child_process_by_default_where_two_cpus_are_usable
     assert consumer().scoring_process is expected
     assert consumer(scoring_process=True).scoring_process is True
     assert consumer(scoring_process=False).scoring_process is False
+
+
+def test_consumer_as_a_context_manager_closes_its_scorer():
+    closed = []
+
+    class Scorer:
+        def close(self) -> None:
+            closed.append(True)
+
+    config = {"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}
+    consumer = ScoringConsumer(
+        config, input_topic="i", output_topic="o", dead_letter_topic="d",
+        model_version_dir="/nowhere", scoring_process=True,
+    )  # fmt: skip
+    with consumer as entered:
+        assert entered is consumer
+        consumer._scorer = Scorer()  # what run() leaves open between runs
+    assert closed == [True] and consumer._scorer is None
