@@ -15,8 +15,10 @@ The child loads the model itself (a fixed version, or a
 :class:`~ae_pipeline.serving.ModelWatcher` that hot-reloads), and the two processes exchange
 only plain data over its stdin and stdout, as length-prefixed MessagePack frames (``msgspec``):
 record values and coordinates one way, message keys and values the other. Nothing is
-unpickled. The child ignores SIGINT and SIGTERM (the parent decides when to stop and drains its
-batches first) and exits when the parent closes the pipe or dies.
+unpickled. The child's log records come back with its replies and are emitted through this
+process's loggers (same names and levels), so one logging configuration covers both. The child
+ignores SIGINT and SIGTERM (the parent decides when to stop and drains its batches first) and
+exits when the parent closes the pipe or dies.
 
 Example:
     >>> scorer = ScoringProcess(                                       # doctest: +SKIP
@@ -29,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import logging
@@ -239,6 +242,39 @@ def _read_frame(stream: Any) -> list[Any]:
     return _decode(data)
 
 
+class _ForwardHandler(logging.Handler):
+    """The child's log handler: keeps ``[level, logger name, message]`` rows for the next reply
+    (the message with its traceback, if any); what no reply carries is written to stderr when the
+    child exits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[Any]] = []
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.rows.append([record.levelno, record.name, self.format(record)])
+        except Exception:  # pragma: no cover - logging must not break scoring
+            self.handleError(record)
+
+    def take(self) -> list[list[Any]]:
+        rows, self.rows = self.rows, []
+        return rows
+
+    def flush_to_stderr(self) -> None:
+        for level, name, message in self.take():
+            print(f"{logging.getLevelName(level)} {name}: {message}", file=sys.stderr)
+
+
+def _emit_child_logs(rows: list[list[Any]], pid: int | None) -> None:
+    """Emits the child's log rows through this process's loggers (same names and levels)."""
+    for level, name, message in rows:
+        logger = logging.getLogger(name)
+        if logger.isEnabledFor(level):
+            logger.log(level, "%s", message, extra={"scoring_process_pid": pid})
+
+
 def _child_main() -> None:
     """The child (``python -m ae_pipeline.scoring_process``): a settings frame, then ``open``
     and ``score`` requests on stdin, replies on stdout in order, until stdin closes. Its own stdout
@@ -251,9 +287,12 @@ def _child_main() -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     settings = _read_frame(requests)[1]
-    logging.basicConfig(
-        level=settings["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # Log records travel to the parent with the next reply and are emitted there, through the
+    # parent's own logging configuration (handlers, format, level).
+    forward = _ForwardHandler()
+    root = logging.getLogger()
+    root.handlers[:] = [forward]
+    root.setLevel(settings["log_level"])
     model_args, mode, passthrough = settings["model"], settings["mode"], settings["passthrough"]
     # A reader thread keeps stdin drained: the parent may be writing the next batch while this
     # process writes a reply, and two processes each blocked on a full pipe would deadlock.
@@ -267,6 +306,7 @@ def _child_main() -> None:
             inbox.put(None)
 
     threading.Thread(target=read, name="requests", daemon=True).start()
+    atexit.register(forward.flush_to_stderr)
     provider: FixedModel | ModelWatcher | None = None
     while True:
         request = inbox.get()
@@ -301,6 +341,7 @@ def _child_main() -> None:
             reply = ["no_model", str(err)]
         except Exception as err:
             reply = ["error", f"{type(err).__name__}: {err}", traceback.format_exc()]
+        reply.append(forward.take())
         try:
             _write_frame(replies, reply)
         except (BrokenPipeError, OSError):
@@ -367,9 +408,10 @@ class ScoringProcess(_Scorer):
     def _reply(self) -> list[Any]:
         assert self._process is not None
         try:
-            reply = _read_frame(self._process.stdout)
+            *reply, logs = _read_frame(self._process.stdout)
         except (EOFError, OSError, ValueError):
             raise ScoringProcessError(self._died("it closed the pipe")) from None
+        _emit_child_logs(logs, self._process.pid)
         if reply[0] == "no_model":
             raise NoModelError(reply[1])
         if reply[0] == "error":

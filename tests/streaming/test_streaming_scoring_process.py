@@ -4,6 +4,7 @@ the consumer uses the child process by default where two CPUs are usable."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ import pytest
 from ae_pipeline import scoring_process
 from ae_pipeline.consumer import ScoringConsumer
 from ae_pipeline.kafka import KafkaRecord
+from ae_pipeline.registry import ModelRegistry
 from ae_pipeline.scoring_process import (
     InlineScorer,
     ScoringProcess,
@@ -84,6 +86,32 @@ def test_child_process_hot_reloads_and_waits_for_a_first_version(child, tmp_path
     batch = remote.collect()
     assert (batch.version, batch.swaps) == (second, 2)
     assert {dict(h)["model_version"] for _, _, h in batch.outputs} == {second.encode()}
+
+
+def test_child_process_logs_through_the_parents_loggers(child, tmp_path, trained, caplog):
+    caplog.set_level(logging.INFO, logger="ae_pipeline.serving")
+    root = str(tmp_path / "models")
+    first = kit.publish(root, trained)
+    remote = child({"root": root, "interval_s": 0}, mode="flag")
+    assert remote.open() == first
+
+    def corrupt(d):
+        kit.publish_files(d, trained)
+        with open(f"{d}/config.json", "a") as f:
+            f.write(" ")
+
+    bad = ModelRegistry(root).publish(corrupt)
+    values, _ = kit.records_with_poison(10)
+    remote.submit(_records(values))
+    assert remote.collect().version == first  # the bad version is refused
+    refusals = [r for r in caplog.records if bad in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
+    record = refusals[0]
+    assert (record.name, record.levelno) == ("ae_pipeline.serving", logging.ERROR)
+    assert (
+        "failed to load" in record.getMessage() and f"still serving {first}" in record.getMessage()
+    )
+    assert record.scoring_process_pid == remote.pid
 
 
 def test_child_process_refuses_a_corrupt_model_with_the_reason(child, version_dir):
