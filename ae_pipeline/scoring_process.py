@@ -48,6 +48,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -85,18 +86,17 @@ def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> float:
         cpus: float = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         cpus = os.cpu_count() or 1
-    quota = None
-    with contextlib.suppress(OSError, ValueError):
-        text = open(os.path.join(cgroup_root, "cpu.max")).read().split()  # noqa: SIM115
-        if text and text[0] != "max":
-            quota = int(text[0]) / int(text[1])
-    if quota is None:
-        with contextlib.suppress(OSError, ValueError):
-            base = os.path.join(cgroup_root, "cpu")
-            q = int(open(os.path.join(base, "cpu.cfs_quota_us")).read())  # noqa: SIM115
-            if q > 0:
-                quota = q / int(open(os.path.join(base, "cpu.cfs_period_us")).read())  # noqa: SIM115
-    return min(cpus, quota) if quota and quota > 0 else cpus
+    root = Path(cgroup_root)
+    for read in (
+        lambda: (root / "cpu.max").read_text().split(),  # v2
+        lambda: [(root / "cpu" / f"cpu.cfs_{n}_us").read_text() for n in ("quota", "period")],
+    ):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            quota, period = read()[:2]
+            if quota != "max" and int(quota) > 0:
+                return min(cpus, int(quota) / int(period))
+            return cpus  # a cgroup without a quota
+    return cpus
 
 
 def default_scoring_process() -> bool:

@@ -193,16 +193,18 @@ def test_consumer_scores_in_a_child_process_by_default_where_two_cpus_are_usable
     monkeypatch.setattr(scoring_process, "usable_cpus", lambda: cpus)
     assert default_scoring_process() is expected
 
-    def consumer(**kwargs) -> ScoringConsumer:
-        config = {"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}
-        return ScoringConsumer(
-            config, input_topic="i", output_topic="o", dead_letter_topic="d",
-            model_version_dir="/nowhere", **kwargs,
-        )  # fmt: skip
+    assert _consumer().scoring_process is expected
+    assert _consumer(scoring_process=True).scoring_process is True
+    assert _consumer(scoring_process=False).scoring_process is False
 
-    assert consumer().scoring_process is expected
-    assert consumer(scoring_process=True).scoring_process is True
-    assert consumer(scoring_process=False).scoring_process is False
+
+def _consumer(**kwargs) -> ScoringConsumer:
+    """A consumer that is never run (no broker, no model needed)."""
+    config = {"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}
+    return ScoringConsumer(
+        config, input_topic="i", output_topic="o", dead_letter_topic="d",
+        model_version_dir="/nowhere", **kwargs,
+    )  # fmt: skip
 
 
 def test_consumer_as_a_context_manager_closes_its_scorer():
@@ -212,11 +214,7 @@ def test_consumer_as_a_context_manager_closes_its_scorer():
         def close(self) -> None:
             closed.append(True)
 
-    config = {"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}
-    consumer = ScoringConsumer(
-        config, input_topic="i", output_topic="o", dead_letter_topic="d",
-        model_version_dir="/nowhere", scoring_process=True,
-    )  # fmt: skip
+    consumer = _consumer(scoring_process=True)
     with consumer as entered:
         assert entered is consumer
         consumer._scorer = Scorer()  # what run() leaves open between runs
