@@ -21,7 +21,7 @@ measures both ways.
 
 SIGTERM / SIGINT (after :meth:`ScoringConsumer.install_signal_handlers`) stop it gracefully:
 the batch in hand is finished, flushed and committed, then the consumer leaves its group. With
-a model root it hot-reloads: a :class:`~ae_pipeline.serving.ModelWatcher` swaps to a newly
+a model root it hot-reloads: a :class:`~ae_pipeline.hot_reload.ModelWatcher` swaps to a newly
 published version between batches and keeps the old one if the new one fails to load.
 
 Outputs are the messages of :func:`ae_pipeline.serving.to_message`: JSON values keyed by the

@@ -12,7 +12,7 @@ calls. Both return :class:`ScoredBatch` objects from :func:`score_batch`, so the
 same messages either way.
 
 The child loads the model itself (a fixed version, or a
-:class:`~ae_pipeline.serving.ModelWatcher` that hot-reloads), and the two processes exchange
+:class:`~ae_pipeline.hot_reload.ModelWatcher` that hot-reloads), and the two processes exchange
 only plain data over its stdin and stdout, as length-prefixed MessagePack frames (``msgspec``):
 record values and coordinates one way, message keys and values the other. Nothing is
 unpickled. The child's log records come back with its replies and are emitted through this
@@ -58,14 +58,12 @@ try:
 except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
+from ae_pipeline.hot_reload import FixedModel, ModelWatcher, open_model
 from ae_pipeline.serving import (
-    FixedModel,
-    ModelWatcher,
     NoModelError,
     Source,
     check_mode,
     message_headers,
-    open_model,
     to_messages,
 )
 
@@ -158,7 +156,7 @@ def score_batch(
 
 
 class _Scorer:
-    """What both scorers take: :func:`ae_pipeline.serving.open_model` arguments (``version_dir``
+    """What both scorers take: :func:`ae_pipeline.hot_reload.open_model` arguments (``version_dir``
     or ``root``, ``interval_s``, ``device``, ``top_k``, ``torch_threads``...), the mode and the
     passthrough fields. ``depth``: batches the consumer keeps submitted before collecting."""
 
@@ -356,7 +354,7 @@ class ScoringProcess(_Scorer):
     batch in the child while it produces the previous one.
 
     Args:
-        model_args: :func:`ae_pipeline.serving.open_model` arguments (``version_dir`` or
+        model_args: :func:`ae_pipeline.hot_reload.open_model` arguments (``version_dir`` or
             ``root``, ``interval_s``, ``device``, ``top_k``, ``torch_threads``...).
         mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
         passthrough: record fields copied into each result.

@@ -46,13 +46,8 @@ from apache_beam.utils import shared
 from apache_beam.utils.windowed_value import WindowedValue
 
 from ae_pipeline.features import REASONS, FeatureSpec
-from ae_pipeline.serving import (
-    FixedModel,
-    ModelWatcher,
-    as_inputs,
-    check_mode,
-    open_model,
-)
+from ae_pipeline.hot_reload import FixedModel, ModelWatcher, open_model
+from ae_pipeline.serving import as_inputs, check_mode
 
 _log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import reliability_kit as rel
 
 from ae_pipeline.consumer import ScoringConsumer
 from ae_pipeline.features import FeatureSpec
+from ae_pipeline.hot_reload import ModelWatcher
 from ae_pipeline.registry import ModelRegistry
-from ae_pipeline.serving import ModelWatcher
 
 WEIGHTS, CONFIG, CHECKSUMS = "weights.safetensors", "config.json", "checksums.json"
 

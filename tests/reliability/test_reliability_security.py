@@ -19,9 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ae_pipeline.consumer import ScoringConsumer
+from ae_pipeline.hot_reload import ModelWatcher
 from ae_pipeline.kafka import KafkaClientError
 from ae_pipeline.registry import VERSION_RE, ModelRegistry, RegistryError, check_version_name
-from ae_pipeline.serving import ModelWatcher, ServingModel
+from ae_pipeline.serving import ServingModel
 
 GOOD = "v20260101T000000Z-abcdef"
 TRAVERSALS = [

@@ -16,10 +16,10 @@ import torch
 
 from ae_pipeline.artifact import ArtifactError, save_artifact
 from ae_pipeline.features import REASONS, FeatureSpec
+from ae_pipeline.hot_reload import ModelWatcher
 from ae_pipeline.models import ModelConfig, Scorer, build_model
 from ae_pipeline.registry import ModelRegistry
 from ae_pipeline.serving import (
-    ModelWatcher,
     NoModelError,
     ServingError,
     ServingModel,
