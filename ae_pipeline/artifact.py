@@ -59,8 +59,40 @@ _CHECKED_FILES = (WEIGHTS_FILE, CONFIG_FILE)
 _MAX_HEADER = 100 * 1024 * 1024
 
 
+REFUSAL_REASONS = (
+    "marker",
+    "future",
+    "symlink",
+    "special_file",
+    "too_large",
+    "corrupt",
+    "unsafe",
+    "threshold",
+    "weights",
+    "scaler",
+    "features",
+    "error",
+)
+"""Why a model version is refused; the ``reason`` of :class:`ArtifactError` and the keys of
+:attr:`ae_pipeline.hot_reload.ModelWatcher.refusals`."""
+
+MIN_SCALE = 1e-12
+"""The smallest scaler divisor a version may carry (a fitted scaler never has less)."""
+
+_MAX_CHECKSUMS = 1024 * 1024
+_MAX_UNSIZED = {WEIGHTS_FILE: 8 * 1024**3, CONFIG_FILE: 256 * 1024**2}
+
+
 class ArtifactError(ValueError):
-    """A model artifact is missing, corrupt, unsafe or does not fit its config or the data."""
+    """A model artifact is missing, corrupt, unsafe or does not fit its config or the data.
+
+    Attributes:
+        reason: one of :data:`REFUSAL_REASONS` (default ``"corrupt"``).
+    """
+
+    def __init__(self, message: str, reason: str = "corrupt") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -203,16 +235,72 @@ def _write(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def _read(path: str, name: str) -> bytes:
+def _read(path: str, name: str, limit: int) -> bytes:
+    """The bytes of ``path/name``, reading at most ``limit`` bytes (a larger file is refused
+    with reason ``too_large`` before it can fill the memory)."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     target = _join(path, name)
     try:
         with FileSystems.open(target, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            return f.read()
+            data = f.read(limit + 1)
     except Exception as err:  # FileSystems raises BeamIOError, IOError, OSError...
         raise ArtifactError(f"{path}: cannot read {name}: {err}") from err
+    if len(data) > limit:
+        raise ArtifactError(
+            f"{path}: {name} is larger than the {limit} bytes recorded for it; refusing to read "
+            "it (the file was replaced or grew after publishing)",
+            reason="too_large",
+        )
+    return data
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def refuse_links(path: str) -> None:
+    """Refuses a local version directory holding a symbolic link or a special file (device,
+    FIFO, socket) anywhere inside it, following none of them: a ``weights.safetensors`` linked
+    to ``/dev/zero`` would otherwise be read until memory runs out. Object stores (``gs://``,
+    ``s3://``...) have no links and are not checked.
+
+    Raises:
+        ArtifactError: with reason ``symlink`` or ``special_file``, naming the entry.
+    """
+    import os
+    import stat
+
+    if not _is_local(path):
+        return
+    top = path.removeprefix("file://")
+    if not os.path.isdir(top):
+        return  # nothing to follow; reading its files reports what is missing
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as err:
+            raise ArtifactError(f"{path}: cannot list {directory}: {err}") from err
+        for entry in entries:
+            where = os.path.relpath(entry.path, top)
+            if entry.is_symlink():
+                raise ArtifactError(
+                    f"{path}: {where} is a symbolic link; refusing to follow it (copy the file "
+                    "into the version directory instead)",
+                    reason="symlink",
+                )
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISDIR(mode):
+                pending.append(entry.path)
+            elif not stat.S_ISREG(mode):
+                raise ArtifactError(
+                    f"{path}: {where} is not a regular file (a device, FIFO or socket); "
+                    "refusing to read it",
+                    reason="special_file",
+                )
 
 
 # --------------------------------------------------------------------------- save
@@ -296,6 +384,7 @@ def save_artifact(
     checksums = {
         "algorithm": "sha256",
         "files": {WEIGHTS_FILE: _sha256(weights), CONFIG_FILE: _sha256(config_bytes)},
+        "sizes": {WEIGHTS_FILE: len(weights), CONFIG_FILE: len(config_bytes)},
     }
     _write(_join(path, WEIGHTS_FILE), weights)
     _write(_join(path, CONFIG_FILE), config_bytes)
@@ -306,14 +395,38 @@ def save_artifact(
 # --------------------------------------------------------------------------- load
 
 
+def _safetensors_header(data: bytes) -> dict | None:
+    """The parsed header of a safetensors file (8-byte little-endian length, then a JSON
+    object of that length), or None when ``data`` does not start with one."""
+    if len(data) < 8:
+        return None
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > _MAX_HEADER or 8 + header_len > len(data):
+        return None
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    return header if isinstance(header, dict) else None
+
+
 def _check_safetensors(path: str, data: bytes) -> None:
-    """Refuses anything but a complete safetensors file (pickles above all)."""
+    """Refuses anything but a safetensors file, naming what it is instead (a pickle, a
+    ``torch.save`` zip, a truncated file).
+
+    The header (length + JSON object) is parsed first: its first bytes are the length's low
+    bytes, which can be anything (a header of 384 bytes starts with ``0x80``, a pickle's
+    opcode), so only a file that is not valid safetensors is classified.
+    """
+    if _safetensors_header(data) is not None:
+        return
     where = f"{path}: {WEIGHTS_FILE}"
     if data[:1] == b"\x80" or data[:2] == b"PK":
         kind = "a zip archive (torch.save)" if data[:2] == b"PK" else "a pickle"
         raise ArtifactError(
             f"{where} is {kind}, not safetensors; refusing to load it (unpickling can run "
-            "arbitrary code)"
+            "arbitrary code)",
+            reason="unsafe",
         )
     if len(data) < 8:
         raise ArtifactError(f"{where} is truncated ({len(data)} bytes, no safetensors header)")
@@ -323,23 +436,26 @@ def _check_safetensors(path: str, data: bytes) -> None:
             f"{where} is truncated or not safetensors: header length {header_len}, "
             f"file length {len(data)}"
         )
-    if data[8:9] != b"{":
-        raise ArtifactError(f"{where} is not safetensors: header does not start with '{{'")
+    raise ArtifactError(f"{where} is not safetensors: its header is not a JSON object")
 
 
-def _read_checksums(path: str) -> dict[str, str]:
-    raw = _read(path, CHECKSUMS_FILE)
+def _read_checksums(path: str) -> tuple[dict[str, str], dict[str, int]]:
+    """``(sha256 by file, read limit by file)``: the recorded size where checksums.json has
+    one (written since sizes were added), else a generous bound."""
+    raw = _read(path, CHECKSUMS_FILE, _MAX_CHECKSUMS)
     try:
         checksums = json.loads(raw)
         files = checksums["files"]
+        sizes = checksums.get("sizes") or {}
         if checksums.get("algorithm") != "sha256" or not isinstance(files, dict):
             raise ValueError("expected algorithm 'sha256' and a 'files' map")
-    except (ValueError, KeyError, TypeError) as err:
+        limits = {name: int(sizes.get(name, _MAX_UNSIZED[name])) for name in _CHECKED_FILES}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ArtifactError(f"{path}: {CHECKSUMS_FILE} is corrupt: {err}") from None
     missing = [name for name in _CHECKED_FILES if name not in files]
     if missing:
         raise ArtifactError(f"{path}: {CHECKSUMS_FILE} lists no checksum for {missing}")
-    return files
+    return files, limits
 
 
 def _verify_checksum(path: str, name: str, data: bytes, expected: str) -> None:
@@ -354,9 +470,11 @@ def _verify_checksum(path: str, name: str, data: bytes, expected: str) -> None:
 def verify_artifact(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Reads and verifies a version directory without building the model.
 
-    Checks that the files exist, match their checksums, that the weights are safetensors
-    (not pickle), that ``config.json`` holds a valid model config, and that every tensor the
-    config implies is present with the expected shape and a floating-point dtype.
+    Checks that a local directory holds no symbolic link or special file (nothing is
+    followed), that the files exist, are no larger than the sizes recorded in
+    ``checksums.json`` (read bounded) and match their checksums, that the weights are
+    safetensors (not pickle), that ``config.json`` holds a valid model config, and that every
+    tensor the config implies is present with the expected shape and a floating-point dtype.
 
     Returns:
         ``(meta, tensors)``: the parsed ``config.json`` and the CPU tensors.
@@ -366,11 +484,12 @@ def verify_artifact(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     """
     import safetensors.torch
 
-    checksums = _read_checksums(path)
-    weights = _read(path, WEIGHTS_FILE)
+    refuse_links(path)
+    checksums, limits = _read_checksums(path)
+    weights = _read(path, WEIGHTS_FILE, limits[WEIGHTS_FILE])
     _check_safetensors(path, weights)
     _verify_checksum(path, WEIGHTS_FILE, weights, checksums[WEIGHTS_FILE])
-    config_bytes = _read(path, CONFIG_FILE)
+    config_bytes = _read(path, CONFIG_FILE, limits[CONFIG_FILE])
     _verify_checksum(path, CONFIG_FILE, config_bytes, checksums[CONFIG_FILE])
     try:
         meta = json.loads(config_bytes)
@@ -465,7 +584,8 @@ def check_compatibility(
     input_dim = meta["model_config"]["input_dim"]
     if expected_input_dim is not None and expected_input_dim != input_dim:
         raise ArtifactError(
-            f"{path}: the model takes {input_dim} features, the records have {expected_input_dim}"
+            f"{path}: the model takes {input_dim} features, the records have {expected_input_dim}",
+            reason="features",
         )
     saved = meta.get("feature_columns")
     if feature_columns is None:
@@ -473,7 +593,8 @@ def check_compatibility(
     wanted = [str(c) for c in feature_columns]
     if len(wanted) != input_dim:
         raise ArtifactError(
-            f"{path}: the model takes {input_dim} features, the records have {len(wanted)} columns"
+            f"{path}: the model takes {input_dim} features, the records have {len(wanted)} columns",
+            reason="features",
         )
     if saved is not None and wanted != saved:
         missing = [c for c in saved if c not in wanted]
@@ -484,5 +605,179 @@ def check_compatibility(
             else "same columns in a different order"
         )
         raise ArtifactError(
-            f"{path}: feature columns differ from the model's: {detail}; model: {saved}"
+            f"{path}: feature columns differ from the model's: {detail}; model: {saved}",
+            reason="features",
         )
+
+
+# --------------------------------------------------------------------------- can it serve?
+
+
+def features_of(loaded: LoadedArtifact) -> list[str] | int:
+    """What records a version reads: its feature column names in order, or its width when it
+    records no names. Pass a served version's as ``expect_features`` to
+    :func:`check_servable` to refuse a swap that changes the features."""
+    columns = loaded.feature_columns
+    return [str(c) for c in columns] if columns else loaded.input_dim
+
+
+def check_servable(
+    loaded: LoadedArtifact,
+    *,
+    mode: str | None = None,
+    expect_features: Sequence[str] | int | None = None,
+    threshold: float | None = None,
+) -> None:
+    """Raises :class:`ArtifactError` unless a verified version can serve: the one place that
+    decides, for publishing, hot reload and a fixed version alike.
+
+    Checks, each refused with its ``reason``:
+
+    * ``threshold``: in ``flag`` mode a threshold must exist; whenever one exists (and the
+      mode is not ``encode``/``denoise``) it must be a finite number (NaN never flags, -inf
+      flags everything, +inf nothing);
+    * ``weights``: every floating-point parameter and buffer is finite;
+    * ``scaler``: offsets finite, divisors finite and above :data:`MIN_SCALE`, one per feature;
+    * ``features``: with ``expect_features`` (the served version's :func:`features_of`), the
+      same column names in the same order, or the same width.
+
+    Args:
+        loaded: the version (:func:`load_artifact`).
+        mode: the serving mode (``"flag"``, ``"encode"``, ``"denoise"``), None when unknown.
+        expect_features: the column names (or width) the version must read, or None.
+        threshold: the threshold the caller will use instead of the calibrated one (as
+            ``ServingModel.load(threshold=...)``); None: the artifact's own.
+    """
+    where = loaded.path
+    if mode not in ("encode", "denoise"):
+        if threshold is None:
+            threshold = _artifact_threshold(where, loaded.threshold)
+        _check_threshold(where, threshold, mode)
+    _check_weights(where, loaded.model)
+    _check_scaler(where, loaded.scaler, loaded.input_dim, loaded.feature_columns)
+    if expect_features is not None:
+        _check_features(where, features_of(loaded), expect_features)
+
+
+def verify_servable(
+    path: str,
+    *,
+    mode: str | None = None,
+    expect_features: Sequence[str] | int | None = None,
+    threshold: float | None = None,
+    device: str = "cpu",
+) -> LoadedArtifact:
+    """:func:`load_artifact`, then :func:`check_servable` (same arguments); returns the
+    loaded version.
+
+    Raises:
+        ArtifactError: the version is missing, corrupt or unsafe, or cannot serve.
+    """
+    loaded = load_artifact(path, device=device)
+    check_servable(loaded, mode=mode, expect_features=expect_features, threshold=threshold)
+    return loaded
+
+
+def _artifact_threshold(where: str, threshold: Any) -> Any:
+    if threshold is None:
+        return None
+    if not isinstance(threshold, Mapping) or "value" not in threshold:
+        raise ArtifactError(
+            f"{where}: the threshold must be an object with a 'value', got {threshold!r}",
+            reason="threshold",
+        )
+    return threshold["value"]
+
+
+def _check_threshold(where: str, value: Any, mode: str | None) -> None:
+    if value is None:
+        if mode == "flag":
+            raise ArtifactError(
+                f"{where}: no calibrated threshold (threshold is null), so it cannot flag; "
+                "calibrate on more validation rows, or serve it with an explicit threshold",
+                reason="threshold",
+            )
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ArtifactError(
+            f"{where}: the threshold must be a number, got {value!r}", reason="threshold"
+        )
+    if not np.isfinite(float(value)):
+        effect = {"nan": "never flags", "inf": "never flags", "-inf": "flags every record"}
+        raise ArtifactError(
+            f"{where}: the threshold is {float(value)} (it {effect[str(float(value))]}); "
+            "a threshold must be a finite number",
+            reason="threshold",
+        )
+
+
+def _check_weights(where: str, model: nn.Module) -> None:
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, tensor in tensors:
+        if not tensor.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(tensor.detach())).sum())
+        if bad:
+            raise ArtifactError(
+                f"{where}: tensor {name!r} has {bad} non-finite values (NaN or inf) out of "
+                f"{tensor.numel()}; such a model scores every record NaN",
+                reason="weights",
+            )
+
+
+def _check_scaler(where: str, scaler: Any, width: int, columns: Sequence[str] | None) -> None:
+    if scaler is None:
+        return
+    try:
+        offset = np.asarray(scaler["offset"], dtype=np.float64)
+        scale = np.asarray(scaler["scale"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(
+            f"{where}: the scaler is invalid: {err!r}; expected 'offset' and 'scale' lists",
+            reason="scaler",
+        ) from None
+    if offset.shape != (width,) or scale.shape != (width,):
+        raise ArtifactError(
+            f"{where}: the scaler has offset shape {offset.shape} and scale shape "
+            f"{scale.shape}, the model takes {width} features",
+            reason="scaler",
+        )
+    for label, bad in (
+        ("offset is not finite", ~np.isfinite(offset)),
+        ("scale is not finite", ~np.isfinite(scale)),
+        (f"scale is not above {MIN_SCALE:g}", np.isfinite(scale) & ~(scale > MIN_SCALE)),
+    ):
+        if bad.any():
+            i = int(np.argmax(bad))
+            name = columns[i] if columns and i < len(columns) else f"#{i}"
+            value = (offset if label.startswith("offset") else scale)[i]
+            raise ArtifactError(
+                f"{where}: the scaler's {label} for {int(bad.sum())} feature(s), first "
+                f"{name!r} ({value:g}); such a scaler turns records into NaN or inf",
+                reason="scaler",
+            )
+
+
+def _check_features(where: str, have: list[str] | int, want: Sequence[str] | int) -> None:
+    want = want if isinstance(want, int) else [str(c) for c in want]
+    if have == want:
+        return
+    if isinstance(want, int) or isinstance(have, int):
+
+        def show(f: list[str] | int) -> str:
+            return f"{f} unnamed features" if isinstance(f, int) else f"columns {f}"
+
+        detail = f"it reads {show(have)}, the served version reads {show(want)}"
+    else:
+        missing = [c for c in want if c not in have]
+        extra = [c for c in have if c not in want]
+        detail = (
+            f"it lacks {missing} and adds {extra}"
+            if missing or extra
+            else "same columns in a different order"
+        )
+    raise ArtifactError(
+        f"{where}: its features differ from the served version's: {detail}; refusing to swap "
+        "(allow feature changes explicitly to serve it)",
+        reason="features",
+    )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,13 @@ from ae_pipeline.artifact import (
     WEIGHTS_FILE,
     ArtifactError,
     check_compatibility,
+    check_servable,
     data_fingerprint,
+    features_of,
     load_artifact,
     save_artifact,
     verify_artifact,
+    verify_servable,
 )
 from ae_pipeline.models import (
     CorruptionConfig,
@@ -236,3 +241,225 @@ def test_artifact_module_does_not_import_beam_at_import_time():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------- safetensors header (issue 16)
+
+
+def _weights_with_header_length(model, first: bytes) -> bytes:
+    """Safetensors bytes of ``model`` whose 8-byte header length starts with ``first``
+    (padding the metadata until it does)."""
+    import safetensors.torch
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+
+    def save(pad: int) -> bytes:
+        return safetensors.torch.save(state, metadata={"format": "pt", "pad": "x" * pad})
+
+    base = struct.unpack("<Q", save(0)[:8])[0]
+    # "PK": the length 0x4B50; else the next length whose low byte is first[0]
+    target = 0x4B50 if first == b"PK" else base + ((first[0] - base) % 256)
+    for pad in range(max(0, target - base - 16), target - base + 16):
+        data = save(pad)
+        if data.startswith(first):
+            return data
+    raise AssertionError(f"no padding gives a header length starting with {first!r}")
+
+
+@pytest.mark.parametrize("first", [b"\x80", b"PK"], ids=["low-byte-0x80", "PK"])
+def test_valid_safetensors_whose_header_length_looks_like_a_pickle_or_zip_loads(tmp_path, first):
+    cfg = ModelConfig(12, hidden_dims=[8], latent_dim=3)
+    model = build_model(cfg, seed=0)
+    save_artifact(str(tmp_path), model, cfg)
+    data = _weights_with_header_length(model, first)
+    (tmp_path / WEIGHTS_FILE).write_bytes(data)
+    _rewrite_checksums(tmp_path)
+    loaded = load_artifact(str(tmp_path))
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+
+
+STACKED = ModelConfig(784, architecture="stacked", hidden_dims=[512, 256, 128])
+REAL_CASES = [
+    STACKED,
+    *(
+        ModelConfig(d_in, hidden_dims=[], latent_dim=d_out)
+        for d_in, d_out in [(784, 512), (512, 256), (256, 128)]
+    ),
+    ModelConfig(100, architecture="vae", hidden_dims=[64, 32], latent_dim=4),
+]
+
+
+@pytest.mark.parametrize("config", REAL_CASES, ids=lambda c: f"{c.architecture}-{c.input_dim}")
+def test_the_models_refused_as_pickles_in_issue_16_save_and_load(tmp_path, config):
+    model = build_model(config, seed=0)
+    save_artifact(str(tmp_path), model, config)
+    loaded = load_artifact(str(tmp_path))
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+    if config.architecture == "vae":  # the case of the issue: header length 1152 = 0x480
+        assert (tmp_path / WEIGHTS_FILE).read_bytes()[:1] == b"\x80"
+
+
+def test_a_header_that_is_not_a_json_object_is_refused(saved):
+    path, _, _ = saved
+    body = b"[1, 2, 3]"
+    (path / WEIGHTS_FILE).write_bytes(struct.pack("<Q", len(body)) + body)
+    _rewrite_checksums(path)
+    with pytest.raises(ArtifactError, match="header is not a JSON object"):
+        load_artifact(str(path))
+
+
+# ----------------------------------------------------------------- bounded reads, links
+
+
+def test_checksums_record_sizes_and_a_larger_file_is_refused_unread(saved):
+    path, _, _ = saved
+    sums = json.loads((path / CHECKSUMS_FILE).read_text())
+    assert sums["sizes"][WEIGHTS_FILE] == (path / WEIGHTS_FILE).stat().st_size
+    with open(path / WEIGHTS_FILE, "ab") as f:
+        f.write(b"\0" * 1000)
+    with pytest.raises(ArtifactError, match=r"larger than the \d+ bytes recorded") as err:
+        load_artifact(str(path))
+    assert err.value.reason == "too_large"
+
+
+def test_a_weights_link_to_dev_zero_is_refused_without_reading(saved):
+    path, _, _ = saved
+    (path / WEIGHTS_FILE).unlink()
+    os.symlink("/dev/zero", path / WEIGHTS_FILE)
+    with pytest.raises(ArtifactError, match=r"weights\.safetensors is a symbolic link") as err:
+        load_artifact(str(path))
+    assert err.value.reason == "symlink"
+
+
+def test_a_link_deep_inside_the_version_is_refused(saved, tmp_path):
+    path, _, _ = saved
+    (path / "report" / "plots").mkdir(parents=True)
+    os.symlink(tmp_path, path / "report" / "plots" / "elsewhere")
+    with pytest.raises(ArtifactError, match="report/plots/elsewhere is a symbolic link"):
+        verify_artifact(str(path))
+
+
+def test_a_fifo_in_place_of_the_weights_is_refused_without_blocking(saved):
+    path, _, _ = saved
+    (path / WEIGHTS_FILE).unlink()
+    os.mkfifo(path / WEIGHTS_FILE)  # opening it for reading would block forever
+    with pytest.raises(ArtifactError, match="not a regular file") as err:
+        load_artifact(str(path))
+    assert err.value.reason == "special_file"
+
+
+def test_checksums_without_sizes_still_load(saved):
+    path, _, _ = saved
+    _rewrite_checksums(path)  # the format written before sizes were recorded
+    assert "sizes" not in json.loads((path / CHECKSUMS_FILE).read_text())
+    load_artifact(str(path))
+
+
+# ----------------------------------------------------------------- can it serve?
+
+SMALL = ModelConfig(3, hidden_dims=[], latent_dim=2)
+GOOD_SCALER = {"kind": "standard", "offset": [0.0, 1.0, 2.0], "scale": [1.0, 2.0, 0.5]}
+
+
+def _servable(tmp_path, *, threshold=0.5, scaler=GOOD_SCALER, columns=("a", "b", "c"), model=None):
+    model = model if model is not None else build_model(SMALL, seed=0)
+    path = str(tmp_path / "version")
+    save_artifact(
+        path,
+        model,
+        SMALL,
+        feature_columns=None if columns is None else list(columns),
+        scaler=scaler,
+        threshold=None if threshold is None else {"value": threshold, "method": "quantile"},
+    )
+    return load_artifact(path)
+
+
+def test_a_good_version_can_serve_in_every_mode(tmp_path):
+    loaded = _servable(tmp_path)
+    for mode in (None, "flag", "encode", "denoise"):
+        check_servable(loaded, mode=mode, expect_features=["a", "b", "c"])
+    assert features_of(loaded) == ["a", "b", "c"]
+    assert verify_servable(loaded.path, mode="flag").threshold["value"] == 0.5
+
+
+def _refused(loaded, reason, match, **kwargs):
+    with pytest.raises(ArtifactError, match=match) as err:
+        check_servable(loaded, **kwargs)
+    assert err.value.reason == reason, err.value
+    return err.value
+
+
+def test_no_threshold_cannot_flag_but_can_encode(tmp_path):
+    loaded = _servable(tmp_path, threshold=None)
+    _refused(loaded, "threshold", "no calibrated threshold", mode="flag")
+    check_servable(loaded, mode="encode")
+    check_servable(loaded)  # mode unknown: a missing threshold is not an error
+    check_servable(loaded, mode="flag", threshold=0.7)  # an explicit threshold serves
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (float("nan"), r"threshold is nan \(it never flags\)"),
+        (float("inf"), r"threshold is inf \(it never flags\)"),
+        (float("-inf"), r"threshold is -inf \(it flags every record\)"),
+        ("0.5", "must be a number"),
+        (True, "must be a number"),
+    ],
+)
+def test_a_threshold_that_is_not_a_finite_number_is_refused(tmp_path, value, match):
+    loaded = _servable(tmp_path, threshold=value)  # saved and reloaded through JSON
+    for mode in ("flag", None):
+        _refused(loaded, "threshold", match, mode=mode)
+    check_servable(loaded, mode="denoise")  # denoising never reads the threshold
+    _refused(loaded, "threshold", "threshold is nan", mode="flag", threshold=float("nan"))
+
+
+@pytest.mark.parametrize("how", ["all-nan", "one-inf"])
+def test_non_finite_weights_are_refused(tmp_path, how):
+    model = build_model(SMALL, seed=0)
+    with torch.no_grad():
+        weight = model.state_dict()["encoder.0.linear.weight"]
+        if how == "all-nan":
+            for tensor in model.parameters():
+                tensor.fill_(float("nan"))
+        else:
+            weight.view(-1)[1] = float("inf")
+    loaded = _servable(tmp_path, model=model)
+    err = _refused(loaded, "weights", "non-finite values", mode="encode")
+    bad = "6 non-finite values" if how == "all-nan" else "1 non-finite values"
+    assert f"'encoder.0.linear.weight' has {bad}" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("offset", "scale", "match"),
+    [
+        ([0.0, 1.0, 2.0], [1.0, 1e-40, 1.0], r"scale is not above 1e-12 .* first 'b'"),
+        ([0.0, 1.0, 2.0], [0.0, 1.0, 1.0], r"scale is not above 1e-12 .* first 'a'"),
+        ([0.0, 1.0, 2.0], [1.0, 1.0, -2.0], "scale is not above"),
+        ([0.0, 1.0, 2.0], [1.0, float("nan"), 1.0], "scale is not finite"),
+        ([0.0, float("inf"), 2.0], [1.0, 1.0, 1.0], "offset is not finite"),
+        ([float("nan")] * 3, [1.0, 1.0, 1.0], r"offset is not finite for 3 feature"),
+        ([0.0, 1.0], [1.0, 1.0], "the model takes 3 features"),
+    ],
+)
+def test_a_scaler_that_would_turn_records_into_nan_or_inf_is_refused(
+    tmp_path, offset, scale, match
+):
+    loaded = _servable(tmp_path, scaler={"kind": "standard", "offset": offset, "scale": scale})
+    _refused(loaded, "scaler", match, mode="encode")
+
+
+def test_a_version_with_other_features_is_refused(tmp_path):
+    loaded = _servable(tmp_path)
+    _refused(loaded, "features", r"lacks \['x'\] and adds \['c'\]", expect_features=["a", "b", "x"])
+    _refused(loaded, "features", "different order", expect_features=["c", "b", "a"])
+    _refused(loaded, "features", "the served version reads 3 unnamed", expect_features=3)
+    unnamed = _servable(tmp_path / "u", columns=None)
+    assert features_of(unnamed) == 3
+    check_servable(unnamed, expect_features=3)
+    _refused(unnamed, "features", "it reads 3 unnamed", expect_features=["a", "b", "c"])
+    _refused(unnamed, "features", "reads 4 unnamed", expect_features=4)
