@@ -1,8 +1,10 @@
 """Read historical Parquet data as blocks of validated feature rows.
 
 :class:`ReadFeatureBlocks` takes a file, a glob or a directory of shards on any Beam filesystem,
-checks the schema before the pipeline runs (a missing or non-numeric column is a
-:class:`~ae_pipeline.features.SchemaError` naming it), then reads every row group in parallel with
+checks every file before the pipeline runs (an empty directory, a file that is not Parquet or is
+truncated, duplicate column names, a missing, non-numeric or all-null column: each a
+:class:`~ae_pipeline.features.SchemaError` or ``FileNotFoundError`` naming the file and the
+column), then reads every row group in parallel with
 pyarrow and emits :class:`Block` elements of at most ``block_rows`` rows: Beam's per-element
 overhead is paid per block, not per row. Rows with null, NaN or inf leave on the ``rejected``
 output with a reason, and every row is counted in Beam metrics.
@@ -10,7 +12,10 @@ output with a reason, and every row is counted in Beam metrics.
 
 from __future__ import annotations
 
+import logging
+import os
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -19,10 +24,13 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from ae_pipeline.features import FeatureSpec, check_arrow_schema, table_to_matrix
+from ae_pipeline.features import FeatureSpec, SchemaError, check_arrow_schema, table_to_matrix
 
 NAMESPACE = "ae_pipeline"
 REJECTED = "rejected"
+PARQUET_MAGIC = b"PAR1"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,51 +62,150 @@ def resolve_files(location: str) -> list[str]:
     """The Parquet files of a file, glob, or directory (``*.parquet`` under it, recursively).
 
     Raises:
-        FileNotFoundError: when nothing matches, naming the location.
+        FileNotFoundError: when nothing matches, naming the location (and saying when it is a
+            directory without ``.parquet`` files).
     """
     pattern = location
     if not any(c in location for c in "*?[") and not location.endswith(".parquet"):
         pattern = FileSystems.join(location.rstrip("/"), "**.parquet")
     matched = FileSystems.match([pattern])[0].metadata_list
-    files = sorted(m.path for m in matched if m.size_in_bytes > 0)
+    files = sorted(m.path for m in matched if m.size_in_bytes > 0 and not os.path.isdir(m.path))
     if not files and pattern != location:  # a single file whose name lacks the suffix
         matched = FileSystems.match([location])[0].metadata_list
-        files = sorted(m.path for m in matched if m.size_in_bytes > 0)
+        files = sorted(m.path for m in matched if m.size_in_bytes > 0 and not os.path.isdir(m.path))
     if not files:
+        if os.path.isdir(location):
+            raise FileNotFoundError(
+                f"no Parquet files in directory {location!r} (looked for *.parquet under it); "
+                "point --input at a Parquet file, glob or directory of Parquet files"
+            )
         raise FileNotFoundError(f"no Parquet files at {location!r} (pattern {pattern!r})")
     return files
 
 
+def _arrow_errors() -> tuple[type[BaseException], ...]:
+    import pyarrow as pa
+
+    return (pa.ArrowException, OSError, ValueError)
+
+
+def _not_parquet(path: str, err: BaseException) -> SchemaError:
+    """The error for a file pyarrow cannot open, naming it and guessing why."""
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if head != PARQUET_MAGIC:
+        why = "it does not start with Parquet's magic bytes: is it a CSV or another format?"
+    else:
+        why = "its footer is missing or corrupt: is the file truncated or still being written?"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return SchemaError(f"{path} is not a readable Parquet file: {why} (pyarrow: {first})")
+
+
 def _open(path: str):
+    """The ``pyarrow.parquet.ParquetFile`` at ``path``.
+
+    Raises:
+        SchemaError: the file is not Parquet or is truncated, naming the file.
+    """
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
+    try:
+        return pq.ParquetFile(
+            FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        )
+    except _arrow_errors() as err:
+        raise _not_parquet(path, err) from None
 
 
 def read_schema(path: str):
-    """The Arrow schema of one Parquet file."""
+    """The Arrow schema of one Parquet file (see :func:`_open` for the errors)."""
     return _open(path).schema_arrow
+
+
+def _check_unique_names(path: str, schema) -> None:
+    twice = sorted(name for name, n in Counter(schema.names).items() if n > 1)
+    if twice:
+        raise SchemaError(
+            f"{path}: column name(s) {twice} appear more than once; column names must be "
+            "unique: rename the duplicates when writing the file"
+        )
+
+
+def _null_columns(parquet_file, columns: list[str]) -> set[str]:
+    """Of ``columns``, those that the file's statistics say are null in every row (a column
+    without statistics in some row group is never reported)."""
+    md = parquet_file.metadata
+    if md.num_rows == 0:
+        return set()
+    nulls = dict.fromkeys(columns, 0)
+    for g in range(md.num_row_groups):
+        group = md.row_group(g)
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            name = chunk.path_in_schema
+            if name not in nulls or nulls[name] is None:
+                continue
+            stats = chunk.statistics
+            if stats is None or not stats.has_null_count:
+                nulls[name] = None
+            else:
+                nulls[name] += stats.null_count
+    return {c for c, n in nulls.items() if n is not None and n == md.num_rows}
 
 
 def resolve_spec(location: str, spec: FeatureSpec) -> tuple[list[str], FeatureSpec]:
     """Files at ``location`` and the spec checked against (and completed from) their schema.
 
-    Every file must have the feature, key and label columns.
+    Every file must be readable Parquet with unique column names and have the feature, key and
+    label columns; a feature column that is null in every row of every file is refused (its
+    rows could only be rejected), one that is all-null in some files is logged.
 
     Raises:
-        FileNotFoundError: nothing at the location.
-        ae_pipeline.features.SchemaError: a column missing or not numeric, naming it and the file.
+        FileNotFoundError: nothing at the location, or an empty directory.
+        ae_pipeline.features.SchemaError: a file that is not Parquet or is truncated, a duplicate
+            column name, a column missing, not numeric or all null: naming the file and column.
     """
-    from ae_pipeline.features import SchemaError
-
     files = resolve_files(location)
-    resolved = check_arrow_schema(read_schema(files[0]), spec)
-    for path in files[1:]:
+    opened = {}
+    resolved = spec
+    for i, path in enumerate(files):
+        pf = opened[path] = _open(path)
+        _check_unique_names(path, pf.schema_arrow)
         try:
-            check_arrow_schema(read_schema(path), resolved)
+            checked = check_arrow_schema(pf.schema_arrow, resolved)
         except SchemaError as e:
             raise SchemaError(f"{path}: {e}") from None
+        if i == 0:
+            resolved = checked
+    if sum(pf.metadata.num_rows for pf in opened.values()) == 0:
+        raise SchemaError(f"the Parquet files at {location!r} hold no rows ({len(files)} files)")
+    _check_null_columns(opened, list(resolved.columns))
     return files, resolved
+
+
+def _check_null_columns(opened: dict, columns: list[str]) -> None:
+    with_rows = {path: pf for path, pf in opened.items() if pf.metadata.num_rows}
+    null_in = {path: _null_columns(pf, columns) for path, pf in with_rows.items()}
+    for col in columns:
+        files = [path for path, cols in null_in.items() if col in cols]
+        if files and len(files) == len(with_rows):
+            where = files[0] if len(files) == 1 else f"all {len(files)} files, e.g. {files[0]}"
+            raise SchemaError(
+                f"feature column {col!r} is null in every row ({where}): every row would be "
+                "rejected; leave it out of the features (--feature_columns or "
+                "--exclude_columns) or fill it"
+            )
+        if files:
+            log.warning(
+                "feature column %r is null in every row of %d file(s), e.g. %s: those rows "
+                "will be rejected",
+                col,
+                len(files),
+                files[0],
+            )
 
 
 def _splitmix64(h: np.ndarray) -> np.ndarray:
@@ -152,13 +259,21 @@ class _ReadRowGroup(beam.DoFn):
         path, group = item
         spec = self.spec
         columns = list(dict.fromkeys([*spec.columns, spec.key_column, spec.label_column]))
-        table = _open(path).read_row_group(group, columns=[c for c in columns if c])
+        source = _open(path)
+        try:
+            table = source.read_row_group(group, columns=[c for c in columns if c])
+        except _arrow_errors() as err:
+            raise SchemaError(f"{path}: cannot read row group {group}: {err}") from None
         for start in range(0, table.num_rows, self.block_rows):
             part = table.slice(start, self.block_rows)
             x, errors = table_to_matrix(part, spec.columns)
             self.rows_read.inc(part.num_rows)
             keep = np.ones(part.num_rows, dtype=bool)
-            for err in errors:
+            labelled = [(e, False) for e in errors]
+            labelled += [(e, True) for e in self._null_labels(part, errors)]
+            for err, in_x in labelled:
+                if in_x:  # its features are in x (at the position of the rows kept before it)
+                    x = np.delete(x, int(np.count_nonzero(keep[: err.index])), axis=0)
                 keep[err.index] = False
                 self.rows_rejected.inc()
                 Metrics.counter(NAMESPACE, f"rows_rejected_{err.reason}").inc()
@@ -181,6 +296,22 @@ class _ReadRowGroup(beam.DoFn):
                 labels = part.column(spec.label_column).to_numpy(zero_copy_only=False)[keep]
                 labels = np.asarray(labels).astype(np.int64)
             yield Block(x, keys, labels)
+
+    def _null_labels(self, part, errors) -> list:
+        """A :class:`~ae_pipeline.features.RecordError` per row whose label is null (and whose
+        features are fine): such a row would otherwise get a meaningless integer label."""
+        from ae_pipeline.features import NULL_VALUE, RecordError
+
+        label = self.spec.label_column
+        if not label or not part.column(label).null_count:
+            return []
+        bad = {e.index for e in errors}
+        nulls = np.flatnonzero(part.column(label).is_null().to_numpy(zero_copy_only=False))
+        return [
+            RecordError(int(i), NULL_VALUE, f"null label in {label!r}")
+            for i in nulls
+            if int(i) not in bad
+        ]
 
 
 class ReadFeatureBlocks(beam.PTransform):

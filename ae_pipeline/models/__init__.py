@@ -14,6 +14,7 @@ Example:
 """
 
 from ae_pipeline.models.base import AEOutput, Autoencoder
+from ae_pipeline.models.budget import Budget, plan_budget
 from ae_pipeline.models.config import (
     ConfigError,
     CorruptionConfig,
@@ -52,6 +53,7 @@ from ae_pipeline.models.vae import VariationalAutoencoder
 __all__ = [
     "AEOutput",
     "Autoencoder",
+    "Budget",
     "ClassificationObjective",
     "ConfigError",
     "ConvAutoencoder",
@@ -84,6 +86,7 @@ __all__ = [
     "load_weights",
     "mse_loss",
     "n_layers",
+    "plan_budget",
     "pretrain_stack",
     "register_loss",
     "resolve_device",

@@ -54,19 +54,56 @@ def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -
     _require(value in choices, f"{owner}.{name}={value!r} is not one of {list(choices)}")
 
 
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_positive_ints(owner: str, name: str, values: Any, *, allow_empty: bool = True) -> None:
     _require(
         isinstance(values, list)
         and (allow_empty or values)
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values),
-        f"{owner}.{name} must be a list of positive ints, got {values!r}",
+        and all(_is_int(v) and v > 0 for v in values),
+        f"{name} must be a list of positive integers, got {values!r} ({owner}.{name})",
+    )
+
+
+def _check_int_at_least(owner: str, name: str, value: Any, low: int, hint: str = "") -> None:
+    """Refuses anything but an int >= ``low``; the message names the setting and the fix."""
+    _require(
+        _is_int(value) and value >= low,
+        f"{name} must be an integer >= {low}, got {value!r} ({owner}.{name}): "
+        + (hint or f"set it to {low} or more"),
     )
 
 
 def _check_non_negative(owner: str, name: str, value: Any) -> None:
     _require(
-        isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
-        f"{owner}.{name} must be a number >= 0, got {value!r}",
+        _is_number(value) and value >= 0,
+        f"{name} must be a finite number >= 0, got {value!r} ({owner}.{name})",
+    )
+
+
+def _check_in_range(
+    owner: str, name: str, value: Any, low: float, high: float, *, closed: str = "[]"
+) -> None:
+    """Refuses a value outside ``low..high``; ``closed`` says which ends are included."""
+    ok = _is_number(value)
+    if ok:
+        ok = (value >= low if closed[0] == "[" else value > low) and (
+            value <= high if closed[1] == "]" else value < high
+        )
+    _require(
+        ok,
+        f"{name} must be in {closed[0]}{low:g}, {high:g}{closed[1]}, got {value!r} "
+        f"({owner}.{name})",
     )
 
 
@@ -137,10 +174,7 @@ class SparsityConfig(_Serializable):
 
     def __post_init__(self) -> None:
         _check_choice("SparsityConfig", "kind", self.kind, SPARSITY_KINDS)
-        _require(
-            isinstance(self.rho, (int, float)) and 0.0 < self.rho < 1.0,
-            f"SparsityConfig.rho must be in (0, 1), got {self.rho!r}",
-        )
+        _check_in_range("SparsityConfig", "rho", self.rho, 0.0, 1.0, closed="()")
         _check_non_negative("SparsityConfig", "beta", self.beta)
 
 
@@ -170,10 +204,13 @@ class CorruptionConfig(_Serializable):
     def __post_init__(self) -> None:
         _check_choice("CorruptionConfig", "kind", self.kind, CORRUPTIONS)
         _check_non_negative("CorruptionConfig", "sigma", self.sigma)
-        _require(
-            isinstance(self.fraction, (int, float)) and 0.0 <= self.fraction <= 1.0,
-            f"CorruptionConfig.fraction must be in [0, 1], got {self.fraction!r}",
-        )
+        _check_in_range("CorruptionConfig", "fraction", self.fraction, 0.0, 1.0)
+        for name in ("salt", "pepper"):
+            _require(
+                _is_number(getattr(self, name)),
+                f"{name} must be a finite number, got {getattr(self, name)!r} "
+                f"(CorruptionConfig.{name})",
+            )
         if self.clip is not None:
             self.clip = [float(v) for v in self.clip]
             _require(
@@ -305,14 +342,9 @@ class ModelConfig(_Serializable):
                 f"{owner}.input_dim={self.input_dim} does not match "
                 f"input_shape={self.input_shape} ({size} values)",
             )
-        _require(
-            isinstance(self.input_dim, int)
-            and not isinstance(self.input_dim, bool)
-            and self.input_dim > 0,
-            f"{owner}.input_dim must be a positive int, got {self.input_dim!r}",
-        )
+        _check_int_at_least(owner, "input_dim", self.input_dim, 1, "the data needs a column")
         _check_positive_ints(owner, "hidden_dims", self.hidden_dims)
-        _check_positive_ints(owner, "latent_dim", [self.latent_dim])
+        _check_int_at_least(owner, "latent_dim", self.latent_dim, 1)
         if self.decoder_dims is not None:
             _check_positive_ints(owner, "decoder_dims", self.decoder_dims)
             _require(
@@ -485,8 +517,9 @@ class TrainConfig(_Serializable):
         optimizer: ``"adam"`` or ``"adamw"``.
         weight_decay: decoupled weight decay (AdamW) or L2 in the gradient (Adam).
         patience: stop after this many epochs without an improvement of the validation loss
-            (of the training loss when there is no validation data; ``None``: never stop
-            early).
+            (of the training loss when there is no validation data; ``None`` or 0: never stop
+            early; 0 is stored as ``None``). When ``min_steps`` raises the epochs, patience
+            is raised in the same proportion.
         min_delta: smallest decrease of the validation loss that counts as an improvement.
         restore_best: after training, load the weights of the epoch with the best monitored
             loss (validation loss, else training loss).
@@ -502,6 +535,13 @@ class TrainConfig(_Serializable):
             leave as is).
         grad_clip: clip the gradient norm to this value (``None``: no clipping).
         progress: show a tqdm progress bar over epochs.
+        min_steps: train for at least this many optimiser steps when the number of training
+            rows is known (arrays, or ``Trainer.fit(..., n_rows=...)``): ``epochs`` is raised
+            (never lowered) so that small data gets enough updates; early stopping can still
+            end sooner. ``None``: train by ``epochs`` only. See :func:`plan_budget`.
+        max_batch_fraction: cap the batch size at this share of the training rows (not below
+            ``min_batch_size``), so that an epoch of small data is more than one step.
+        min_batch_size: the smallest batch ``max_batch_fraction`` may lead to.
     """
 
     epochs: int = 20
@@ -520,24 +560,29 @@ class TrainConfig(_Serializable):
     num_threads: int | None = None
     grad_clip: float | None = None
     progress: bool = True
+    min_steps: int | None = None
+    max_batch_fraction: float | None = None
+    min_batch_size: int = 16
 
     def __post_init__(self) -> None:
         owner = "TrainConfig"
-        _check_positive_ints(owner, "epochs", [self.epochs])
-        _check_positive_ints(owner, "batch_size", [self.batch_size])
+        _check_int_at_least(owner, "epochs", self.epochs, 1)
+        _check_int_at_least(owner, "batch_size", self.batch_size, 1)
         _require(
-            isinstance(self.lr, (int, float)) and self.lr > 0,
-            f"{owner}.lr must be > 0, got {self.lr!r}",
+            _is_number(self.lr) and self.lr > 0,
+            f"lr must be a finite number > 0, got {self.lr!r} ({owner}.lr): try 1e-3",
         )
         _check_choice(owner, "optimizer", self.optimizer, OPTIMIZERS)
         _check_non_negative(owner, "weight_decay", self.weight_decay)
         if self.patience is not None:
-            _check_positive_ints(owner, "patience", [self.patience])
+            _check_int_at_least(
+                owner, "patience", self.patience, 0, "use 0 (or None) to turn early stopping off"
+            )
+            if self.patience == 0:
+                self.patience = None
         _check_non_negative(owner, "min_delta", self.min_delta)
-        _require(
-            isinstance(self.validation_fraction, (int, float))
-            and 0.0 <= self.validation_fraction < 1.0,
-            f"{owner}.validation_fraction must be in [0, 1), got {self.validation_fraction!r}",
+        _check_in_range(
+            owner, "validation_fraction", self.validation_fraction, 0.0, 1.0, closed="[)"
         )
         _require(
             isinstance(self.device, str)
@@ -545,9 +590,19 @@ class TrainConfig(_Serializable):
             f"{owner}.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}",
         )
         if self.num_threads is not None:
-            _check_positive_ints(owner, "num_threads", [self.num_threads])
+            _check_int_at_least(owner, "num_threads", self.num_threads, 1)
         if self.grad_clip is not None:
             _require(
-                isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0,
-                f"{owner}.grad_clip must be > 0, got {self.grad_clip!r}",
+                _is_number(self.grad_clip) and self.grad_clip > 0,
+                f"grad_clip must be a finite number > 0, got {self.grad_clip!r} "
+                f"({owner}.grad_clip): or None for no clipping",
             )
+        if self.min_steps is not None:
+            _check_int_at_least(
+                owner, "min_steps", self.min_steps, 1, "use None to train by epochs only"
+            )
+        if self.max_batch_fraction is not None:
+            _check_in_range(
+                owner, "max_batch_fraction", self.max_batch_fraction, 0.0, 1.0, closed="(]"
+            )
+        _check_int_at_least(owner, "min_batch_size", self.min_batch_size, 1)

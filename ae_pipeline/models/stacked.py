@@ -96,6 +96,7 @@ def train_layer(
     *,
     val: Any = None,
     init: Mapping[str, torch.Tensor] | nn.Module | None = None,
+    n_rows: int | None = None,
 ) -> tuple[MLPAutoencoder, History]:
     """Pretrains stacked layer ``index`` as an autoencoder of ``data``.
 
@@ -107,6 +108,8 @@ def train_layer(
         train_config: training settings for this layer.
         val: optional validation codes.
         init: optional weights to start from (warm start).
+        n_rows: rows of a streamed ``data``, for the training budget (see
+            :meth:`Trainer.fit`).
 
     Returns:
         The trained one-layer autoencoder and its training history.
@@ -118,7 +121,7 @@ def train_layer(
     model = build_model(layer_config(config, index), seed=train_config.seed)
     if init is not None:
         load_weights(model, init)
-    history = Trainer(train_config).fit(model, data, val=val)
+    history = Trainer(train_config).fit(model, data, val=val, n_rows=n_rows)
     return model, history  # type: ignore[return-value]
 
 
@@ -172,6 +175,7 @@ def fine_tune(
     val_labels: Any = None,
     reconstruction_weight: float = 0.0,
     supervised: bool = False,
+    n_rows: int | None = None,
 ) -> History:
     """Trains the assembled stack end to end.
 
@@ -190,6 +194,8 @@ def fine_tune(
         reconstruction_weight: weight of the reconstruction term when supervised.
         supervised: train the head even though ``labels`` is ``None`` (a stream source that
             yields ``(x, y)`` batches).
+        n_rows: rows of a streamed ``data``, for the training budget (see
+            :meth:`Trainer.fit`).
     """
     from ae_pipeline.models.objective import ClassificationObjective
     from ae_pipeline.models.trainer import Trainer
@@ -200,7 +206,7 @@ def fine_tune(
         raise ValueError("labels given but the stack has no head: set ModelConfig.num_classes")
     objective = ClassificationObjective(reconstruction_weight) if supervised else None
     trainer = Trainer(train_config, objective=objective)
-    return trainer.fit(stack, data, labels=labels, val=val, val_labels=val_labels)
+    return trainer.fit(stack, data, labels=labels, val=val, val_labels=val_labels, n_rows=n_rows)
 
 
 def pretrain_stack(

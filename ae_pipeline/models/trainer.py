@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -12,12 +13,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ae_pipeline.models.budget import plan_budget
 from ae_pipeline.models.config import TrainConfig
 from ae_pipeline.models.data import BatchSource, as_source
 from ae_pipeline.models.losses import LossFn
 from ae_pipeline.models.objective import ClassificationObjective, Objective, ReconstructionObjective
 
 _EVAL_BATCH = 4096
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -51,6 +55,7 @@ class EpochStats:
         samples_per_s: ``samples / seconds``.
         train_parts: mean of each loss term (and metric) over the epoch.
         val_parts: the same on the validation data.
+        steps: optimiser steps taken in the epoch.
     """
 
     epoch: int
@@ -61,6 +66,7 @@ class EpochStats:
     samples_per_s: float
     train_parts: dict[str, float] = field(default_factory=dict)
     val_parts: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
 
 
 @dataclass
@@ -75,6 +81,11 @@ class History:
         stopped_early: whether early stopping ended the run.
         restored_best: whether the best epoch's weights were loaded at the end.
         device: the device trained on.
+        rows: training rows the budget was planned for (``None``: unknown).
+        batch_size: the batch size used (after the budget).
+        epochs_planned: the most epochs the run could take (after the budget).
+        patience: the early-stopping patience used (after the budget).
+        budget_note: what the budget changed from the config, or ``None``.
     """
 
     epochs: list[EpochStats] = field(default_factory=list)
@@ -83,6 +94,16 @@ class History:
     stopped_early: bool = False
     restored_best: bool = False
     device: str = "cpu"
+    rows: int | None = None
+    batch_size: int | None = None
+    epochs_planned: int | None = None
+    patience: int | None = None
+    budget_note: str | None = None
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken over all epochs."""
+        return sum(e.steps for e in self.epochs)
 
     @property
     def train_losses(self) -> list[float]:
@@ -101,8 +122,8 @@ class History:
         return sum(e.samples for e in self.epochs) / seconds if seconds else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """Returns the history as a JSON-serialisable dict."""
-        return asdict(self)
+        """Returns the history as a JSON-serialisable dict (with ``steps``)."""
+        return {**asdict(self), "steps": self.steps}
 
 
 Callback = Callable[[EpochStats, nn.Module], "bool | None"]
@@ -159,6 +180,7 @@ class Trainer:
         labels: Any = None,
         val: Any = None,
         val_labels: Any = None,
+        n_rows: int | None = None,
     ) -> History:
         """Trains ``model`` in place and returns the history; the model ends in eval mode.
 
@@ -169,6 +191,10 @@ class Trainer:
             labels: class labels of an array ``data`` (supervised objective).
             val: validation data in the same forms (a one-shot iterator is not allowed).
             val_labels: labels of an array ``val``.
+            n_rows: number of training rows of a streamed ``data`` (known for arrays), for
+                the budget of ``min_steps`` / ``max_batch_fraction``
+                (:func:`~ae_pipeline.models.budget.plan_budget`); what it changes is logged
+                and kept in the history.
 
         Raises:
             ValueError: for data of the wrong width, empty data, a one-shot iterator with more
@@ -180,7 +206,7 @@ class Trainer:
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
         try:
-            return self._fit(model, data, labels, val, val_labels, device)
+            return self._fit(model, data, labels, val, val_labels, device, n_rows)
         finally:
             torch.set_num_threads(threads)
 
@@ -192,6 +218,7 @@ class Trainer:
         val: Any,
         val_labels: Any,
         device: torch.device,
+        n_rows: int | None,
     ) -> History:
         cfg = self.config
         train_src = as_source(data, labels)
@@ -214,7 +241,22 @@ class Trainer:
                 if not hasattr(train_src, "split"):
                     raise ValueError("validation_fraction needs in-memory data; pass val=...")
                 train_src, val_src = train_src.split(cfg.validation_fraction, generator)  # type: ignore[attr-defined]
-            return self._run(model, objective, train_src, val_src, device, generator)
+            if hasattr(train_src, "__len__"):
+                n_rows = len(train_src)  # type: ignore[arg-type]
+            budget = plan_budget(cfg, n_rows)
+            if budget.note:
+                log.info("training budget: %s", budget.note)
+            history = History(
+                device=str(device),
+                rows=budget.rows,
+                batch_size=budget.batch_size,
+                epochs_planned=budget.epochs,
+                patience=budget.patience,
+                budget_note=budget.note,
+            )
+            return self._run(
+                model, objective, train_src, val_src, device, generator, budget.apply(cfg), history
+            )
 
     def _run(
         self,
@@ -224,20 +266,21 @@ class Trainer:
         val_src: BatchSource | None,
         device: torch.device,
         generator: torch.Generator | None,
+        cfg: TrainConfig,
+        history: History,
     ) -> History:
-        cfg = self.config
+        """The epochs of one run with ``cfg`` (the config after the budget)."""
         model.to(device)
         optimizer = _make_optimizer(model, cfg)
         scaler = (
             torch.amp.GradScaler("cuda") if cfg.mixed_precision and device.type == "cuda" else None
         )
-        history = History(device=str(device))
         best_state: dict[str, torch.Tensor] | None = None
         bad_epochs = 0
         bar = tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", disable=not cfg.progress)
         for epoch in bar:
             stats = self._train_epoch(
-                epoch, model, objective, optimizer, scaler, train_src, device, generator
+                epoch, model, objective, optimizer, scaler, train_src, device, generator, cfg
             )
             if val_src is not None:
                 val_metrics = self._evaluate(model, objective, val_src, device)
@@ -277,14 +320,14 @@ class Trainer:
         source: BatchSource,
         device: torch.device,
         generator: torch.Generator | None,
+        cfg: TrainConfig,
     ) -> EpochStats:
         """One pass over the training data; ``scaler`` is set for mixed precision."""
-        cfg = self.config
         model.train()
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         part_sums: dict[str, torch.Tensor] = {}
-        seen = 0
+        seen = steps = 0
         for x, y in source.batches(cfg.batch_size, shuffle=cfg.shuffle, generator=generator):
             _check_width(model, x)
             x = x.to(device, non_blocking=True)
@@ -308,6 +351,7 @@ class Trainer:
                 scaler.update()
             n = x.shape[0]
             seen += n
+            steps += 1
             loss_sum += loss.detach() * n
             for key, value in parts.items():
                 # a term that is the whole loss shares its running sum (one op less per batch)
@@ -333,6 +377,7 @@ class Trainer:
             samples=seen,
             samples_per_s=seen / seconds if seconds > 0 else float("inf"),
             train_parts={k: float(v) / seen for k, v in part_sums.items()},
+            steps=steps,
         )
 
     def evaluate(self, model: nn.Module, data: Any, *, labels: Any = None) -> dict[str, float]:
