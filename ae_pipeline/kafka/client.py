@@ -18,11 +18,11 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ae_pipeline.kafka.config import KafkaConfig
-from ae_pipeline.kafka.errors import KafkaClientError
+from ae_pipeline.kafka.errors import BrokerUnreachableError, KafkaClientError
 from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
 from ae_pipeline.kafka.redaction import guard_logs, scrub
 
@@ -52,11 +52,31 @@ class KafkaConsumerClient(abc.ABC):
 
     @abc.abstractmethod
     def subscribe(self, topics: Sequence[str]) -> None:
-        """Join the consumer group on ``topics`` (partitions assigned by the group)."""
+        """Join the consumer group on ``topics`` (partitions assigned by the group, during
+        :meth:`poll`).
+
+        Raises:
+            BrokerUnreachableError: as :meth:`poll`.
+        """
 
     @abc.abstractmethod
     def poll(self, timeout_s: float, max_records: int) -> list[KafkaRecord]:
-        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first.
+
+        Records are returned whatever codec their batches were compressed with (none, gzip,
+        snappy, lz4, zstd).
+
+        Raises:
+            BrokerUnreachableError: when no broker connection has been up for the config's
+                ``unreachable_timeout_s`` (checked at every poll).
+            KafkaClientError: for any other failure.
+        """
+
+    @abc.abstractmethod
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this consumer reads now: those given to :meth:`assign`, or those the
+        group assigned after :meth:`subscribe` (empty until then: the group assigns during
+        :meth:`poll`). Asks no broker: cheap enough to call after every poll."""
 
     @abc.abstractmethod
     def position(self, tp: TopicPartition) -> int:
@@ -208,6 +228,55 @@ def scrubbed_errors(config: KafkaConfig, what: str) -> Iterator[None]:
         raise KafkaClientError(scrub(message, config.secrets())) from None
 
 
+class BrokerWatch:
+    """Turns "no broker connection for ``unreachable_timeout_s``" into
+    :class:`BrokerUnreachableError`.
+
+    ``connected()`` says whether the client has a broker connection up now: True, False, or
+    None when it cannot tell (then nothing is ever raised). :meth:`check` (called by the
+    clients at every poll) asks it at most every ``interval_s``.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        connected: Callable[[], bool | None],
+        interval_s: float = 0.5,
+    ):
+        self._config = config
+        self._connected = connected
+        self._interval = interval_s
+        self.last_up = time.monotonic()  # creation counts as the start of the wait
+        self._next_check = 0.0
+
+    def check(self) -> None:
+        """Raises:
+        BrokerUnreachableError: when no connection has been up for the timeout."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self._interval
+        up = self._connected()
+        if up:
+            self.last_up = now
+        elif up is False and now - self.last_up >= self._config.unreachable_timeout_s:
+            raise unreachable(self._config, now - self.last_up)
+
+
+def unreachable(config: KafkaConfig, waited_s: float) -> BrokerUnreachableError:
+    """The error for a broker that could not be reached for ``waited_s`` seconds."""
+    message = (
+        f"no Kafka broker reachable at {config.bootstrap_servers} for {waited_s:.0f}s "
+        f"(unreachable_timeout_s={config.unreachable_timeout_s:g}); check the address, that "
+        "the broker is up, and the security settings (protocol, TLS, SASL credentials)"
+    )
+    if config.uses_ssl:
+        message += _TLS_ERRORS.hint()
+    return BrokerUnreachableError(
+        scrub(message, config.secrets()), config.bootstrap_servers, waited_s
+    )
+
+
 class _TlsErrors(logging.Handler):
     """Remembers the last TLS failure that the client libraries logged.
 
@@ -249,3 +318,41 @@ class _TlsErrors(logging.Handler):
 
 
 _TLS_ERRORS = _TlsErrors()
+
+
+class _CoordinatorMoves(logging.Filter):
+    """Shows kafka-python's "Marking the coordinator dead ... NotCoordinatorError" at DEBUG.
+
+    kafka-python logs it as a WARNING whenever the broker answers that it is not (or not yet)
+    the group's coordinator: after a fresh broker creates ``__consumer_offsets``, or when the
+    coordinator moves. The client then looks the coordinator up again and retries: an expected,
+    retriable condition, not a warning. Other reasons (a lost connection...) keep their level.
+    """
+
+    LOGGER = "kafka.coordinator"
+    RETRIABLE = ("NotCoordinatorError", "CoordinatorNotAvailableError")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._installed = False
+        self._guard = threading.Lock()
+
+    def install(self) -> None:
+        with self._guard:
+            if not self._installed:
+                logging.getLogger(self.LOGGER).addFilter(self)
+                self._installed = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or not str(record.msg).startswith(
+            "Marking the coordinator dead"
+        ):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        if not any(type(a).__name__ in self.RETRIABLE for a in args):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+COORDINATOR_MOVES = _CoordinatorMoves()

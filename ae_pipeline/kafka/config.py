@@ -29,6 +29,9 @@ from typing import Any
 from ae_pipeline.kafka.redaction import redact, secret_values
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
+"""The codecs Kafka allows for record batches; both clients read and write every one."""
+DEFAULT_UNREACHABLE_TIMEOUT_S = 60.0
 
 # Accepted spellings (after lower-casing and '.'/'-' -> '_') of each field.
 _ALIASES = {
@@ -51,6 +54,8 @@ _ALIASES = {
     "ssl_key_password": "ssl_key_password",
     "ssl_password": "ssl_key_password",
     "ssl_check_hostname": "ssl_check_hostname",
+    "compression_type": "compression_type",
+    "unreachable_timeout_s": "unreachable_timeout_s",
     "kafka_python": "kafka_python",
     "confluent": "confluent",
     "java": "java",
@@ -81,6 +86,13 @@ class KafkaConfig:
         ssl_keyfile: client private key (PEM), for mutual TLS.
         ssl_key_password: password of ``ssl_keyfile`` (secret).
         ssl_check_hostname: verify the broker's host name against its certificate.
+        compression_type: how producers compress record batches, one of
+            :data:`COMPRESSION_TYPES` (None: the client's default, no compression). Consumers
+            read every codec whatever this says.
+        unreachable_timeout_s: a consumer that has had no broker connection for this long
+            (since it was created, or since its last connection) raises
+            :class:`~ae_pipeline.kafka.errors.BrokerUnreachableError` from ``poll`` or
+            ``subscribe``.
         kafka_python: extra keyword arguments for kafka-python, passed through.
         confluent: extra librdkafka properties for confluent-kafka, passed through.
         java: extra Java client properties for Beam's cross-language KafkaIO, passed through.
@@ -98,6 +110,8 @@ class KafkaConfig:
     ssl_keyfile: str | None = None
     ssl_key_password: str | None = None
     ssl_check_hostname: bool = True
+    compression_type: str | None = None
+    unreachable_timeout_s: float = DEFAULT_UNREACHABLE_TIMEOUT_S
     kafka_python: Mapping[str, Any] = field(default_factory=dict)
     confluent: Mapping[str, Any] = field(default_factory=dict)
     java: Mapping[str, Any] = field(default_factory=dict)
@@ -119,6 +133,17 @@ class KafkaConfig:
                 raise ValueError(f"{protocol} needs sasl_mechanism (and usually a username)")
         if self.sasl_password and not self.sasl_username:
             raise ValueError("sasl_password is set without sasl_username")
+        if self.compression_type is not None:
+            codec = str(self.compression_type).lower()
+            if codec not in COMPRESSION_TYPES:
+                raise ValueError(
+                    f"compression_type must be one of {', '.join(COMPRESSION_TYPES)}, "
+                    f"not {self.compression_type!r}"
+                )
+            object.__setattr__(self, "compression_type", codec)
+        timeout = self.unreachable_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ValueError(f"unreachable_timeout_s must be a number > 0, not {timeout!r}")
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | KafkaConfig) -> KafkaConfig:
@@ -156,6 +181,10 @@ class KafkaConfig:
     def with_group(self, group_id: str | None) -> KafkaConfig:
         """A copy with another consumer group."""
         return dataclasses.replace(self, group_id=group_id)
+
+    def with_unreachable_timeout(self, seconds: float) -> KafkaConfig:
+        """A copy whose clients give up on an unreachable broker after ``seconds``."""
+        return dataclasses.replace(self, unreachable_timeout_s=seconds)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields by name, secrets included (use :meth:`redacted` to show it)."""
@@ -267,5 +296,7 @@ class KafkaConfig:
                 props["ssl.keystore.location"] = self.ssl_certfile or ""
                 if self.ssl_key_password:
                     props["ssl.key.password"] = self.ssl_key_password
+        if self.compression_type is not None:
+            props["compression.type"] = self.compression_type
         props.update({k: str(v) for k, v in self.java.items()})
         return props

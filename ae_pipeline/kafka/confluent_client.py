@@ -5,7 +5,9 @@ Needs the ``[fast]`` extra (``pip install ae-pipeline[fast]``).
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +18,12 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "the 'confluent' Kafka client needs confluent-kafka: pip install 'ae-pipeline[fast]'"
     ) from e
 
-from ae_pipeline.kafka.client import KafkaConsumerClient, KafkaProducerClient, scrubbed_errors
+from ae_pipeline.kafka.client import (
+    BrokerWatch,
+    KafkaConsumerClient,
+    KafkaProducerClient,
+    scrubbed_errors,
+)
 from ae_pipeline.kafka.config import KafkaConfig
 from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError
 from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
@@ -27,6 +34,9 @@ UNSET_GROUP = "ae-pipeline-unset"
 # librdkafka's own log lines go through Python logging (served by poll/consume/flush).
 _LIBRDKAFKA_LOG = logging.getLogger("ae_pipeline.kafka.librdkafka")
 _TIMEOUT_S = 30.0
+# How often librdkafka reports its brokers' states (to tell an unreachable broker), unless the
+# config sets statistics.interval.ms itself.
+_STATS_INTERVAL_MS = 1000
 
 
 def _record(m: Any) -> KafkaRecord:
@@ -39,6 +49,21 @@ def _record(m: Any) -> KafkaRecord:
         m.key(),
         m.value(),
         tuple(m.headers() or ()),
+    )
+
+
+def _brokers_up(stats: str) -> bool | None:
+    """Whether librdkafka's statistics (JSON) show a broker connection up (None: unreadable).
+
+    Only real brokers count (``source`` configured or learned), not the logical or internal
+    ones."""
+    try:
+        brokers = json.loads(stats).get("brokers", {})
+    except (ValueError, AttributeError):
+        return None
+    return any(
+        b.get("state") == "UP" and b.get("source") in ("configured", "learned")
+        for b in brokers.values()
     )
 
 
@@ -60,6 +85,12 @@ class Consumer(KafkaConsumerClient):
         conf.setdefault("enable.auto.offset.store", False)
         conf.setdefault("auto.offset.reset", auto_offset_reset)
         conf.setdefault("on_commit", self._on_commit)
+        # Broker states arrive with librdkafka's statistics, served by poll/consume.
+        self._up: bool | None = None
+        self._user_stats_cb = conf.pop("stats_cb", None)
+        conf["stats_cb"] = self._on_stats
+        conf.setdefault("statistics.interval.ms", _STATS_INTERVAL_MS)
+        self._watch = BrokerWatch(config, lambda: self._up)
         self._max_poll_records = max_poll_records
         self.async_commit_failures = 0  # commits that failed after commit(asynchronous=True)
         self._assigned: dict[TopicPartition, int] = {}
@@ -78,9 +109,20 @@ class Consumer(KafkaConsumerClient):
             self._consumer.assign([ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()])
         self._assigned = dict(offsets)
 
+    def _on_stats(self, stats: str) -> None:
+        self._up = _brokers_up(stats)
+        if self._user_stats_cb is not None:
+            self._user_stats_cb(stats)
+
     def subscribe(self, topics: Sequence[str]) -> None:
+        self._watch.check()
         with scrubbed_errors(self._config, "subscribe"):
             self._consumer.subscribe(list(topics))
+
+    def assignment(self) -> set[TopicPartition]:
+        with scrubbed_errors(self._config, "assignment"):
+            found = self._consumer.assignment()
+        return {TopicPartition(tp.topic, tp.partition) for tp in found}
 
     def poll(self, timeout_s: float, max_records: int) -> list[KafkaRecord]:
         with scrubbed_errors(self._config, "poll"):
@@ -98,6 +140,10 @@ class Consumer(KafkaConsumerClient):
                 records.append(_record(m))
             elif error.code() != ck.KafkaError._PARTITION_EOF:
                 raise KafkaClientError(scrub(f"poll: {error}", self._config.secrets()))
+        if records:
+            self._watch.last_up = time.monotonic()  # records prove a connection
+        else:
+            self._watch.check()
         return records
 
     def position(self, tp: TopicPartition) -> int:
@@ -180,6 +226,8 @@ class Producer(KafkaProducerClient):
         if "group.id" not in config.confluent:
             conf.pop("group.id", None)  # a consumer property
         conf.setdefault("acks", "all")
+        if config.compression_type is not None:
+            conf.setdefault("compression.type", config.compression_type)
         conf.setdefault("logger", _LIBRDKAFKA_LOG)
         with scrubbed_errors(config, "confluent-kafka producer"):
             self._producer = ck.Producer(conf)

@@ -29,3 +29,21 @@ class DeliveryError(KafkaClientError):
         self.failed = failed
         self.errors = errors
         self.unacknowledged = unacknowledged
+
+
+class BrokerUnreachableError(KafkaClientError):
+    """No broker could be reached for ``waited_s`` seconds (``KafkaConfig.unreachable_timeout_s``).
+
+    Raised by a consumer's ``poll``/``subscribe`` (and by ``create_consumer`` /
+    ``create_producer`` with kafka-python, which connects while it is built), counted from the
+    client's creation or from the last moment it had a broker connection.
+
+    Attributes:
+        bootstrap_servers: the addresses tried.
+        waited_s: how long no broker connection was up.
+    """
+
+    def __init__(self, message: str, bootstrap_servers: str, waited_s: float):
+        super().__init__(message)
+        self.bootstrap_servers = bootstrap_servers
+        self.waited_s = waited_s

@@ -10,10 +10,18 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as _KTP
+from kafka import codec as _codec
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
-from ae_pipeline.kafka.client import KafkaConsumerClient, KafkaProducerClient, scrubbed_errors
+from ae_pipeline.kafka.client import (
+    COORDINATOR_MOVES,
+    BrokerWatch,
+    KafkaConsumerClient,
+    KafkaProducerClient,
+    scrubbed_errors,
+    unreachable,
+)
 from ae_pipeline.kafka.config import KafkaConfig
 from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError
 from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
@@ -27,6 +35,52 @@ _KNOWN = (
     | set(KafkaAdminClient.DEFAULT_CONFIG)
 )
 
+# The codecs beside gzip and the package kafka-python needs for each (its extras of that name).
+_CODECS = {
+    "snappy": (_codec.has_snappy, "python-snappy"),
+    "lz4": (_codec.has_lz4, "lz4"),
+    "zstd": (_codec.has_zstd, "zstandard"),
+}
+_warned_codecs = False
+
+
+def missing_codecs() -> list[str]:
+    """The compression codecs this kafka-python installation cannot read or write."""
+    return [name for name, (available, _) in _CODECS.items() if not available()]
+
+
+def _warn_missing_codecs() -> None:
+    global _warned_codecs
+    missing = missing_codecs()
+    if missing and not _warned_codecs:
+        _warned_codecs = True
+        _log.warning(
+            "kafka-python cannot read %s-compressed topics here: install %s "
+            "(pip install 'kafka-python[%s]')",
+            "/".join(missing),
+            " ".join(_CODECS[m][1] for m in missing),
+            ",".join(missing),
+        )
+
+
+def _connected(client: Any) -> bool | None:
+    """Whether the kafka-python client has a broker connection up (None: cannot tell)."""
+    conns = getattr(getattr(client, "_manager", None), "_conns", None)
+    if conns is None:  # another kafka-python version: never report the broker unreachable
+        return None
+    return any(getattr(conn, "connected", False) for conn in list(conns.values()))
+
+
+def _build(config: KafkaConfig, cls: type, kwargs: dict[str, Any], what: str) -> Any:
+    """``cls(**kwargs)``; kafka-python connects while it builds a client: a broker that
+    cannot be reached within ``bootstrap_timeout_ms`` is a :class:`BrokerUnreachableError`."""
+    start = time.monotonic()
+    with scrubbed_errors(config, what):
+        try:
+            return cls(**kwargs)
+        except KafkaTimeoutError:  # kafka-python 3: 'Unable to bootstrap from [...]'
+            raise unreachable(config, time.monotonic() - start) from None
+
 
 def client_kwargs(config: KafkaConfig, cls: type, **defaults: Any) -> dict[str, Any]:
     """Keyword arguments for the kafka-python class ``cls``: the common settings, then
@@ -39,6 +93,8 @@ def client_kwargs(config: KafkaConfig, cls: type, **defaults: Any) -> dict[str, 
     if unknown:
         raise ValueError(f"kafka-python accepts no setting named {unknown}")
     kwargs = config.kafka_python_config()
+    if "bootstrap_timeout_ms" in cls.DEFAULT_CONFIG:  # kafka-python >= 3
+        kwargs["bootstrap_timeout_ms"] = int(config.unreachable_timeout_s * 1000)
     kwargs.update(defaults)
     accepted = cls.DEFAULT_CONFIG
     kwargs.update({k: v for k, v in config.kafka_python.items() if k in accepted})
@@ -58,7 +114,12 @@ def _record(r: Any) -> KafkaRecord:
 
 
 class Consumer(KafkaConsumerClient):
-    """A kafka-python ``KafkaConsumer``; auto-commit off, no topic auto-creation."""
+    """A kafka-python ``KafkaConsumer``; auto-commit off, no topic auto-creation.
+
+    Raises (from the constructor):
+        BrokerUnreachableError: no broker answered within the config's
+            ``unreachable_timeout_s``.
+    """
 
     def __init__(
         self,
@@ -78,8 +139,12 @@ class Consumer(KafkaConsumerClient):
             max_poll_records=max_poll_records,
             allow_auto_create_topics=False,
         )
-        with scrubbed_errors(config, "kafka-python consumer"):
-            self._consumer = KafkaConsumer(**kwargs)
+        _warn_missing_codecs()
+        COORDINATOR_MOVES.install()
+        self._consumer = _build(config, KafkaConsumer, kwargs, "kafka-python consumer")
+        self._watch = BrokerWatch(
+            config, lambda: _connected(getattr(self._consumer, "_client", None))
+        )
 
     def partitions(self, topic: str, timeout_s: float = 10.0) -> list[int]:
         deadline = time.monotonic() + timeout_s
@@ -100,13 +165,23 @@ class Consumer(KafkaConsumerClient):
                 self._consumer.seek(_KTP(*tp), offset)
 
     def subscribe(self, topics: Sequence[str]) -> None:
+        self._watch.check()
         with scrubbed_errors(self._config, "subscribe"):
             self._consumer.subscribe(list(topics))
 
     def poll(self, timeout_s: float, max_records: int) -> list[KafkaRecord]:
         with scrubbed_errors(self._config, "poll"):
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        if not batches:
+            self._watch.check()  # records prove a connection: only an empty poll asks
+        else:
+            self._watch.last_up = time.monotonic()
         return [_record(r) for records in batches.values() for r in records]
+
+    def assignment(self) -> set[TopicPartition]:
+        with scrubbed_errors(self._config, "assignment"):
+            found = self._consumer.assignment()
+        return {TopicPartition(tp.topic, tp.partition) for tp in found}
 
     def position(self, tp: TopicPartition) -> int:
         with scrubbed_errors(self._config, "position"):
@@ -158,9 +233,19 @@ class Producer(KafkaProducerClient):
 
     def __init__(self, config: KafkaConfig):
         self._config = config
-        kwargs = client_kwargs(config, KafkaProducer, acks="all")
-        with scrubbed_errors(config, "kafka-python producer"):
-            self._producer = KafkaProducer(**kwargs)
+        defaults: dict[str, Any] = {"acks": "all"}
+        if config.compression_type is not None:
+            defaults["compression_type"] = (
+                None if config.compression_type == "none" else config.compression_type
+            )
+        kwargs = client_kwargs(config, KafkaProducer, **defaults)
+        codec = kwargs.get("compression_type")
+        if codec in _CODECS and codec in missing_codecs():
+            raise KafkaClientError(
+                f"compression_type {codec!r} needs the {_CODECS[codec][1]} package: "
+                f"pip install 'kafka-python[{codec}]'"
+            )
+        self._producer = _build(config, KafkaProducer, kwargs, "kafka-python producer")
         self._pending: list[tuple[str, Any]] = []
 
     def send(

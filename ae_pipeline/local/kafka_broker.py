@@ -47,6 +47,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+COMPRESSION_CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
+"""What Kafka's producers may compress record batches with (``compression.type``)."""
+
+
+def console_produce(
+    bootstrap_servers: str,
+    topic: str,
+    lines: list[str],
+    *,
+    compression: str = "none",
+    key_separator: str | None = None,
+    java: str = "java",
+    timeout_s: float = 180.0,
+) -> None:
+    """Write ``lines`` to ``topic`` with Kafka's own console producer
+    (``org.apache.kafka.tools.ConsoleProducer``, i.e. ``kafka-console-producer``), one record
+    per line, in record batches compressed with ``compression``, acknowledged by all replicas.
+
+    Args:
+        lines: record values (no newlines); with ``key_separator``, ``key<sep>value``.
+        compression: one of :data:`COMPRESSION_CODECS`.
+
+    Raises:
+        ValueError: for an unknown codec or a line holding a newline.
+        RuntimeError: when the producer exits non-zero (with the tail of its output).
+        ae_pipeline.local.paths.LocalToolMissing: without the ``kafka_tools`` classpath.
+    """
+    if compression not in COMPRESSION_CODECS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSION_CODECS)}")
+    if any("\n" in line for line in lines):
+        raise ValueError("the console producer writes one record per line: no newlines")
+    args = ["--bootstrap-server", bootstrap_servers, "--topic", topic]
+    args += ["--compression-codec", compression, "--producer-property", "acks=all"]
+    if key_separator is not None:
+        args += ["--property", "parse.key=true", "--property", f"key.separator={key_separator}"]
+    cmd = [java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+    cmd += ["-cp", classpath("kafka_tools"), "org.apache.kafka.tools.ConsoleProducer", *args]
+    done = subprocess.run(
+        cmd,
+        input="".join(f"{line}\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr)[-2000:]
+        raise RuntimeError(f"kafka-console-producer exited {done.returncode}: {output}")
+
+
 def _kafka_uuid() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
@@ -385,6 +434,37 @@ class KafkaBroker:
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(text[-lines:])
+
+    def batch_codecs(self, *topics: str) -> dict[str, dict[str, int]]:
+        """How many record batches of each topic (all partitions) the broker stored with each
+        compression codec (``{"t": {"lz4": 3}}``), read from its log segments with Kafka's
+        ``DumpLogSegments`` (one Java run for all topics): what producers really sent,
+        whatever their settings said."""
+        logs = self.data_dir / "logs"
+        segments: dict[str, str] = {}  # segment file -> topic
+        for topic in topics:
+            for folder in logs.glob(f"{topic}-*"):
+                if folder.name.rsplit("-", 1)[0] == topic:
+                    segments.update({str(f): topic for f in folder.glob("*.log")})
+        found: dict[str, dict[str, int]] = {topic: {} for topic in topics}
+        if not segments:
+            return found
+        done = subprocess.run(
+            self._java_cmd("kafka.tools.DumpLogSegments", "--files", ",".join(sorted(segments))),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"DumpLogSegments exited {done.returncode}: {done.stderr[-2000:]}")
+        topic = None
+        for line in done.stdout.splitlines():
+            if line.startswith("Dumping "):
+                topic = segments.get(line[len("Dumping ") :].strip())
+            elif topic and line.startswith("baseOffset:") and " compresscodec: " in line:
+                codec = line.split(" compresscodec: ", 1)[1].split()[0].lower()
+                found[topic][codec] = found[topic].get(codec, 0) + 1
+        return found
 
     def kill(self) -> None:
         """SIGKILL the broker (for crash tests); its data directory stays for a restart."""

@@ -25,6 +25,9 @@ HERE = Path(__file__).resolve().parent
 # name -> main class of the launcher jar (None: no launcher, the classpath is used directly).
 CLASSPATHS = {
     "kafka": None,
+    # Kafka's command-line tools (console producer), for the tests. Not "kafka-...": the
+    # classpath lookup without a checkout globs "<name>-*", and "kafka-*" would match it.
+    "kafka_tools": None,
     "flink": "org.apache.beam.runners.flink.FlinkJobServerDriver",
     "expansion": "org.apache.beam.sdk.expansion.service.ExpansionService",
 }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -160,3 +162,40 @@ def test_abort_drops_the_producer_without_waiting(client, kafka_config, new_topi
         values += [r.value for r in _drain(consumer, 10_000, timeout_s=2)]
     assert values[0] == b"first" and b"last" in values
     assert len(values) == len(set(values)) <= 2002  # aborted records: at most once
+
+
+def test_assignment_is_empty_until_assigned_then_the_partitions(
+    client, kafka_config, new_topic, produce
+):
+    topic = new_topic(partitions=2)
+    produce(topic, 2, 2)
+    with create_consumer(kafka_config, client) as consumer:
+        assert consumer.assignment() == set()
+        consumer.assign({TopicPartition(topic, 1): 0})
+        assert consumer.assignment() == {TopicPartition(topic, 1)}
+    with create_consumer(kafka_config, client) as consumer:
+        consumer.subscribe([topic])
+        assert consumer.assignment() == set()  # the group assigns during poll()
+        assert len(_drain(consumer, 2)) == 2
+        assert consumer.assignment() == {TopicPartition(topic, 0), TopicPartition(topic, 1)}
+
+
+def test_coordinator_moves_are_debug_not_warnings(kafka_config, caplog):
+    # kafka-python's own code path: a broker answering NotCoordinator is retried by the client.
+    from kafka import errors
+    from kafka.coordinator.base import BaseCoordinator
+
+    create_consumer(kafka_config, "kafka-python").close()  # installs the filter
+    coordinator = SimpleNamespace(coordinator_id="coordinator-1", group_id="g")
+    with caplog.at_level(logging.INFO, logger="kafka.coordinator"):
+        BaseCoordinator.coordinator_dead(coordinator, errors.NotCoordinatorError())
+        coordinator.coordinator_id = "coordinator-1"
+        BaseCoordinator.coordinator_dead(coordinator, errors.KafkaConnectionError("lost"))
+    dead = [r for r in caplog.records if "coordinator dead" in r.getMessage()]
+    assert [(r.levelname, "NotCoordinator" in r.getMessage()) for r in dead] == [("WARNING", False)]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="kafka.coordinator"):
+        coordinator.coordinator_id = "coordinator-1"
+        BaseCoordinator.coordinator_dead(coordinator, errors.NotCoordinatorError())
+    dead = [r for r in caplog.records if "coordinator dead" in r.getMessage()]
+    assert [r.levelname for r in dead] == ["DEBUG"]
