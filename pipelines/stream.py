@@ -16,11 +16,20 @@ read's bundle finalizer, once the runner has made the bundle's outputs durable.
 
 ``--bounded`` / ``--max_seconds`` / ``--max_records_per_partition`` make the read bounded, for
 batch-style runs.
+
+Whatever bytes a record holds, the worst it earns is a dead letter, and no output message is
+over ``--max_message_bytes``; the rest of its batch is written and committed. A failure that is
+not a record's fault (no model can be loaded, the broker is down, a topic is missing, writing is
+not authorised) fails the bundle: nothing of it is committed. Options are checked before the
+pipeline is built: a mistake is one line naming the option, and exit code 2.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import math
 import sys
 from typing import Any
 
@@ -28,21 +37,37 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
-from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords
+from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords, message_size
 from ae_pipeline.beam.options import (
     ModelLocationOptions,
+    ScoringOptions,
+    UsageError,
     add_switch,
     exit_with_help_if_asked,
     keep_watching_streaming_jobs,
     read_json_config,
+    run_command,
 )
 from ae_pipeline.beam.transforms import ScoreRecords
-from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT
-from ae_pipeline.serving import MODES, to_messages
+from ae_pipeline.features import TOO_LARGE
+from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT, KafkaConfig
+from ae_pipeline.serving import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MESSAGE_KEY,
+    MESSAGE_KEYS,
+    MODES,
+    ServingError,
+    check_max_message_bytes,
+    check_passthrough,
+    to_messages,
+)
+
+PROG = "ae-pipeline stream"
 
 
-class StreamOptions(ModelLocationOptions, PipelineOptions):
-    """Options of the streaming scoring job (plus every Beam pipeline option)."""
+class StreamOptions(ScoringOptions, ModelLocationOptions, PipelineOptions):
+    """Options of the streaming scoring job (plus every Beam pipeline option); ``--top_k`` and
+    ``--threshold`` come from :class:`ScoringOptions` (shared with ``ae-pipeline score``)."""
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
@@ -60,9 +85,12 @@ class StreamOptions(ModelLocationOptions, PipelineOptions):
             default=30.0,
             help="seconds between checks for a newer version (with --model_root)",
         )
-        g.add_argument("--top_k", type=int, default=5, help="contributions per flag (0: all)")
-        g.add_argument("--passthrough", default="", help="comma list of record fields to copy")
-        g.add_argument("--threshold", type=float, default=None, help="override the threshold")
+        g.add_argument(
+            "--passthrough",
+            default="",
+            help="comma list of record fields to copy into each result (not one of the "
+            "result's own fields: key, model_version, topic, partition, offset, ...)",
+        )
         g.add_argument(
             "--torch_threads",
             type=int,
@@ -90,14 +118,52 @@ class StreamOptions(ModelLocationOptions, PipelineOptions):
             choices=["committed", "earliest", "latest"],
             help="where to start reading (committed: the group's offsets, else earliest)",
         )
-        g.add_argument("--kafka_client", default=DEFAULT_CLIENT, choices=CLIENTS)
+        g.add_argument(
+            "--kafka_client",
+            "--client",
+            dest="kafka_client",
+            default=DEFAULT_CLIENT,
+            choices=CLIENTS,
+            help="Kafka client library (--client: the same, as ae-pipeline consume names it)",
+        )
         g.add_argument(
             "--kafka_config",
             default=None,
             help="JSON file of extra KafkaConfig settings (security; never logged): a local "
             "path or any Beam filesystem path (gs://, s3://, ...)",
         )
-        g.add_argument("--max_batch_size", type=int, default=500, help="records per poll")
+        g.add_argument(
+            "--max_batch_size",
+            "--max_batch",
+            dest="max_batch_size",
+            type=int,
+            default=500,
+            help="records per poll (--max_batch: the same, as ae-pipeline consume names it)",
+        )
+        g.add_argument(
+            "--poll_timeout_s",
+            type=float,
+            default=0.5,
+            help="seconds one poll of a partition waits for records (more than 0)",
+        )
+        g.add_argument(
+            "--max_message_bytes",
+            type=int,
+            default=DEFAULT_MAX_MESSAGE_BYTES,
+            help="most bytes of one output message (key + value + headers): a dead letter's "
+            "original value is cut to fit (its length and SHA-256 kept), a larger result "
+            "becomes a 'too_large' dead letter; keep it under the producer's "
+            "message.max.bytes / max.request.size and the output topics' max.message.bytes "
+            "(default %(default)s fits Kafka's 1 MB defaults)",
+        )
+        g.add_argument(
+            "--message_key",
+            default=DEFAULT_MESSAGE_KEY,
+            choices=MESSAGE_KEYS,
+            help="a result's message key: the input message's key (input: results and dead "
+            "letters join, and are partitioned, like the input) or the record's key field "
+            "(record)",
+        )
         g.add_argument(
             "--max_bundle_seconds",
             type=float,
@@ -120,23 +186,102 @@ def _kafka_config(opts: StreamOptions) -> dict[str, Any]:
     return config
 
 
-def _messages(outputs: list[dict]) -> list[tuple]:
-    return to_messages(outputs)
+_REQUIRED = {
+    "bootstrap_servers": "the Kafka brokers, host:port[,...]",
+    "input_topic": "the topic of the records to score",
+    "output_topic": "the topic results go to",
+    "dead_letter_topic": "the topic rejected records go to",
+    "group_id": "the consumer group whose offsets the job commits",
+}
+
+
+def check_options(opts: StreamOptions) -> tuple[str, ...]:
+    """Checks the job's options before anything starts; returns the passthrough fields.
+
+    Raises:
+        UsageError: one line naming the option that cannot work and what to give instead.
+    """
+    for name, what in _REQUIRED.items():
+        if not getattr(opts, name):
+            raise UsageError(f"missing --{name}: {what}")
+    if (opts.model_root is None) == (opts.model_version_dir is None):
+        raise UsageError("give exactly one of --model_root and --model_version_dir")
+    at_least = {
+        "top_k": (opts.top_k, 0, "0: all contributions"),
+        "torch_threads": (opts.torch_threads, 0, "0: torch's default"),
+        "max_batch_size": (opts.max_batch_size, 1, "records per poll"),
+        "max_records_per_partition": (opts.max_records_per_partition, 1, "or leave it out"),
+    }
+    for name, (value, low, hint) in at_least.items():
+        if value is not None and value < low:
+            raise UsageError(f"--{name} must be {low} or more ({hint}), got {value}")
+    positive = {
+        "poll_timeout_s": opts.poll_timeout_s,
+        "max_bundle_seconds": opts.max_bundle_seconds,
+        "model_poll_interval_s": opts.model_poll_interval_s,
+        "max_seconds": opts.max_seconds,
+    }
+    for name, value in positive.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name} must be a number of seconds above 0, got {value}")
+    if opts.threshold is not None and not math.isfinite(opts.threshold):
+        raise UsageError(f"--threshold must be a finite number, got {opts.threshold}")
+    try:
+        check_max_message_bytes(opts.max_message_bytes)
+        return check_passthrough([f for f in opts.passthrough.split(",") if f], opts.mode)
+    except ServingError as err:
+        flag = "--max_message_bytes" if "max_message_bytes" in str(err) else "--passthrough"
+        raise UsageError(f"{flag}: {err}") from None
+
+
+# The producers' own message limits when the config does not set them (bytes).
+_PRODUCER_LIMITS = {
+    "confluent": ("confluent", "message.max.bytes", 1_000_000),
+    "kafka-python": ("kafka_python", "max_request_size", 1_048_576),
+}
+
+
+def _check_producer_limit(config: KafkaConfig, client: str, max_message_bytes: int) -> None:
+    """Refuses a ``--max_message_bytes`` the producer itself would refuse (a message must also
+    fit in its request, with room for the record batch's own bytes)."""
+    section, name, default = _PRODUCER_LIMITS.get(client, (None, None, None))
+    if section is None:
+        return
+    limit = int(getattr(config, section).get(name, default))
+    if max_message_bytes > limit - 1024:
+        raise UsageError(
+            f"--max_message_bytes {max_message_bytes} does not fit the {client} producer's "
+            f"{name} of {limit}: lower it, or raise {name} in the {section!r} section of "
+            "--kafka_config (and the output topics' max.message.bytes)"
+        )
+
+
+def _checked_kafka_config(opts: StreamOptions) -> dict[str, Any]:
+    """The job's Kafka config (``--kafka_config`` read), checked against the message limit.
+
+    Raises:
+        UsageError: the config file cannot be read or holds unknown settings, or the producer
+            would refuse messages of ``--max_message_bytes``.
+    """
+    try:
+        config = _kafka_config(opts)
+        kafka = KafkaConfig.from_dict(config)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _check_producer_limit(kafka, opts.kafka_client, opts.max_message_bytes)
+    return config
 
 
 def build(pipeline: beam.Pipeline, opts: StreamOptions) -> Any:
     """Adds the read -> score -> write steps to ``pipeline``; returns the scoring outputs
-    (``.results`` / ``.dead_letters``, PCollections of lists of dicts)."""
-    missing = [
-        f"--{name}"
-        for name in ("bootstrap_servers", "input_topic", "output_topic", "dead_letter_topic")
-        if not getattr(opts, name)
-    ]
-    if missing:
-        raise ValueError(f"missing required options: {' '.join(missing)}")
-    if (opts.model_root is None) == (opts.model_version_dir is None):
-        raise ValueError("give exactly one of --model_root and --model_version_dir")
-    config = _kafka_config(opts)
+    (``.results`` / ``.dead_letters``, PCollections of lists of Kafka messages).
+
+    Raises:
+        UsageError: an option that cannot work (see :func:`check_options`), or a
+            ``--kafka_config`` that cannot be read.
+    """
+    passthrough = check_options(opts)
+    config = _checked_kafka_config(opts)
     client = opts.kafka_client
     records = pipeline | "Read" >> ReadKafkaRecords(
         opts.input_topic,
@@ -147,6 +292,7 @@ def build(pipeline: beam.Pipeline, opts: StreamOptions) -> Any:
         max_seconds=opts.max_seconds,
         max_records_per_partition=opts.max_records_per_partition,
         max_batch_size=opts.max_batch_size,
+        poll_timeout_s=opts.poll_timeout_s,
         max_bundle_seconds=opts.max_bundle_seconds,
     )
     scored = records | "Score" >> ScoreRecords(
@@ -157,21 +303,53 @@ def build(pipeline: beam.Pipeline, opts: StreamOptions) -> Any:
         device=opts.device,
         threshold=opts.threshold,
         top_k=opts.top_k or None,
-        passthrough=[f for f in opts.passthrough.split(",") if f],
+        passthrough=passthrough,
         torch_threads=opts.torch_threads or None,
-        prebatched=True,
         emit_batches=True,
+        as_messages=True,
+        max_message_bytes=opts.max_message_bytes,
+        message_key=opts.message_key,
     )
-    for name, pcoll, topic in (
-        ("Results", scored.results, opts.output_topic),
-        ("DeadLetters", scored.dead_letters, opts.dead_letter_topic),
-    ):
-        _ = (
-            pcoll
-            | f"{name}AsMessages" >> beam.Map(_messages)
-            | f"Write{name}" >> WriteKafkaRecords(topic, config, client=client)
+    limit = opts.max_message_bytes
+    refused = [
+        pcoll
+        | f"Write{name}" >> WriteKafkaRecords(topic, config, client=client, max_message_bytes=limit)
+        for name, pcoll, topic in (
+            ("Results", scored.results, opts.output_topic),
+            ("DeadLetters", scored.dead_letters, opts.dead_letter_topic),
         )
+    ]
+    # Messages over the limit (none when scoring made them: it bounds them already) are
+    # dead-lettered, cut to fit, rather than refused by the broker with their whole bundle.
+    _ = (
+        refused
+        | "Refused" >> beam.Flatten()
+        | "RefusedAsDeadLetters" >> beam.Map(_refused_as_dead_letter, limit)
+        | "WriteRefused"
+        >> WriteKafkaRecords(opts.dead_letter_topic, config, client=client, max_message_bytes=limit)
+    )
     return scored
+
+
+def _refused_as_dead_letter(message: tuple, max_message_bytes: int) -> tuple:
+    """A ``too_large`` dead-letter message for a message the write refused as over
+    ``max_message_bytes``: its original value cut to fit, with its length and SHA-256."""
+    topic, key, value, headers = message
+    version = dict(headers).get("model_version") or b""
+    raw = value or b""
+    letter = {
+        "reason": TOO_LARGE,
+        "detail": f"a message of {message_size(message)} bytes for {topic} is over "
+        f"--max_message_bytes {max_message_bytes}",
+        "model_version": version.decode("utf-8", "replace"),
+        "key": None if key is None else key.decode("utf-8", "backslashreplace"),
+        "value_b64": base64.b64encode(raw).decode(),
+        "value_length": len(raw),
+        "value_sha256": hashlib.sha256(raw).hexdigest(),
+        "value_truncated": False,
+    }
+    (dead,) = to_messages([letter], keys=[key], max_message_bytes=max_message_bytes)
+    return dead
 
 
 def main(
@@ -186,11 +364,17 @@ def main(
 
     Returns:
         The ``PipelineResult``.
+
+    Raises:
+        UsageError: before anything starts, for an option that cannot work (``ae-pipeline
+            stream`` prints it as one line and exits 2).
     """
-    exit_with_help_if_asked(argv, StreamOptions, "ae-pipeline stream", __doc__)
+    exit_with_help_if_asked(argv, StreamOptions, PROG, __doc__)
     options = PipelineOptions(argv)
     keep_watching_streaming_jobs(options)
     opts = options.view_as(StreamOptions)
+    check_options(opts)
+    _checked_kafka_config(opts)
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
@@ -203,5 +387,10 @@ def main(
     return result
 
 
+def _run(argv: list[str]) -> int:
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_command(PROG, _run, sys.argv[1:]))

@@ -17,9 +17,13 @@ artifact loaded without pickle), thresholded at the model's calibrated threshold
     )
     results = rows | AnomalyDetection(detector)
 
-Each prediction's ``info`` names the model version that produced it; a record the model cannot
-score (a missing field, a non-number...) gets no score (``score=None``, so Beam labels it with
-the detector's ``missing_label``) and its ``info`` says why.
+Each prediction's ``info`` names the model version that produced it. A record the model cannot
+score (a missing field, a non-number, anything the scoring path isolates as ``internal``) gets
+the score NaN, so Beam's threshold gives it the detector's ``missing_label`` (-2 by default;
+``missing_label=`` sets it), never a normal label, and its ``info`` says why. In a
+``LabelAggregation`` ensemble (``AnyVote``, ``MajorityVote``...) Beam leaves missing labels out
+of the vote: the row's verdict is the other detectors' (``missing_label`` when none of them has
+one), and the detector's own source prediction keeps the missing label.
 
 ``apache_beam.ml.anomaly`` arrived in Beam 2.64. This project pins Beam 2.62.0 (the newest whose
 Flink runner jars are served by Maven here, see the README), so the detector needs a newer Beam
@@ -38,7 +42,8 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult
 
 from ae_pipeline.beam.model_handler import AutoencoderModelHandler
-from ae_pipeline.serving import ServingModel
+from ae_pipeline.features import INTERNAL, internal_detail
+from ae_pipeline.serving import ServingError, ServingModel
 
 try:  # Beam >= 2.64
     from apache_beam.ml.anomaly.base import AnomalyPrediction
@@ -57,11 +62,22 @@ def _as_dict(row: Any) -> Any:
     return row._asdict() if hasattr(row, "_asdict") else row
 
 
+def _width(row: Any) -> int:
+    """Fields of a row (1 where it cannot even be read: such a row is dead-lettered later)."""
+    try:
+        return len(_as_dict(row))
+    except Exception:
+        return 1
+
+
 class AutoencoderRowModelHandler(AutoencoderModelHandler):
     """RunInference handler scoring ``beam.Row`` (or dict) records one result each.
 
     Its ``PredictionResult.inference`` is ``{"score": float, "reason": str | None}``: the
-    reconstruction error, or NaN and the reason the record could not be scored. Takes the
+    reconstruction error, or NaN and the reason the record could not be scored. No row fails
+    the batch: should scoring the batch raise, the rows are scored one by one and a row that
+    still fails gets NaN and the reason ``internal`` with the exception type; a model that
+    cannot serve (``ServingError``) still fails it. Takes the
     arguments of :class:`~ae_pipeline.beam.model_handler.AutoencoderModelHandler` (``mode`` is
     always ``flag``); ``min_batch_size`` / ``max_batch_size`` count records here.
     """
@@ -76,15 +92,35 @@ class AutoencoderRowModelHandler(AutoencoderModelHandler):
         model: ServingModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        values = [_as_dict(row) for row in batch]
-        scores, reasons = model.anomaly_scores(values)
+        try:
+            scores, reasons = _anomaly_scores(model, batch)
+        except ServingError:
+            raise  # the model cannot serve: not the rows' fault
+        except Exception:  # one row broke the batch: score them one by one
+            scores, reasons = [], {}
+            for i, row in enumerate(batch):
+                try:
+                    (score,), why = _anomaly_scores(model, [row])
+                except ServingError:
+                    raise
+                except Exception as err:
+                    score, why = math.nan, {0: f"{INTERNAL}: {internal_detail(err)}"}
+                scores.append(score)
+                if 0 in why:
+                    reasons[i] = why[0]
         return [
             PredictionResult(row, {"score": float(s), "reason": reasons.get(i)}, model.version)
-            for i, (row, s) in enumerate(zip(batch, scores.tolist(), strict=True))
+            for i, (row, s) in enumerate(zip(batch, scores, strict=True))
         ]
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
-        return 8 * sum(len(_as_dict(row)) for row in batch)
+        return 8 * sum(map(_width, batch))
+
+
+def _anomaly_scores(model: ServingModel, rows: Sequence[Any]) -> tuple[list[float], dict]:
+    """:meth:`ServingModel.anomaly_scores` of ``rows`` (``beam.Row`` or dicts)."""
+    scores, reasons = model.anomaly_scores([_as_dict(row) for row in rows])
+    return scores.tolist(), reasons
 
 
 def _to_anomaly_prediction(keyed: tuple[Any, PredictionResult]) -> tuple[Any, Any]:
@@ -94,7 +130,10 @@ def _to_anomaly_prediction(keyed: tuple[Any, PredictionResult]) -> tuple[Any, An
     score = result.inference["score"]
     reason = result.inference["reason"]
     if reason is not None or math.isnan(score):
-        return key, AnomalyPrediction(info=f"model_version={result.model_id}; unscored: {reason}")
+        # NaN, not None: Beam's thresholds give NaN the detector's missing_label, None no label.
+        return key, AnomalyPrediction(
+            score=math.nan, info=f"model_version={result.model_id}; unscored: {reason}"
+        )
     return key, AnomalyPrediction(score=score, info=f"model_version={result.model_id}")
 
 
@@ -122,6 +161,7 @@ def autoencoder_detector(
     device: str = "auto",
     torch_threads: int | None = None,
     max_batch_size: int = 1024,
+    missing_label: int | None = None,
     **detector_kwargs: Any,
 ) -> Any:
     """A Beam ``OfflineDetector`` scoring records with the model at ``model_path``.
@@ -134,6 +174,8 @@ def autoencoder_detector(
         torch_threads: torch's intra-op CPU threads in each worker thread that scores
             (None: torch's default).
         max_batch_size: most records per inference call.
+        missing_label: the label of a record the model cannot score (default: Beam's
+            ``DEFAULT_MISSING_LABEL``, -2).
         **detector_kwargs: passed to ``OfflineDetector`` (``model_id``, ``features``...).
 
     Raises:
@@ -154,8 +196,9 @@ def autoencoder_detector(
         threshold = model.threshold
     keyed = KeyedModelHandler(handler).with_postprocess_fn(_to_anomaly_prediction)
     detector_kwargs.setdefault("model_id", "ae-pipeline")
+    labels = {} if missing_label is None else {"missing_label": missing_label}
     return OfflineDetector(
-        keyed, threshold_criterion=FixedThreshold(float(threshold)), **detector_kwargs
+        keyed, threshold_criterion=FixedThreshold(float(threshold), **labels), **detector_kwargs
     )
 
 

@@ -11,7 +11,10 @@ by a bundle finalizer, i.e. only once the runner has made the bundle's output du
 Broker outages: a Kafka client error while reading (the broker is down, a request times out)
 does not fail the bundle, which on Prism would fail the whole job: the partition's consumer is
 closed and the rest of the restriction deferred with a backoff (0.5 s doubling to 10 s), then
-read from the first unclaimed offset by a fresh consumer (metric ``read_client_errors``). Offset
+read from the first unclaimed offset by a fresh consumer (metric ``read_client_errors``). An
+error that is not an outage and repeats at the same offset (a record the client cannot decode)
+is not retried forever: after five in a row the bundle fails with a message naming the offset,
+and nothing past it is committed. Offset
 commits run in a background thread (:class:`_OffsetCommitter`): a failed or stuck commit is
 retried and counted (metric ``commit_failures``), never raised into the finalizer; until it
 succeeds a restarted job re-reads those records (duplicates, never losses).
@@ -34,7 +37,10 @@ after that much wall time (any of them makes the read bounded, for batch runs an
 :class:`WriteKafkaRecords` produces ``(key, value[, headers])`` tuples, :class:`KafkaRecord`
 objects or lists of either, with one producer per DoFn instance, flushed at the end of each
 bundle. A failed flush sends the bundle again with a new producer (duplicates, not losses)
-until ``retry_timeout_s``; only then does the bundle fail (for the runner to retry it).
+until ``retry_timeout_s``; only then does the bundle fail (for the runner to retry it). With
+``max_message_bytes``, a message larger than that is never sent (the broker would refuse it, and
+the bundle, with every partition in it, would fail on every retry): it is counted
+(``records_too_large``) and emitted on the transform's output for the pipeline to dead-letter.
 
 :func:`java_read` / :func:`java_write` are Beam's cross-language Java KafkaIO with the same
 config, expanded by :func:`java_expansion_service` from the local classpath and run, without
@@ -79,6 +85,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from ae_pipeline.kafka import (
     DEFAULT_CLIENT,
+    BrokerUnreachableError,
     DeliveryError,
     KafkaClientError,
     KafkaConfig,
@@ -244,6 +251,8 @@ _RETRY_FIRST_S = 0.5
 """First wait after a Kafka client error (doubled after each further error in a row)."""
 _RETRY_MAX_S = 10.0
 """Longest wait between retries after Kafka client errors."""
+_MAX_STUCK_ERRORS = 5
+"""Read errors in a row at one offset (not a broker outage) before the read gives up."""
 _FINALIZE_WAIT_S = 5.0
 """Longest a bundle finalizer waits for its offsets' commit."""
 _COMMIT_STUCK_S = 45.0
@@ -358,7 +367,11 @@ class _OffsetCommitter:
                 except KafkaClientError as e:
                     failures += 1
                     delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (failures - 1))
-                    _LOG.warning(
+                    # A group coordinator that is still starting up (a new group, a fresh
+                    # broker) answers the first commit with NotCoordinator: routine, retried.
+                    starting = failures == 1 and "coordinator" in str(e).lower()
+                    _LOG.log(
+                        logging.INFO if starting else logging.WARNING,
                         "committing offsets of group %s failed (%d in a row), retrying in "
                         "%.1fs: %s",
                         self._config.group_id,
@@ -401,6 +414,10 @@ class _OffsetCommitter:
             thread.join(timeout_s)  # a thread stuck on a lost broker ends with the process
 
 
+def _nothing_to_finalize() -> None:
+    """The finalization of a bundle that read nothing."""
+
+
 def _close_quietly(client: Any) -> None:
     if client is not None:
         try:
@@ -433,6 +450,7 @@ class _ReadPartitionsFn(beam.DoFn):
         )
         self._positions: dict[TopicPartition, int] = {}
         self._failures: dict[TopicPartition, int] = {}  # client errors in a row, per partition
+        self._stuck: dict[TopicPartition, tuple[int, int]] = {}  # (offset, errors there in a row)
         self._committer: _OffsetCommitter | None = None
 
     def teardown(self) -> None:
@@ -468,6 +486,11 @@ class _ReadPartitionsFn(beam.DoFn):
                 yield window.TimestampedValue(r, _event_time(r))
 
     def _read(self, part: PartitionToRead, tracker, watermark, finalizer) -> Iterator[Any]:
+        if finalizer is not None:
+            # Every bundle asks for finalization, also one that read nothing: Prism 2.62 sends
+            # the finalize request for such a bundle anyway, and the SDK harness, which had
+            # released it, logs "Bundle is not in a finalizable state" tracebacks.
+            finalizer.register(_nothing_to_finalize)
         restriction = tracker.current_restriction()
         if restriction.start >= restriction.stop:
             return
@@ -519,6 +542,7 @@ class _ReadPartitionsFn(beam.DoFn):
             failures = self._failures[tp] = self._failures.get(tp, 0) + 1
             delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (failures - 1))
             self._read_errors.inc()
+            self._give_up_on_a_stuck_offset(tp, expected, e)
             # The message is scrubbed of secrets by the client layer.
             _LOG.warning(
                 "reading %s[%d] at offset %d failed (%d in a row), retrying in %.1fs: %s",
@@ -537,6 +561,25 @@ class _ReadPartitionsFn(beam.DoFn):
             _LOG.debug("read %s[%d] offsets [%d, %d)", *tp, restriction.start, expected)
             if finalizer is not None and expected > restriction.start:
                 finalizer.register(functools.partial(self._commit_offset, tp, expected))
+
+    def _give_up_on_a_stuck_offset(self, tp: TopicPartition, offset: int, error: Exception) -> None:
+        """Raises once reading ``tp`` has failed ``_MAX_STUCK_ERRORS`` times in a row at the
+        same ``offset`` with an error that is not a broker outage (e.g. a record whose
+        compression codec the client cannot decode): retrying it forever would hold the
+        partition, and its commits, without a word. An outage keeps being retried."""
+        if _outage(error):
+            self._stuck.pop(tp, None)
+            return
+        at, count = self._stuck.get(tp, (offset, 0))
+        count = count + 1 if at == offset else 1
+        self._stuck[tp] = (offset, count)
+        if count >= _MAX_STUCK_ERRORS:
+            self._stuck.pop(tp, None)
+            raise RuntimeError(
+                f"cannot read {tp.topic}[{tp.partition}] at offset {offset}: the same error "
+                f"{count} times in a row, not an outage (does the client support the topic's "
+                f"compression codec?): {error}"
+            ) from None
 
     def _commit_offset(self, tp: TopicPartition, offset: int) -> None:
         """Commit once the runner made the bundle durable (the bundle finalizer).
@@ -643,7 +686,10 @@ class ReadKafkaRecords(beam.PTransform):
             this lag (records produced later with older timestamps would be late).
         max_cached_consumers: consumers (one per partition) each DoFn instance keeps open.
         redistribute: reshuffle the partitions before reading them, so that runners spread
-            them over workers.
+            them over workers (default: yes, except on Prism, whose one local worker gains
+            nothing from it and which, on Beam 2.62, finalizes the bundles of the step the
+            reshuffle cuts off, making the SDK harness log "Bundle is not in a finalizable
+            state" tracebacks).
     """
 
     def __init__(
@@ -664,7 +710,7 @@ class ReadKafkaRecords(beam.PTransform):
         commit_offsets: bool | None = None,
         idle_watermark_lag_s: float = 2.0,
         max_cached_consumers: int = 16,
-        redistribute: bool = True,
+        redistribute: bool | None = None,
     ):
         super().__init__()
         self._config = KafkaConfig.from_dict(config)
@@ -714,7 +760,10 @@ class ReadKafkaRecords(beam.PTransform):
             self._max_seconds,
         )
         parts = pbegin | "Impulse" >> beam.Impulse() | "Partitions" >> beam.ParDo(discover)
-        if self._redistribute:
+        redistribute = self._redistribute
+        if redistribute is None:
+            redistribute = not _is_prism(pbegin.pipeline.options)
+        if redistribute:
             parts = parts | "Redistribute" >> beam.Reshuffle()
         commit = self._options["commit_offsets"]
         if commit and self.is_bounded and _is_flink_batch(pbegin.pipeline.options):
@@ -737,6 +786,12 @@ class ReadKafkaRecords(beam.PTransform):
             "start": self._start,
             "bounded": self.is_bounded,
         }
+
+
+def _is_prism(options: PipelineOptions | None) -> bool:
+    if options is None:
+        return False
+    return "prism" in str(options.view_as(StandardOptions).runner or "").lower()
 
 
 def _is_flink_batch(options: PipelineOptions | None) -> bool:
@@ -800,6 +855,38 @@ _TRANSIENT = (
 """What the errors of an unreachable or restarting broker say (either client), lower case."""
 
 
+def _outage(error: Exception) -> bool:
+    """Whether a read error may be the broker's or the network's (retried for as long as it
+    lasts) rather than one record's (given up on after a few tries at the same offset)."""
+    if isinstance(error, BrokerUnreachableError) or _transient(error):
+        return True
+    text = str(error).lower()
+    return any(word in text for word in _OUTAGE_WORDS)
+
+
+_OUTAGE_WORDS = ("broker", "unreachable", "metadata", "coordinator", "leader", "connect", "auth")
+
+
+def _too_large(error: KafkaClientError) -> bool:
+    """Whether a delivery failed because a message was over a broker's or producer's limit."""
+    reasons = [r for _, _, r in getattr(error, "errors", ())] or [str(error)]
+    return any(
+        word in reason.lower().replace("_", "")
+        for reason in reasons
+        for word in ("toolarge", "too large", "msgsizetoolarge", "messagesizetoolarge")
+    )
+
+
+def message_size(message: tuple[str, Any, Any, Any]) -> int:
+    """Bytes of a ``(topic, key, value, headers)`` message as a limit counts them: key, value
+    and each header's name and value."""
+    _, key, value, headers = message
+    size = len(key or b"") + len(value or b"")
+    for name, header in headers:
+        size += len(name) + len(header or b"")
+    return size
+
+
 def _transient(error: KafkaClientError) -> bool:
     """Whether sending again may help: every failure looks like an unreachable or restarting
     broker (a record too large, a missing permission, ... fail the bundle at once)."""
@@ -817,14 +904,18 @@ class _WriteFn(beam.DoFn):
     runner to retry it. Other delivery errors (a record too large, ...) fail it at once.
     """
 
-    def __init__(self, topic, config, client, flush_timeout_s, retry_timeout_s=300.0):
+    def __init__(
+        self, topic, config, client, flush_timeout_s, retry_timeout_s=300.0, max_message_bytes=None
+    ):
         self._topic = topic
         self._config = config
         self._client = client
         self._flush_timeout = flush_timeout_s
         self._retry_timeout = retry_timeout_s
+        self._max_bytes = max_message_bytes
         self._written = Metrics.counter(_NAMESPACE, "records_written")
         self._retries = Metrics.counter(_NAMESPACE, "write_retries")
+        self._too_large = Metrics.counter(_NAMESPACE, "records_too_large")
 
     def setup(self) -> None:
         self._producer: KafkaProducerClient | None = None
@@ -836,15 +927,29 @@ class _WriteFn(beam.DoFn):
             self._drop_producer()  # the last bundle failed: its queued records are not ours
         self._bundle, self._send_error = [], None
 
-    def process(self, element: Any) -> Iterable[None]:
+    def process(self, element: Any) -> Iterable[tuple[str, Any, Any, Any]]:
+        refused = []
         for message in _messages(element, self._topic):
+            if self._max_bytes is not None and message_size(message) > self._max_bytes:
+                refused.append(message)  # never sent: the broker would refuse the bundle
+                continue
             self._bundle.append(message)
             if self._send_error is None:
                 try:
                     self._send(message)
                 except KafkaClientError as e:
                     self._send_error = e  # sent again, with the rest, in finish_bundle
-        return ()
+        if refused:
+            self._too_large.inc(len(refused))
+            _LOG.error(
+                "%d messages for %s are over max_message_bytes=%d (largest %d bytes): not sent, "
+                "passed on to be dead-lettered",
+                len(refused),
+                refused[0][0],
+                self._max_bytes,
+                max(map(message_size, refused)),
+            )
+        return refused
 
     def _send(self, message: tuple[str, Any, Any, Any]) -> None:
         if self._producer is None:
@@ -865,6 +970,13 @@ class _WriteFn(beam.DoFn):
             except KafkaClientError as e:  # DeliveryError included
                 attempt += 1
                 if time.monotonic() >= deadline or not _transient(e):
+                    if _too_large(e):
+                        _LOG.error(
+                            "the broker refused a message as too large: set max_message_bytes "
+                            "(ae-pipeline stream: --max_message_bytes) under the topic's "
+                            "max.message.bytes and the producer's message.max.bytes / "
+                            "max.request.size"
+                        )
                     raise  # the runner retries the bundle
                 delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (attempt - 1))
                 self._retries.inc()
@@ -914,7 +1026,8 @@ class WriteKafkaRecords(beam.PTransform):
     Elements may be ``(key, value)`` or ``(key, value, headers)`` tuples, objects with
     ``value`` (and optionally ``key``, ``headers``, ``topic``) attributes such as
     :class:`KafkaRecord`, or lists of these (e.g. the batches :class:`ReadKafkaRecords` emits).
-    ``str`` keys and values are encoded as UTF-8. Returns an empty PCollection.
+    ``str`` keys and values are encoded as UTF-8. Returns the messages refused as larger than
+    ``max_message_bytes``, as ``(topic, key, value, headers)`` tuples (empty without a limit).
 
     Args:
         topic: topic to write to (None: each record's own ``topic``).
@@ -924,10 +1037,15 @@ class WriteKafkaRecords(beam.PTransform):
         retry_timeout_s: how long a bundle whose flush failed keeps sending its records again
             (rebuilding the producer each time, so records can be duplicated, not lost)
             before it fails.
+        max_message_bytes: messages larger than this (key + value + headers) are not sent
+            but returned (see above); keep it under the producer's ``message.max.bytes`` /
+            ``max.request.size`` and the topic's ``max.message.bytes``. None: no check (the
+            broker's refusal then fails the bundle).
 
     Raises:
         ae_pipeline.kafka.DeliveryError: (in the bundle) when records were still not delivered
-            after ``retry_timeout_s``.
+            after ``retry_timeout_s``, or were refused for a reason sending again cannot cure
+            (too large for the topic, not authorised, no such topic).
     """
 
     def __init__(
@@ -938,11 +1056,19 @@ class WriteKafkaRecords(beam.PTransform):
         client: str = DEFAULT_CLIENT,
         flush_timeout_s: float = 60.0,
         retry_timeout_s: float = 300.0,
+        max_message_bytes: int | None = None,
     ):
         super().__init__()
         _client_module(client)
+        if max_message_bytes is not None and max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
         self._fn = _WriteFn(
-            topic, KafkaConfig.from_dict(config), client, flush_timeout_s, retry_timeout_s
+            topic,
+            KafkaConfig.from_dict(config),
+            client,
+            flush_timeout_s,
+            retry_timeout_s,
+            max_message_bytes,
         )
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:

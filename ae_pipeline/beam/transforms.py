@@ -4,18 +4,30 @@
 takes the mode as an argument) work on any PCollection of records: JSON ``bytes``/``str``,
 dicts, ``beam.Row``, :class:`ae_pipeline.kafka.KafkaRecord` objects, ``(key, value)`` tuples
 (what Beam's ``ReadFromKafka`` emits), or lists of those (what
-:class:`ae_pipeline.beam.kafka_io.ReadKafkaRecords` emits: one list per poll). Records are
-batched early (within each bundle by :class:`BatchAndScoreFn` in the global window; by
-``beam.BatchElements`` in other windows or with ``max_batch_duration_secs``; or the lists as
-they come with ``prebatched=True``) and scored by
-:meth:`ae_pipeline.serving.ServingModel.score_records`, the same code the plain Kafka consumer
-runs.
+:class:`ae_pipeline.beam.kafka_io.ReadKafkaRecords` emits: one list per poll). The element type
+picks the path, as Beam's ``AnomalyDetection`` does: a PCollection of lists (its element type a
+``list[...]``, or lists met at run time) is scored one list at a time, so
+``ReadKafkaRecords(...) | FlagAnomalies(...)`` needs no flag (``prebatched=True`` still forces
+that path); single records are batched early (within each bundle by :class:`BatchAndScoreFn`
+in the global window; by ``beam.BatchElements`` in other windows or with
+``max_batch_duration_secs``). Batches are scored by
+:meth:`ae_pipeline.serving.ServingModel.score_records` (or, with ``as_messages=True``,
+:meth:`~ae_pipeline.serving.ServingModel.score_messages`: ready-made, size-bounded Kafka
+messages), the same code the plain Kafka consumer runs.
+
+No record can fail a bundle: whatever bytes a record holds, the worst it earns is a dead letter.
+Should scoring a batch raise anyway, the batch is scored again record by record and a record that
+still fails becomes a dead letter with reason ``internal`` and the exception type in ``detail``
+(metric ``batch_fallbacks``). Failures that are not a record's fault still fail the bundle, so
+that nothing is committed: no model can be loaded, the model cannot serve the mode (``flag``
+without a threshold), or the Kafka write fails.
 
 Each transform returns two PCollections of JSON-serialisable dicts, reachable as
 ``out.results`` / ``out.dead_letters`` (or ``out["results"]``, or ``results, dead = out``):
 every input record leaves as exactly one result or one dead letter (with its ``reason``, one of
 :data:`ae_pipeline.features.REASONS`). Beam Metrics in namespace :data:`NAMESPACE` count
-``records_in``, ``results``, ``dead_letters``, ``dead_letters_<reason>`` and ``anomalies``.
+``records_in``, ``results``, ``dead_letters``, ``dead_letters_<reason>``, ``anomalies`` and
+``batch_fallbacks``.
 
 The model comes from a fixed version directory (``model_version_dir=``) or follows the newest
 version published under a registry root (``model_root=``, checked at most every
@@ -32,22 +44,39 @@ Example:
 
 from __future__ import annotations
 
+import base64
+import collections
+import hashlib
 import logging
 import operator
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+from apache_beam.typehints import typehints
 from apache_beam.utils import shared
 from apache_beam.utils.windowed_value import WindowedValue
 
-from ae_pipeline.features import REASONS, FeatureSpec
+from ae_pipeline.features import INTERNAL, REASONS, FeatureSpec, internal_detail
 from ae_pipeline.hot_reload import FixedModel, ModelWatcher, open_model
-from ae_pipeline.serving import as_inputs, check_mode
+from ae_pipeline.serving import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MESSAGE_KEY,
+    ServingError,
+    ServingModel,
+    as_input,
+    as_inputs,
+    check_max_message_bytes,
+    check_message_key,
+    check_mode,
+    check_passthrough,
+    to_messages,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -88,6 +117,14 @@ class ModelSource:
             raise ValueError("give exactly one of model_version_dir and model_root")
         if self.poll_interval_s < 0:
             raise ValueError(f"poll_interval_s must be >= 0, got {self.poll_interval_s}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (None: all), got {self.top_k}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.torch_threads is not None and self.torch_threads < 0:
+            raise ValueError(
+                f"torch_threads must be >= 0 (0: torch's default), got {self.torch_threads}"
+            )
 
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :meth:`ServingModel.load`."""
@@ -105,6 +142,39 @@ class ModelSource:
         return repr(self)
 
 
+@dataclass(frozen=True)
+class OutputForm:
+    """What the scoring DoFns emit.
+
+    Attributes:
+        emit_batches: one list of results (and one of dead letters) per scored batch instead
+            of one element per record.
+        as_messages: Kafka messages ``(key, value, headers)`` of
+            :meth:`~ae_pipeline.serving.ServingModel.score_messages` instead of dicts.
+        max_message_bytes: with ``as_messages``, the most bytes of one message.
+        message_key: with ``as_messages``, a result's message key: ``"input"`` (the input
+            Kafka message's key) or ``"record"`` (the record's key field).
+    """
+
+    emit_batches: bool = False
+    as_messages: bool = False
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    message_key: str = DEFAULT_MESSAGE_KEY
+
+    def __post_init__(self) -> None:
+        check_max_message_bytes(self.max_message_bytes)
+        check_message_key(self.message_key)
+
+
+class _Scored(NamedTuple):
+    """One scored batch: results, dead letters, each dead letter's reason, anomalies."""
+
+    results: list
+    dead: list
+    reasons: list
+    anomalies: int
+
+
 class ScoreBatchesFn(beam.DoFn):
     """Scores lists of records; emits results on the main output and dead letters tagged
     :data:`DEAD_LETTERS`.
@@ -113,6 +183,8 @@ class ScoreBatchesFn(beam.DoFn):
         mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
         source: where the model comes from.
         passthrough: record fields copied into each result.
+        emit_batches: see :class:`OutputForm` (or pass ``form``).
+        form: what to emit (lists or single outputs, dicts or Kafka messages).
     """
 
     def __init__(
@@ -121,11 +193,13 @@ class ScoreBatchesFn(beam.DoFn):
         source: ModelSource,
         passthrough: Sequence[str] = (),
         emit_batches: bool = False,
+        form: OutputForm | None = None,
     ) -> None:
         self._mode = check_mode(mode)
         self._source = source
-        self._passthrough = tuple(passthrough)
-        self._emit_batches = emit_batches
+        self._passthrough = check_passthrough(tuple(passthrough), mode)
+        self._form = form or OutputForm(emit_batches=emit_batches)
+        self._emit_batches = self._form.emit_batches
         self._shared = shared.Shared()
 
     def _open(self) -> FixedModel | ModelWatcher:
@@ -134,19 +208,24 @@ class ScoreBatchesFn(beam.DoFn):
             version_dir=src.version_dir,
             root=src.root,
             interval_s=src.poll_interval_s,
+            mode=self._mode,  # a version that cannot serve this mode is refused
+            background=src.root is not None,  # checks the root while no record arrives, too
             **src.load_kwargs(),
         )
         provider.current()  # fail early (in setup) when nothing can be served yet
         return provider
 
     def setup(self) -> None:
-        self._provider = self._shared.acquire(self._open, tag=self._source.tag())
+        # Per mode too: a version that serves encode may lack what flag needs.
+        tag = f"{self._mode}:{self._source.tag()}"
+        self._provider = self._shared.acquire(self._open, tag=tag)
         self._version: str | None = None
         self._records_in = Metrics.counter(NAMESPACE, "records_in")
         self._results = Metrics.counter(NAMESPACE, "results")
         self._dead = Metrics.counter(NAMESPACE, "dead_letters")
         self._by_reason = {r: Metrics.counter(NAMESPACE, f"dead_letters_{r}") for r in REASONS}
         self._anomalies = Metrics.counter(NAMESPACE, "anomalies")
+        self._fallbacks = Metrics.counter(NAMESPACE, "batch_fallbacks")
         self._batch_sizes = Metrics.distribution(NAMESPACE, "batch_size")
         self._latency = Metrics.distribution(NAMESPACE, "score_batch_micros")
 
@@ -158,8 +237,7 @@ class ScoreBatchesFn(beam.DoFn):
             items = [i for item in items for i in (item if isinstance(item, list) else [item])]
         if not items:
             return _NOTHING
-        values, sources = as_inputs(items)
-        results, dead = self._score(values, sources)
+        results, dead = self._score(items)
         if self._emit_batches:
             out: list[Any] = [results] if results else []
             if dead:
@@ -169,29 +247,181 @@ class ScoreBatchesFn(beam.DoFn):
             return results
         return [*results, *(beam.pvalue.TaggedOutput(DEAD_LETTERS, letter) for letter in dead)]
 
-    def _score(self, values: list[Any], sources: list[Any]) -> tuple[list[dict], list[dict]]:
-        """Scores one batch with the current model and counts it in the metrics."""
+    def _score(self, items: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Scores one batch of elements (records in any accepted form) with the current model
+        and counts it in the metrics.
+
+        Never raises because of a record (see the module docstring); raises what is not the
+        records' fault (no model, a model that cannot serve the mode)."""
         model = self._provider.current()
         if model.version != self._version:
             _log.info("scoring (%s) with model version %s", self._mode, model.version)
             self._version = model.version
+        self._count_refusals()
         start = time.perf_counter()
-        results, dead = model.score_records(
-            values, self._mode, sources=sources, passthrough=self._passthrough
-        )
+        try:
+            scored = self._score_with(model, items)
+        except ServingError:
+            raise  # not the records' fault: fail the bundle, commit nothing
+        except Exception as err:
+            scored = self._score_one_by_one(model, items, err)
+        results, dead, reasons, anomalies = scored
         self._latency.update(int((time.perf_counter() - start) * 1e6))
-        self._records_in.inc(len(values))
-        self._batch_sizes.update(len(values))
+        self._records_in.inc(len(items))
+        self._batch_sizes.update(len(items))
         self._results.inc(len(results))
-        if self._mode == "flag":
-            self._anomalies.inc(sum(map(_IS_ANOMALY, results)))
+        if anomalies:
+            self._anomalies.inc(anomalies)
         if dead:
             self._dead.inc(len(dead))
-            for letter in dead:
-                counter = self._by_reason.get(letter["reason"])
+            for reason in reasons:
+                counter = self._by_reason.get(reason)
                 if counter is not None:
                     counter.inc()
         return results, dead
+
+    def _score_with(self, model: ServingModel, items: list[Any]) -> _Scored:
+        """The batch's results and dead letters in the output form (may raise)."""
+        values, sources = as_inputs(items)
+        form = self._form
+        if form.as_messages:
+            msgs = model.score_messages(
+                values,
+                self._mode,
+                sources=sources,
+                passthrough=self._passthrough,
+                max_message_bytes=form.max_message_bytes,
+                message_key=form.message_key,
+            )
+            return _Scored(msgs.results, msgs.dead_letters, msgs.dead_reasons, msgs.anomalies)
+        results, dead = model.score_records(
+            values, self._mode, sources=sources, passthrough=self._passthrough
+        )
+        anomalies = sum(map(_IS_ANOMALY, results)) if self._mode == "flag" else 0
+        return _Scored(results, dead, [d["reason"] for d in dead], anomalies)
+
+    def _score_one_by_one(self, model: ServingModel, items: list[Any], first: Exception) -> _Scored:
+        """The batch, record by record (after ``first`` escaped the batch); a record that
+        still fails becomes an ``internal`` dead letter."""
+        self._fallbacks.inc()
+        results: list[Any] = []
+        dead: list[Any] = []
+        reasons: list[str] = []
+        anomalies = 0
+        failed = 0
+        for item in items:
+            try:
+                r, d, why, a = self._score_with(model, [item])
+            except ServingError:
+                raise
+            except Exception as err:
+                failed += 1
+                r, d, why, a = [], [self._internal_letter(model, item, err)], [INTERNAL], 0
+            results += r
+            dead += d
+            reasons += why
+            anomalies += a
+        _log.warning(
+            "scoring a batch of %d records raised %s; scored them one by one, %d dead-lettered "
+            "as %r",
+            len(items),
+            internal_detail(first),
+            failed,
+            INTERNAL,
+        )
+        return _Scored(results, dead, reasons, anomalies)
+
+    def _internal_letter(self, model: ServingModel, item: Any, err: Exception) -> Any:
+        """An ``internal`` dead letter (a dict, or its bounded message) for an element whose
+        scoring raised ``err``."""
+        try:
+            value, source = as_input(item)
+        except Exception:  # not even unpackable: the element itself is the value
+            value, source = item, None
+        letter = _internal_dead_letter(model.version, value, source, err)
+        if not self._form.as_messages:
+            return letter
+        key = _attr(source, "key")
+        if key is not None and not isinstance(key, bytes):
+            key = str(key).encode("utf-8", "backslashreplace")
+        (message,) = to_messages(
+            [letter], keys=[key], max_message_bytes=self._form.max_message_bytes
+        )
+        return message
+
+    def _count_refusals(self) -> None:
+        """Exports the model provider's refused versions as the counters
+        ``refused_versions_<reason>`` (each refusal once per process)."""
+        refusals = getattr(self._provider, "refusals", None)
+        if not refusals:
+            return
+        with _EXPORTED_LOCK:
+            exported = _EXPORTED.setdefault(id(self._provider), collections.Counter())
+            new = {r: n - exported[r] for r, n in refusals.items() if n > exported[r]}
+            exported.update(new)
+        for reason, n in new.items():
+            Metrics.counter(NAMESPACE, f"refused_versions_{reason}").inc(n)
+
+
+# Per model provider (one per process and source, shared by the DoFn instances): the refusals
+# already exported as metrics.
+_EXPORTED: dict[int, collections.Counter] = {}
+_EXPORTED_LOCK = threading.Lock()
+
+
+def _internal_dead_letter(version: str, value: Any, source: Any, err: Exception) -> dict[str, Any]:
+    """A dead letter (reason ``internal``) made without the scoring path: key, Kafka
+    coordinates, the original value (bytes as base64, with length and SHA-256)."""
+    letter: dict[str, Any] = {
+        "reason": INTERNAL,
+        "detail": internal_detail(err),
+        "model_version": version,
+        "key": None,
+    }
+    if source is not None:
+        key = _attr(source, "key")
+        if isinstance(key, (bytes, bytearray)):
+            try:
+                key = bytes(key).decode()
+            except UnicodeDecodeError:
+                key = base64.b64encode(bytes(key)).decode()
+        if type(key) is str:
+            key = key.encode("utf-8", "backslashreplace").decode()  # lone surrogates escaped
+        letter["key"] = key if key is None or type(key) in (str, int) else _text(key)
+        for name, kind in (("topic", str), ("partition", int), ("offset", int)):
+            field = _attr(source, name)
+            if type(field) is kind:
+                letter[name] = field
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogatepass")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        letter.update(
+            value_b64=base64.b64encode(raw).decode(),
+            value_length=len(raw),
+            value_sha256=hashlib.sha256(raw).hexdigest(),
+            value_truncated=False,
+        )
+    else:
+        text = _text(value)
+        letter.update(value=text[:10_000], value_truncated=len(text) > 10_000)
+    return letter
+
+
+def _attr(obj: Any, name: str) -> Any:
+    """``obj.name``, None where it is missing or raises."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:
+        return None
+
+
+def _text(value: Any) -> str:
+    """``repr(value)``, or its type's name where even that raises."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 class BatchAndScoreFn(ScoreBatchesFn):
@@ -210,8 +440,9 @@ class BatchAndScoreFn(ScoreBatchesFn):
         passthrough: Sequence[str] = (),
         emit_batches: bool = False,
         max_batch_size: int = 1000,
+        form: OutputForm | None = None,
     ) -> None:
-        super().__init__(mode, source, passthrough, emit_batches)
+        super().__init__(mode, source, passthrough, emit_batches, form)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self._max_batch_size = max_batch_size
@@ -221,8 +452,12 @@ class BatchAndScoreFn(ScoreBatchesFn):
 
     def process(self, element: Any) -> Sequence[Any]:
         # A plain function, not a generator: most calls only add to the batch. (Not ``return
-        # None``: Beam reads the source and warns about that line.)
-        self._batch.append(element)
+        # None``: Beam reads the source and warns about that line.) A list is a batch of
+        # records (a poll of ReadKafkaRecords), never one record.
+        if type(element) is list:
+            self._batch.extend(element)
+        else:
+            self._batch.append(element)
         if len(self._batch) >= self._max_batch_size:
             return self._flush()
         return _NOTHING
@@ -232,8 +467,7 @@ class BatchAndScoreFn(ScoreBatchesFn):
 
     def _flush(self) -> list[Any]:
         batch, self._batch = self._batch, []
-        values, sources = as_inputs(batch)
-        results, dead = self._score(values, sources)
+        results, dead = self._score(batch)
         at_end = GlobalWindows.windowed_value_at_end_of_window
         if self._emit_batches:
             out: list[Any] = [at_end(results)] if results else []
@@ -272,11 +506,26 @@ class ScoreRecords(beam.PTransform):
         max_batch_size: largest batch scored at once.
         max_batch_duration_secs: with a value, ``BatchElements`` batches across bundles
             (stateful; streaming), emitting at least this often.
-        prebatched: the input elements are already lists of records (e.g. the per-poll lists
-            of ``ReadKafkaRecords``): skip ``BatchElements``.
+        prebatched: score each element as a batch of records (no ``BatchElements``). Not
+            needed for a PCollection of lists (e.g. the per-poll lists of
+            ``ReadKafkaRecords``): its element type picks that path, and a list met at run
+            time is taken as a batch of records on every path.
         emit_batches: emit one list of results (and one of dead letters) per scored batch
             instead of one element per record: far less per-element overhead when the next
             step takes lists (``WriteKafkaRecords`` does).
+        as_messages: emit Kafka messages ``(key, value, headers)`` ready for
+            ``WriteKafkaRecords`` (:meth:`ServingModel.score_messages`) instead of dicts.
+        max_message_bytes: with ``as_messages``, the most bytes of one message (key + value
+            + headers): a result over it becomes a ``too_large`` dead letter, a dead letter's
+            original value is cut to fit (``value_length`` and ``value_sha256`` kept). Keep it
+            under the producer's request size and the topics' ``max.message.bytes``.
+        message_key: with ``as_messages``, a result's message key: ``"input"`` (default: the
+            input Kafka message's key, so results join and partition like the input and their
+            dead letters) or ``"record"`` (the record's key field).
+
+    Raises:
+        ValueError: an argument out of range, or a ``passthrough`` field that collides with
+            a result field (``ServingError``).
     """
 
     def __init__(
@@ -297,9 +546,19 @@ class ScoreRecords(beam.PTransform):
         max_batch_duration_secs: float | None = None,
         prebatched: bool = False,
         emit_batches: bool = False,
+        as_messages: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        message_key: str = DEFAULT_MESSAGE_KEY,
     ) -> None:
         super().__init__()
         self._mode = check_mode(mode)
+        if not 1 <= min_batch_size <= max_batch_size:
+            raise ValueError(
+                "need 1 <= min_batch_size <= max_batch_size, got "
+                f"{min_batch_size}, {max_batch_size}"
+            )
+        if max_batch_duration_secs is not None and max_batch_duration_secs <= 0:
+            raise ValueError(f"max_batch_duration_secs must be > 0, got {max_batch_duration_secs}")
         if isinstance(spec, FeatureSpec):
             spec = spec.to_dict()
         self._source = ModelSource(
@@ -312,26 +571,28 @@ class ScoreRecords(beam.PTransform):
             top_k=top_k,
             torch_threads=torch_threads,
         )
-        self._passthrough = tuple(passthrough)
+        self._passthrough = check_passthrough(tuple(passthrough), mode)
         self._batching = {
             "min_batch_size": min_batch_size,
             "max_batch_size": max_batch_size,
             "max_batch_duration_secs": max_batch_duration_secs,
         }
         self._prebatched = prebatched
-        self._emit_batches = emit_batches
+        self._form = OutputForm(emit_batches, as_messages, max_message_bytes, message_key)
 
     def expand(self, pcoll: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        args = (self._mode, self._source, self._passthrough, self._emit_batches)
-        if self._prebatched:
-            batches, fn = pcoll, ScoreBatchesFn(*args)
+        args = (self._mode, self._source, self._passthrough)
+        form = self._form
+        if self._prebatched or _is_list_type(pcoll.element_type):
+            # Batches already (e.g. ReadKafkaRecords' polls): score each as it comes.
+            batches, fn = pcoll, ScoreBatchesFn(*args, form=form)
         elif self._batching["max_batch_duration_secs"] is None and pcoll.windowing.is_default():
             # Global window, no batching across bundles: batch and score in one step.
             max_size = self._batching["max_batch_size"]
-            batches, fn = pcoll, BatchAndScoreFn(*args, max_batch_size=max_size)
+            batches, fn = pcoll, BatchAndScoreFn(*args, max_batch_size=max_size, form=form)
         else:
             batches = pcoll | "Batch" >> beam.BatchElements(**self._batching)
-            fn = ScoreBatchesFn(*args)
+            fn = ScoreBatchesFn(*args, form=form)
         return batches | "Score" >> beam.ParDo(fn).with_outputs(DEAD_LETTERS, main=RESULTS)
 
     def display_data(self) -> dict[str, Any]:
@@ -339,6 +600,11 @@ class ScoreRecords(beam.PTransform):
             "mode": self._mode,
             "model": self._source.version_dir or f"newest under {self._source.root}",
         }
+
+
+def _is_list_type(element_type: Any) -> bool:
+    """Whether a PCollection's element type is a list (``list[...]``, ``List[...]``)."""
+    return isinstance(element_type, typehints.ListConstraint) or element_type is list
 
 
 class Encode(ScoreRecords):
@@ -373,6 +639,7 @@ __all__ = [
     "Encode",
     "FlagAnomalies",
     "ModelSource",
+    "OutputForm",
     "ScoreBatchesFn",
     "ScoreRecords",
 ]

@@ -5,7 +5,8 @@ Usage: python anomaly_job.py WORKDIR   -> writes WORKDIR/results.json
 
 It trains and publishes a small model (6 features on a 2-D manifold), then runs on FnApiRunner:
 (1) the autoencoder detector alone and (2) an ensemble of it with Beam's ZScore and IQR
-(AnyVote), over normal rows, planted anomalies and one row the model cannot score.
+(AnyVote), (3) an AnyVote ensemble of it with ZScore only and (4) an AnyVote ensemble of it
+alone, over normal rows, planted anomalies and one row the model cannot score.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.anomaly.aggregations import AnyVote
-from apache_beam.ml.anomaly.base import EnsembleAnomalyDetector
+from apache_beam.ml.anomaly.base import DEFAULT_MISSING_LABEL, EnsembleAnomalyDetector
 from apache_beam.ml.anomaly.detectors.iqr import IQR
 from apache_beam.ml.anomaly.detectors.zscore import ZScore
 from apache_beam.ml.anomaly.transforms import AnomalyDetection
@@ -88,9 +89,22 @@ def main(workdir: str) -> None:
             aggregation_strategy=AnyVote(include_source_predictions=True),
         )
         _ = as_rows | "Ensemble" >> AnomalyDetection(ensemble) | collect("ensemble")
+        with_zscore = EnsembleAnomalyDetector(
+            [
+                autoencoder_detector(version_dir, device="cpu", model_id="ae"),
+                ZScore(features=["f0"], model_id="zscore"),
+            ],
+            aggregation_strategy=AnyVote(include_source_predictions=True),
+        )
+        _ = as_rows | "WithZScore" >> AnomalyDetection(with_zscore) | collect("with_zscore")
+        ae_only = EnsembleAnomalyDetector(
+            [autoencoder_detector(version_dir, device="cpu", model_id="ae")],
+            aggregation_strategy=AnyVote(include_source_predictions=True),
+        )
+        _ = as_rows | "AeOnly" >> AnomalyDetection(ae_only) | collect("ae_only")
+    names = ("alone", "ensemble", "with_zscore", "ae_only")
     results = {
-        name: [json.loads(line) for line in (out / name).read_text().splitlines()]
-        for name in ("alone", "ensemble")
+        name: [json.loads(line) for line in (out / name).read_text().splitlines()] for name in names
     }
     model = ServingModel.load(version_dir, device="cpu")
     offline, reasons = model.anomaly_scores(inputs)
@@ -102,6 +116,7 @@ def main(workdir: str) -> None:
                 "threshold": model.threshold,
                 "planted_ids": list(range(len(normal), len(records))),
                 "bad_id": bad["id"],
+                "missing_label": DEFAULT_MISSING_LABEL,
                 "offline": {
                     str(r["id"]): (None if np.isnan(s) else s)
                     for r, s in zip(inputs, offline.tolist(), strict=True)

@@ -80,11 +80,30 @@ def test_scores_equal_the_offline_scorer_and_flag_planted_anomalies(job_results)
     assert false_pos / normals <= 0.05
 
 
-def test_a_record_the_model_cannot_score_is_kept_with_the_reason(job_results):
+def test_a_record_the_model_cannot_score_gets_the_missing_label_and_the_reason(job_results):
     (pred,) = _by_id(job_results["results"]["alone"])[job_results["bad_id"]]["predictions"]
-    assert pred["score"] is None and pred["label"] is None
+    missing = job_results["missing_label"]
+    assert math.isnan(pred["score"]) and pred["label"] == missing != 0
     assert "unscored: non_numeric" in pred["info"] and "f3" in pred["info"]
     assert job_results["offline_reasons"][str(job_results["bad_id"])].startswith("non_numeric")
+
+
+def test_inside_an_ensemble_an_unscored_row_is_missing_not_normal(job_results):
+    """AnyVote leaves missing labels out of the vote: with ZScore beside it the row gets
+    ZScore's verdict and our source prediction says "missing"; alone in an ensemble it is
+    missing (a None label, before, made the aggregate None)."""
+    bad, missing = job_results["bad_id"], job_results["missing_label"]
+    (pred,) = _by_id(job_results["results"]["with_zscore"])[bad]["predictions"]
+    sources = {s["model_id"]: s for s in pred["sources"]}
+    assert sources["ae"]["label"] == missing and math.isnan(sources["ae"]["score"])
+    zscore = sources["zscore"]["label"]
+    assert pred["label"] == (missing if zscore in (None, missing) else zscore)
+    (only,) = _by_id(job_results["results"]["ae_only"])[bad]["predictions"]
+    assert only["label"] == missing
+    # Every scorable row keeps the detector's own verdict inside the ensembles.
+    alone = _by_id(job_results["results"]["alone"])
+    for key, result in _by_id(job_results["results"]["ae_only"]).items():
+        assert result["predictions"][0]["label"] == alone[key]["predictions"][0]["label"]
 
 
 def test_ensembles_with_zscore_and_iqr(job_results):

@@ -142,3 +142,55 @@ def test_kafka_records_get_their_own_coder():
     coder = coders.registry.get_coder(hint)
     assert repr(coder) == f"ListCoder[{KafkaRecordCoder.__name__}]"
     assert coder.decode(coder.encode(batch)) == batch
+
+
+@pytest.mark.prism
+def test_a_committing_read_on_prism_runs_without_finalizer_tracebacks(
+    kafka_config, new_topic, produce, beam_options, caplog
+):
+    """Prism 2.62 finalizes every bundle of a step whose transform asks for finalization, also
+    those that never ran the read; the SDK harness then logs "Bundle is not in a finalizable
+    state" tracebacks. The read on Prism avoids it (no reshuffle before it), and commits."""
+    topic = new_topic(PARTITIONS)
+    expected = produce(topic, 10, PARTITIONS - 1)  # the last partition stays empty
+    caplog.set_level("ERROR")
+    for _ in range(2):  # the noise came in some runs only
+        _bounded_read(beam_options("prism"), topic, kafka_config, expected, start="earliest")
+    assert "finalizable" not in caplog.text
+    ends = {tp: n for tp, n in end_offsets(kafka_config, topic).items() if n}
+    committed = committed_offsets(kafka_config, topic)
+    assert {tp: committed[tp] for tp in ends} == ends
+
+
+def test_the_read_gives_up_on_an_offset_it_keeps_failing_to_read_but_not_on_an_outage():
+    """Pure logic: a read error that is not an outage, five times in a row at one offset,
+    fails the bundle with the offset named; an outage is retried for as long as it lasts."""
+    from ae_pipeline.beam.kafka_io import _ReadPartitionsFn
+    from ae_pipeline.kafka import BrokerUnreachableError, KafkaClientError, KafkaConfig
+
+    fn = _ReadPartitionsFn(
+        KafkaConfig("127.0.0.1:1"),
+        "kafka-python",
+        {
+            "batch": True,
+            "max_batch_size": 10,
+            "poll_timeout_s": 0.1,
+            "max_bundle_seconds": 1.0,
+            "idle_watermark_lag_s": 1.0,
+            "max_cached_consumers": 2,
+        },
+    )
+    fn.setup()
+    tp = TopicPartition("t", 0)
+    outages = [
+        KafkaClientError("poll failed: KafkaTimeoutError: timed out"),
+        BrokerUnreachableError("nothing answered for 30s", "127.0.0.1:1", 30.0),
+    ]
+    for outage in outages:
+        for _ in range(20):
+            fn._give_up_on_a_stuck_offset(tp, 7, outage)
+    undecodable = KafkaClientError("poll failed: UnsupportedCodecError: lz4 not available")
+    for offset in (7, 8, 8, 8, 8):  # a new offset starts the count again
+        fn._give_up_on_a_stuck_offset(tp, offset, undecodable)
+    with pytest.raises(RuntimeError, match=r"cannot read t\[0\] at offset 8: the same error 5"):
+        fn._give_up_on_a_stuck_offset(tp, 8, undecodable)

@@ -106,3 +106,33 @@ def test_unsupported_elements_are_refused(kafka_config, beam_options):
     _ = p | beam.Impulse() | beam.Map(lambda _: 42) | WriteKafkaRecords("t", kafka_config)
     with pytest.raises(Exception, match="takes \\(key, value"):
         p.run().wait_until_finish()
+
+
+def test_a_message_over_max_message_bytes_is_returned_and_the_rest_written(
+    kafka_config, new_topic, beam_options
+):
+    """One message over the limit is never sent (the broker would refuse it, and with it the
+    bundle's other partitions): it comes back on the output; the others are all written."""
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.util import assert_that, equal_to
+
+    topic = new_topic(PARTITIONS)
+    config = kafka_config.with_group(None)
+    small = [KafkaRecord(topic, i % PARTITIONS, 0, -1, b"k%d" % i, b"v%d" % i) for i in range(10)]
+    big = KafkaRecord(topic, 0, 0, -1, b"big", b"x" * 5000, (("h", b"y"),))
+    p = beam.Pipeline(options=beam_options("fnapi"))
+    refused = (
+        p
+        | beam.Create([[*small[:5], big, *small[5:]]], reshuffle=False)
+        | WriteKafkaRecords(None, config, max_message_bytes=2000)
+    )
+    assert_that(
+        refused | beam.MapTuple(lambda t, k, v, h: (t, k, len(v), h)),
+        equal_to([(topic, b"big", 5000, [("h", b"y")])]),
+    )
+    result = p.run()
+    result.wait_until_finish()
+    written = _consume_all(config, topic, 10)
+    assert sorted(r.value for r in written) == sorted(r.value for r in small)
+    counters = result.metrics().query(MetricsFilter().with_name("records_too_large"))["counters"]
+    assert sum(c.committed for c in counters) == 1

@@ -4,6 +4,7 @@ job runs is picked up without a restart."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import Counter
@@ -96,3 +97,68 @@ def test_stream_job_on_prism_flags_and_follows_new_versions(
     # ... and the records produced after the new version was published were scored by it.
     versions = Counter(r["model_version"] for r in results if r["key"] >= 1000)
     assert versions == {second: 50}, versions
+
+
+# ----------------------------------------------------------- options, checked before the start
+
+BASE = [
+    "--bootstrap_servers=127.0.0.1:1",
+    "--input_topic=i",
+    "--output_topic=o",
+    "--dead_letter_topic=d",
+    "--model_root=/nonexistent",
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--top_k=-3"], "--top_k must be 0 or more"),
+        (["--torch_threads=-2"], "--torch_threads must be 0 or more"),
+        (["--poll_timeout_s=-1"], "--poll_timeout_s must be a number of seconds above 0"),
+        (["--max_batch_size=-5"], "--max_batch_size must be 1 or more"),
+        (["--max_batch=0"], "--max_batch_size must be 1 or more"),
+        (["--max_bundle_seconds=0"], "--max_bundle_seconds must be"),
+        (["--model_poll_interval_s=nan"], "--model_poll_interval_s must be"),
+        (["--max_records_per_partition=0"], "--max_records_per_partition must be 1 or more"),
+        (["--threshold=inf"], "--threshold must be a finite number"),
+        (["--max_message_bytes=10"], "--max_message_bytes"),
+        (
+            ["--max_message_bytes=2000000", "--client=confluent"],
+            "--max_message_bytes 2000000 does not fit the confluent producer's message.max.bytes",
+        ),
+        (["--passthrough=offset"], "--passthrough: .*offset"),
+        (["--passthrough=f0,model_version"], "--passthrough: .*model_version"),
+        (["--model_version_dir=/x"], "give exactly one of --model_root and --model_version_dir"),
+    ],
+)
+def test_options_that_cannot_work_get_one_line_and_exit_2(capsys, extra, message):
+    from ae_pipeline import cli
+
+    assert cli.main(["stream", *BASE, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.match(rf"ae-pipeline stream: error: {message}", err), err
+
+
+@pytest.mark.parametrize("missing", ["bootstrap_servers", "input_topic", "dead_letter_topic"])
+def test_required_options_are_enforced(capsys, missing):
+    from ae_pipeline import cli
+
+    argv = [a for a in BASE if not a.startswith(f"--{missing}=")]
+    assert cli.main(["stream", *argv]) == 2
+    assert f"missing --{missing}" in capsys.readouterr().err
+
+
+def test_consume_names_of_the_same_settings_are_accepted():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    opts = PipelineOptions([*BASE, "--client=confluent", "--max_batch=7"]).view_as(
+        stream.StreamOptions
+    )
+    assert (opts.kafka_client, opts.max_batch_size) == ("confluent", 7)
+    opts = PipelineOptions([*BASE, "--kafka_client=confluent", "--max_batch_size=9"]).view_as(
+        stream.StreamOptions
+    )
+    assert (opts.kafka_client, opts.max_batch_size) == ("confluent", 9)
+    assert stream.check_options(opts) == ()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import apache_beam as beam
 import kit
@@ -256,12 +257,9 @@ def test_model_handler_update_path_keeps_the_old_version_when_the_new_one_is_bad
     handler.update_model_path("")  # WatchFilePattern before any new version: no change
     assert handler.model_path == first
 
-    def corrupt(d):
-        kit.publish_files(d, trained)
-        with open(f"{d}/config.json", "a") as f:
-            f.write(" ")
-
-    bad = registry.publish(corrupt)
+    bad = kit.publish(model_root, trained)  # then corrupted (publishing refuses a bad one)
+    with open(f"{registry.path(bad)}/config.json", "a") as f:
+        f.write(" ")
     handler.update_model_path(f"{registry.path(bad)}/_PUBLISHED")
     assert handler.model_path == first
     assert handler.load_model().version == registry.versions()[0]
@@ -287,3 +285,141 @@ def test_scoring_dofns_raise_no_beam_warnings_about_their_process_methods(
     _ = records | "Flag each" >> FlagAnomalies(model_version_dir=version_dir, device="cpu")
     noise = [r.getMessage() for r in caplog.records if "process method" in r.getMessage()]
     assert not noise, noise
+
+
+# ----------------------------------------------------- composing, and no record fails a bundle
+
+
+class Unpackable:
+    """An element the scoring path cannot even unpack: reading its ``value`` raises."""
+
+    offset = 0
+
+    @property
+    def value(self):
+        raise RuntimeError("this element cannot be read")
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["list-typed", "lists-at-run-time"])
+def test_lists_of_records_are_batches_without_a_flag(beam_options, version_dir, typed):
+    """``ReadKafkaRecords(...) | FlagAnomalies(...)``: each poll (a list) is a batch of records,
+    whether the element type says so or the lists only show up at run time."""
+    x = kit.normal_rows(30, seed=5)
+    polls = [
+        [KafkaRecord("t", 0, i, -1, b"k%d" % i, kit.record(i, x[i])) for i in range(j, j + 10)]
+        for j in range(0, 30, 10)
+    ]
+    polls[2].append(KafkaRecord("t", 0, 30, -1, None, b"not json"))
+    p = beam.Pipeline(options=beam_options("fnapi"))
+    created = p | beam.Create(polls, reshuffle=False)
+    if not typed:
+        created = created | beam.Map(lambda poll: poll).with_output_types(typing.Any)
+    out = created | FlagAnomalies(model_version_dir=version_dir, device="cpu")
+    assert_that(out.results | beam.Map(lambda r: r["offset"]), equal_to(list(range(30))))
+    assert_that(
+        out.dead_letters | beam.Map(lambda d: (d["offset"], d["reason"])),
+        equal_to([(30, "bad_json")]),
+        label="dead",
+    )
+    result = p.run()
+    result.wait_until_finish()
+    assert _counters(result)["records_in"] == 31
+
+
+@pytest.mark.parametrize("as_messages", [False, True], ids=["dicts", "messages"])
+def test_an_element_that_breaks_its_batch_is_dead_lettered_and_the_rest_scored(
+    beam_options, version_dir, as_messages
+):
+    x = kit.normal_rows(20, seed=6)
+    good = [KafkaRecord("t", 1, i, -1, b"k%d" % i, kit.record(i, x[i])) for i in range(20)]
+    elements = [*good[:10], Unpackable(), *good[10:]]
+    p = beam.Pipeline(options=beam_options("fnapi"))
+    out = (
+        p
+        | beam.Create([elements], reshuffle=False)
+        | FlagAnomalies(model_version_dir=version_dir, device="cpu", as_messages=as_messages)
+    )
+    if as_messages:
+        results = out.results | beam.Map(lambda m: json.loads(m[1])["offset"])
+        dead = out.dead_letters | beam.Map(
+            lambda m: (json.loads(m[1]), dict(m[2])["reason"].decode())
+        )
+        dead = dead | beam.MapTuple(lambda d, header: (d["reason"], header, d["detail"]))
+    else:
+        results = out.results | beam.Map(lambda r: r["offset"])
+        dead = out.dead_letters | beam.Map(lambda d: (d["reason"], d["reason"], d["detail"]))
+    assert_that(results, equal_to(list(range(20))))
+    assert_that(
+        dead,
+        equal_to([("internal", "internal", "RuntimeError: this element cannot be read")]),
+        label="dead",
+    )
+    result = p.run()
+    result.wait_until_finish()
+    counts = _counters(result)
+    assert counts["batch_fallbacks"] == 1 and counts["dead_letters_internal"] == 1
+    assert counts["records_in"] == 21 and counts["results"] == 20
+
+
+def test_a_failure_that_is_not_the_records_fault_fails_the_bundle(beam_options, tmp_path):
+    """No model under the root: nothing is scored, nothing is dead-lettered, the run fails."""
+    p = beam.Pipeline(options=beam_options("fnapi"))
+    _ = (
+        p
+        | beam.Create([kit.record(0, kit.normal_rows(1)[0])])
+        | FlagAnomalies(model_root=str(tmp_path / "empty"), device="cpu")
+    )
+    with pytest.raises(Exception, match="no loadable model version"):
+        p.run().wait_until_finish()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"top_k": -3}, "top_k"),
+        ({"torch_threads": -2}, "torch_threads"),
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"passthrough": ["offset"]}, "offset"),
+        ({"as_messages": True, "max_message_bytes": 10}, "max_message_bytes"),
+        ({"as_messages": True, "message_key": "nope"}, "message_key"),
+    ],
+)
+def test_arguments_out_of_range_are_refused_at_construction(version_dir, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FlagAnomalies(model_version_dir=version_dir, **kwargs)
+
+
+def test_refused_versions_are_counted_and_the_good_one_serves(beam_options, model_root, trained):
+    registry = ModelRegistry(model_root)
+    good = registry.latest()
+    bad = kit.publish(model_root, trained)  # newer, then corrupted
+    with open(f"{registry.path(bad)}/config.json", "a") as f:
+        f.write(" ")
+    p = beam.Pipeline(options=beam_options("fnapi"))
+    out = (
+        p
+        | beam.Create([kit.record(i, r) for i, r in enumerate(kit.normal_rows(5, seed=2))])
+        | FlagAnomalies(model_root=model_root, device="cpu")
+    )
+    assert_that(out.results | beam.Map(lambda r: r["model_version"]), equal_to([good] * 5))
+    result = p.run()
+    result.wait_until_finish()
+    refused = {k: v for k, v in _counters(result).items() if k.startswith("refused_versions_")}
+    assert sum(refused.values()) >= 1, refused
+
+
+def test_following_a_root_swaps_while_no_record_arrives(model_root, trained, caplog):
+    """The scoring DoFns' model watcher polls in the background: a quiet topic still gets the
+    new version (logged), not only once the next record comes."""
+    from ae_pipeline.beam.transforms import ModelSource, ScoreBatchesFn
+
+    fn = ScoreBatchesFn("flag", ModelSource(root=model_root, device="cpu", poll_interval_s=0.2))
+    provider = fn._open()
+    try:
+        assert provider.background
+        caplog.set_level("INFO", logger="ae_pipeline.hot_reload")
+        newer = kit.publish(model_root, trained)
+        kit.wait_until(lambda: provider.version == newer, "the swap", timeout_s=30)
+        assert newer in caplog.text
+    finally:
+        provider.close()
