@@ -36,6 +36,7 @@ from ae_pipeline.beam.options import (
     ModelLocationOptions,
     ParquetInputOptions,
     ParquetOutputOptions,
+    ScoringOptions,
     UsageError,
     configure_logging,
     parse_options,
@@ -55,17 +56,15 @@ class ScoreOptions(
     ParquetInputOptions,
     ParquetOutputOptions,
     LabelOptions,
+    ScoringOptions,
     PipelineOptions,
 ):
     """Options of the batch flag job (plus every Beam pipeline option)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        g = parser.add_argument_group("scoring")
-        # --top_k and --threshold: the same definitions as ``ae-pipeline stream`` (Beam parses
-        # every command's options together; identical definitions do not conflict).
-        g.add_argument("--top_k", type=int, default=5, help="contributions per flag (0: all)")
-        g.add_argument("--threshold", type=float, default=None, help="override the threshold")
+        # --top_k and --threshold come from ScoringOptions (shared with ``ae-pipeline stream``:
+        # Beam parses every command's options together, so each flag has one definition).
         g = parser.add_argument_group("evaluation (with --label_column)")
         g.add_argument(
             "--positive_label",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +41,14 @@ def classpath_dir(name: str) -> Path:
         if (candidate / ".complete").exists():
             return candidate
     else:  # installed without the repository: take the newest complete one
+        # exactly <name>-<12 hex digits>: "flink" must not match "flink-dist-..."
+        exact = re.compile(rf"{re.escape(name)}-[0-9a-f]{{12}}")
         found = sorted(
-            (p for p in root.glob(f"{name}-*") if (p / ".complete").exists()),
+            (
+                p
+                for p in root.glob(f"{name}-*")
+                if exact.fullmatch(p.name) and (p / ".complete").exists()
+            ),
             key=lambda p: p.stat().st_mtime,
         )
         if found:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A side virtual environment with Beam 2.70 for apache_beam.ml.anomaly (see
-# requirements/beam-anomaly.txt), linked as ./.venv-beam-anomaly. Its own site-packages come
-# first; the main venv's (torch, ae-pipeline in editable mode, ...) follow through a .pth file.
+# requirements/beam-anomaly.txt), kept in the cache, and this checkout's ./.venv-beam-anomaly on
+# top of it: the side packages come first; the checkout's main venv (torch, ae-pipeline in
+# editable mode, ...) follows through a .pth file.
 # Usage: beam_anomaly_env.sh MAIN_VENV [--prism]   (bootstrap.sh calls it; idempotent, ~1 min
 # the first time). --prism also builds Prism at the side Beam version (benchmarks; ~3 min once).
 set -euo pipefail
@@ -19,10 +20,23 @@ if [ ! -f "$ENV/.complete" ]; then
     -r "$ROOT/requirements/beam-anomaly.txt"
   touch "$ENV/.complete"
 fi
-SITE="$("$ENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-MAIN_SITE="$("$MAIN/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-echo "import site; site.addsitedir('$MAIN_SITE')" > "$SITE/zz_ae_pipeline_main.pth"
-ln -sfn "$ENV" "$ROOT/.venv-beam-anomaly"
+# This checkout's own small venv, ./.venv-beam-anomaly: the side environment's packages first
+# (Beam 2.70), then this checkout's main venv (its editable ae-pipeline, torch, ...), both named
+# through a .pth file. Nothing of a checkout is written into the shared side environment, so two
+# clones on one machine each run their own code here too.
+purelib() { "$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+rm -f "$(purelib "$ENV/bin/python")/zz_ae_pipeline_main.pth"  # the old layout wrote one there
+LOCAL="$ROOT/.venv-beam-anomaly"
+[ -L "$LOCAL" ] && rm "$LOCAL"  # the old layout: a link to the shared side environment
+if [ ! -x "$LOCAL/bin/python" ] || [ "$(cat "$LOCAL/.base" 2>/dev/null)" != "$ENV" ]; then
+  rm -rf "$LOCAL"
+  "$(readlink -f "$ENV/bin/python")" -m venv --without-pip "$LOCAL"
+  echo "$ENV" > "$LOCAL/.base"
+fi
+{
+  echo "import site; site.addsitedir('$(purelib "$ENV/bin/python")')"
+  echo "import site; site.addsitedir('$(purelib "$MAIN/bin/python")')"
+} > "$(purelib "$LOCAL/bin/python")/zz_ae_pipeline_side.pth"
 "$ROOT/.venv-beam-anomaly/bin/python" -c \
   'import apache_beam.ml.anomaly, torch, ae_pipeline' \
   || { echo "bootstrap: the Beam anomaly side environment is broken: rm -rf $ENV" >&2; exit 1; }
