@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -47,15 +48,20 @@ def test_kafka_python_keys_headers_and_group_resume(bootstrap_servers):
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            consumer_timeout_ms=10_000,
         )
 
+    def take(consumer: KafkaConsumer, n: int) -> list:
+        """The next ``n`` messages (the group's join included: up to a minute)."""
+        out: list = []
+        deadline = time.monotonic() + 60
+        while len(out) < n and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500, max_records=n - len(out)).values():
+                out.extend(batch)
+        assert len(out) == n, f"timed out after {len(out)} of {n} messages"
+        return out
+
     first = consumer()
-    seen = []
-    for msg in first:
-        seen.append(msg)
-        if len(seen) == COMMIT_AT:
-            break
+    seen = take(first, COMMIT_AT)
     tp = TopicPartition(topic, 0)
     first.commit({tp: OffsetAndMetadata(seen[-1].offset + 1, "", -1)})
     first.close()
@@ -64,7 +70,8 @@ def test_kafka_python_keys_headers_and_group_resume(bootstrap_servers):
     assert seen[3].headers == [("h", b"3")]
 
     second = consumer()
-    rest = list(second)
+    rest = take(second, N - COMMIT_AT)
+    assert not second.poll(timeout_ms=1000)  # nothing beyond the end
     second.close()
     # Resumes exactly at the commit: no gap, no replay.
     assert [m.offset for m in rest] == list(range(COMMIT_AT, N))
@@ -90,12 +97,15 @@ def test_confluent_kafka_keys_headers_and_group_resume(bootstrap_servers):
     }
 
     def take(consumer: Consumer, n: int) -> list:
+        """The next ``n`` messages (the group's join included: up to a minute)."""
         out = []
-        while len(out) < n:
-            msg = consumer.poll(10)
-            assert msg is not None, f"timed out after {len(out)} of {n} messages"
-            assert msg.error() is None, msg.error()
-            out.append(msg)
+        deadline = time.monotonic() + 60
+        while len(out) < n and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None:
+                assert msg.error() is None, msg.error()
+                out.append(msg)
+        assert len(out) == n, f"timed out after {len(out)} of {n} messages"
         return out
 
     first = Consumer(conf)

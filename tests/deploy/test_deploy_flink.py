@@ -191,8 +191,13 @@ def test_stream_job_on_a_flink_session_cluster(
     offline, _ = model.score_records(values, "flag")
     by_key = {r["key"]: r for r in results}
     for r in offline:
-        assert by_key[r["key"]]["is_anomaly"] == r["is_anomaly"]
-        assert by_key[r["key"]]["score"] == pytest.approx(r["score"], rel=1e-4)
+        got = by_key[r["key"]]
+        # Scores of separate scoring calls (other batch sizes) agree to float32 rounding, not
+        # bit for bit: rel=1e-4 is far above that (~1e-6) and far below a real difference.
+        assert got["score"] == pytest.approx(r["score"], rel=1e-4)
+        # ... so a flag may differ only for a score that close to the threshold.
+        if got["score"] != pytest.approx(r["threshold"], rel=1e-4):
+            assert got["is_anomaly"] == r["is_anomaly"], (got, r)
     assert sum(r["is_anomaly"] for r in results) >= 5
 
     # Stop: both JVMs are gone, the ports are closed, the logs stay.
@@ -220,6 +225,10 @@ def _run_until(result, cluster, what: str, done, timeout_s: float = 240.0) -> No
             f"no {what} within {timeout_s:.0f} s; logs:\n{cluster.log_tails()}"
         )
         time.sleep(2)
+
+
+def _completed_checkpoints(cluster, jid: str) -> int:
+    return cluster.rest(f"/jobs/{jid}/checkpoints")["counts"]["completed"]
 
 
 def _cancel(result, cluster) -> None:
@@ -270,8 +279,7 @@ def test_checkpointed_stream_job_commits_offsets_and_resumes_on_a_flink_session_
         _run_until(result, cluster, "100 results", scored(100))
         _run_until(result, cluster, "offsets committed up to the end", caught_up)
         (job,) = cluster.jobs()
-        counts = cluster.rest(f"/jobs/{job['jid']}/checkpoints")["counts"]
-        assert counts["completed"] >= 1, counts
+        assert _completed_checkpoints(cluster, job["jid"]) >= 1
     finally:
         _cancel(result, cluster)
     assert sum(_committed(bootstrap_servers, group, inp).values()) == len(first)
@@ -283,7 +291,15 @@ def test_checkpointed_stream_job_commits_offsets_and_resumes_on_a_flink_session_
     try:
         _run_until(result, cluster, "140 results", scored(140))
         _run_until(result, cluster, "offsets committed up to the end", caught_up)
-        time.sleep(5)  # a few more checkpoints: nothing else may arrive
+        # A few more checkpoints (each one commits offsets): nothing else may arrive.
+        (job,) = [j for j in cluster.jobs() if j["state"] == "RUNNING"]
+        done = _completed_checkpoints(cluster, job["jid"])
+        _run_until(
+            result,
+            cluster,
+            "three more checkpoints",
+            lambda: _completed_checkpoints(cluster, job["jid"]) >= done + 3,
+        )
     finally:
         _cancel(result, cluster)
     results, dead = _read_json(bootstrap_servers, out), _read_json(bootstrap_servers, dlq)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 
+import kit
 import pytest
 import yaml
 from apply_topics import TopicFileError, load_topics, parse_topics
@@ -134,10 +134,11 @@ def test_apply_topics_creates_updates_and_is_idempotent(bootstrap_servers, tmp_p
     assert changed.returncode == 0, changed.stderr
     events = f"ae-events-{tag}"
     assert f"{events}: partitions 12 -> 16; retention.ms 604800000 -> 86400000" in changed.stdout
-    deadline = time.monotonic() + 15  # new partitions reach the metadata of other clients
-    while _state(bootstrap_servers, [events])[events][0] != 16 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _state(bootstrap_servers, [events])[events][0] == 16
+    kit.wait_until(  # new partitions reach the metadata of other clients
+        lambda: _state(bootstrap_servers, [events])[events][0] == 16,
+        "the 16 partitions in the metadata",
+        timeout_s=60,
+    )
 
     shrunk, _ = _renamed_file(tmp_path, tag, **{"ae-events": {"partitions": 4}})
     refused = _apply(shrunk, *args)

@@ -136,7 +136,12 @@ def copy_with_beam(options: Any, config: Any, source: str, copy: str, n: int = 1
         assert_that(batches | beam.FlatMap(lambda b: [r.value for r in b]), equal_to(values))
     with create_consumer(KafkaConfig.from_dict(config).with_group(None)) as consumer:
         consumer.assign({TopicPartition(copy, 0): 0})
-        copied = sorted(r.value for r in consumer.poll(10, 10 * n))
+        # A poll returns what has arrived when the first record does: poll until all are in.
+        got: list = []
+        deadline = time.monotonic() + 60
+        while len(got) < n and time.monotonic() < deadline:
+            got.extend(consumer.poll(1, 10 * n))
+        copied = sorted(r.value for r in got)
     return read, pipeline, copied
 
 

@@ -19,7 +19,10 @@ import time
 import kit
 import pytest
 import reliability_kit as rel
-from kit.logs import all_logs  # noqa: F401 (a fixture)
+from kit.logs import (
+    all_logs,  # noqa: F401 (a fixture)
+    quiet_abandoned_kafka_clients,
+)
 
 from ae_pipeline.local.kafka_broker import KafkaBroker
 
@@ -64,6 +67,7 @@ def _rel_broker():
     broker.add_sasl_plain_listener({rel.SASL_USER: rel.SASL_PASSWORD})
     broker.start()
     yield broker
+    quiet_abandoned_kafka_clients()  # the session's tests are over
     broker.stop()
 
 

@@ -54,6 +54,32 @@ def _settled(bootstrap, inp, out, dlq, group) -> tuple[dict[int, int], list]:
     return last[0], _outputs(bootstrap, out, dlq)
 
 
+def _kill_mid_batch(proc: subprocess.Popen, progress: rel.Progress, within_s: float = 60) -> None:
+    """Kills (SIGKILL) the consumer while a batch is written and not yet committed, as far as
+    it can tell: it freezes the process (SIGSTOP) when it sees outputs ahead of the commits,
+    looks again once the broker has taken what the process had sent (two looks agree), and
+    kills it if they still are; otherwise lets it go on (SIGCONT) and watches again. Kills it
+    anyway after ``within_s`` (the caller checks what the kill caught)."""
+    deadline = time.monotonic() + within_s
+    try:
+        while time.monotonic() < deadline:
+            if not progress.outputs_ahead_of_commits():
+                continue
+            proc.send_signal(signal.SIGSTOP)
+            last = None
+            for _ in range(20):
+                now = (progress.committed(), progress.written())
+                if now == last:
+                    break
+                last = now
+            if progress.outputs_ahead_of_commits():
+                return
+            proc.send_signal(signal.SIGCONT)
+    finally:
+        proc.kill()  # a stopped process dies of SIGKILL too
+        proc.communicate(timeout=30)
+
+
 def test_kill_9_mid_batch_then_restart_resumes_from_committed_offsets(broker, model_root, tmp_path):
     root, _ = model_root
     bootstrap = broker.bootstrap_servers
@@ -79,11 +105,7 @@ def test_kill_9_mid_batch_then_restart_resumes_from_committed_offsets(broker, mo
                 alive=kit.process_alive(proc),
             )
             # Kill while the outputs are ahead of the commits: a batch written, not committed.
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not progress.outputs_ahead_of_commits():
-                pass
-            proc.kill()
-            proc.communicate(timeout=30)
+            _kill_mid_batch(proc, progress)
             committed, outputs = _settled(bootstrap, inp, out, dlq, group)
             past_commit = sum(1 for p, o in outputs if o >= committed.get(p, 0))
             expected_duplicates += past_commit
