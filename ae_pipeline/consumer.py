@@ -24,10 +24,14 @@ the batch in hand is finished, flushed and committed, then the consumer leaves i
 a model root it hot-reloads: a :class:`~ae_pipeline.hot_reload.ModelWatcher` swaps to a newly
 published version between batches and keeps the old one if the new one fails to load.
 
-Outputs are the messages of :func:`ae_pipeline.serving.to_message`: JSON values keyed by the
-record's key (its key field, else the input message key) with a ``model_version`` header; dead
-letters (``reason``, ``detail``, the original value base64 in ``value_b64``, topic, partition,
-offset) also carry a ``reason`` header.
+Outputs are the messages of :meth:`ae_pipeline.serving.ServingModel.score_messages`: JSON values
+keyed by the input message's key (``message_key="input"``; ``"record"``: the record's key field)
+with a ``model_version`` header; dead letters (``reason``, ``detail``, the original value base64
+in ``value_b64`` with its ``value_length`` and ``value_sha256``, topic, partition, offset) also
+carry a ``reason`` header. Whatever bytes a record holds, the worst it earns is a dead letter, and
+no message is over ``max_message_bytes``. A failure that is not a record's fault (the broker
+unreachable, a topic missing, authorisation refused, outputs not acknowledged) stops the run
+without committing what it did not write.
 
 Example:
     >>> consumer = ScoringConsumer(                                   # doctest: +SKIP
@@ -60,6 +64,7 @@ from ae_pipeline.kafka import (
     create_consumer,
     create_producer,
     next_offsets,
+    topic_partitions,
 )
 from ae_pipeline.scoring_process import (
     InlineScorer,
@@ -68,7 +73,15 @@ from ae_pipeline.scoring_process import (
     ScoringProcessError,
     default_scoring_process,
 )
-from ae_pipeline.serving import NoModelError, check_mode
+from ae_pipeline.serving import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MESSAGE_KEY,
+    NoModelError,
+    check_max_message_bytes,
+    check_message_key,
+    check_mode,
+    check_passthrough,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -134,8 +147,19 @@ class ScoringConsumer:
         poll_timeout_s: how long one poll waits; also how quickly a stop request is seen.
         flush_timeout_s: how long to wait for the outputs' acknowledgements.
         top_k: per-feature contributions in ``flag`` results (None: all).
-        passthrough: record fields copied into each result.
+        passthrough: record fields copied into each result (none may be named like a result
+            field: :func:`ae_pipeline.serving.check_passthrough`).
+        max_message_bytes: the most bytes of one output message (key + value + headers); a
+            dead letter's original value is cut to fit, a larger result becomes a ``too_large``
+            dead letter (:data:`ae_pipeline.serving.DEFAULT_MAX_MESSAGE_BYTES`: 900,000, which
+            fits Kafka's default 1 MB limits).
+        message_key: a result's message key: ``"input"`` (the input message's key, so results
+            and dead letters are partitioned like the input) or ``"record"`` (the record's key
+            field).
         wait_for_model_s: at start, wait this long for a first published version.
+        assignment_timeout_s: while no partition is assigned, check this often that the
+            input topic can be reached (a broker down or a topic missing stops the run with
+            :class:`~ae_pipeline.kafka.KafkaClientError`).
         scoring_process: score in a child process
             (:class:`~ae_pipeline.scoring_process.ScoringProcess`), so that scoring overlaps
             the Kafka I/O on another core (True), or in this process (False); None (default):
@@ -164,7 +188,10 @@ class ScoringConsumer:
         flush_timeout_s: float = 60.0,
         top_k: int | None = 5,
         passthrough: tuple[str, ...] = (),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        message_key: str = DEFAULT_MESSAGE_KEY,
         wait_for_model_s: float = 0.0,
+        assignment_timeout_s: float = 30.0,
         scoring_process: bool | None = None,
         consumer: KafkaConsumerClient | None = None,
         producer: KafkaProducerClient | None = None,
@@ -175,6 +202,20 @@ class ScoringConsumer:
         if (model_root is None) == (model_version_dir is None):
             raise ValueError("give exactly one of model_root and model_version_dir")
         self.mode = check_mode(mode)
+        _check_options(
+            max_batch=max_batch,
+            poll_timeout_s=poll_timeout_s,
+            flush_timeout_s=flush_timeout_s,
+            top_k=top_k,
+            torch_threads=torch_threads,
+            model_poll_interval_s=model_poll_interval_s,
+            wait_for_model_s=wait_for_model_s,
+            assignment_timeout_s=assignment_timeout_s,
+        )
+        self.passthrough = check_passthrough(passthrough, mode)
+        self.max_message_bytes = check_max_message_bytes(max_message_bytes)
+        self.message_key = check_message_key(message_key)
+        self.assignment_timeout_s = assignment_timeout_s
         self.input_topic = input_topic
         self.output_topic = output_topic
         self.dead_letter_topic = dead_letter_topic
@@ -182,11 +223,11 @@ class ScoringConsumer:
         self.max_batch = max_batch
         self.poll_timeout_s = poll_timeout_s
         self.flush_timeout_s = flush_timeout_s
-        self.passthrough = tuple(passthrough)
         self._model_args = {
             "version_dir": model_version_dir,
             "root": model_root,
             "interval_s": model_poll_interval_s,
+            "mode": self.mode,  # a version that cannot serve this mode is refused
             "device": device,
             "top_k": top_k,
             "torch_threads": torch_threads,
@@ -202,6 +243,7 @@ class ScoringConsumer:
         self._sync_commit_failures = 0
         self._stop = threading.Event()
         self._stop_reason = "stop"
+        self._next_refresh = 0.0  # when an idle poll next lets the model check for a version
         self.stats = ConsumerStats()
 
     # ------------------------------------------------------------------ control
@@ -227,7 +269,13 @@ class ScoringConsumer:
         """The scorer, with its model loaded (waiting up to ``wait_for_model_s`` for a first
         published version)."""
         kind = ScoringProcess if self.scoring_process else InlineScorer
-        scorer = kind(self._model_args, mode=self.mode, passthrough=self.passthrough)
+        scorer = kind(
+            self._model_args,
+            mode=self.mode,
+            passthrough=self.passthrough,
+            max_message_bytes=self.max_message_bytes,
+            message_key=self.message_key,
+        )
         deadline = time.monotonic() + self.wait_for_model_s
         try:
             while True:
@@ -250,7 +298,8 @@ class ScoringConsumer:
 
         Args:
             max_records: return after about this many records (whole batches).
-            idle_timeout_s: return after this long without any record (batch-style runs).
+            idle_timeout_s: return after this long without any record (batch-style runs),
+                counted from when partitions are first assigned to this consumer.
 
         Returns:
             The :class:`ConsumerStats` (also in ``self.stats``).
@@ -260,7 +309,11 @@ class ScoringConsumer:
                 committed and will be replayed by the next consumer of its partitions.
             ae_pipeline.scoring_process.ScoringProcessError: the scoring process failed or
                 died; nothing it held was committed.
+            ae_pipeline.kafka.KafkaClientError: the input topic cannot be reached (broker
+                down, topic missing, not authorised); nothing uncommitted was committed.
+            ValueError: ``max_records`` or ``idle_timeout_s`` is not a positive number.
         """
+        check_run_args(max_records, idle_timeout_s)
         start = time.monotonic()
         self._scorer = self._scorer or self._open_scorer()
         scorer = self._scorer
@@ -286,7 +339,11 @@ class ScoringConsumer:
         in_flight: _Sent | None = None
         try:
             consumer.subscribe([self.input_topic])
-            last_record = time.monotonic()
+            # Idle time counts once partitions are assigned: a restarted member may wait for
+            # the group to rebalance before it gets any.
+            idle_since: float | None = None
+            unassigned_since = time.monotonic()
+            self._next_refresh = time.monotonic() + self._refresh_interval()
             while not self._stop.is_set():
                 # With a batch in the scorer, only take what is already buffered: waiting here
                 # would hold back that batch's outputs.
@@ -299,13 +356,26 @@ class ScoringConsumer:
                     # written offset (which also repairs a lost asynchronous commit).
                     self._confirm(in_flight, consumer, producer, final=True)
                     in_flight = None
-                    if idle_timeout_s is not None and (
-                        time.monotonic() - last_record >= idle_timeout_s
+                    self._refresh_model()
+                    now = time.monotonic()
+                    if idle_since is None:
+                        if _assigned(consumer):
+                            idle_since = now
+                        elif now - unassigned_since >= self.assignment_timeout_s:
+                            # Not assigned for long: fail if the topic cannot be reached (a
+                            # member beyond the partition count simply waits). A client of its
+                            # own asks: metadata requests of the group's client make it rejoin.
+                            topic_partitions(self.config, self.input_topic, client=self.client)
+                            unassigned_since = now
+                    if (
+                        idle_timeout_s is not None
+                        and idle_since is not None
+                        and now - idle_since >= idle_timeout_s
                     ):
                         self._stop_reason = "idle"
                         break
                     continue
-                last_record = time.monotonic()
+                idle_since = time.monotonic()
                 scorer.submit(records)
                 scoring.append(next_offsets(records))
                 polled += len(records)
@@ -333,6 +403,20 @@ class ScoringConsumer:
                 _close(producer, "producer")
         _log.info("consumer stopped (%s): %s", self.stats.stopped_by, self.stats.to_dict())
         return self.stats
+
+    def _refresh_interval(self) -> float:
+        interval = self._model_args["interval_s"]
+        return float(interval) if self._model_args["root"] is not None else float("inf")
+
+    def _refresh_model(self) -> None:
+        """On an idle poll, lets a hot-reloading model check for a new version when its interval
+        has passed, so that a quiet topic still swaps (the watcher logs the swap)."""
+        if self._scorer is None or time.monotonic() < self._next_refresh:
+            return
+        self._next_refresh = time.monotonic() + self._refresh_interval()
+        version, swaps = self._scorer.refresh()
+        self.stats.model_version = version or self.stats.model_version
+        self.stats.model_swaps = swaps
 
     def close(self) -> None:
         """Stops the scoring process, if any (``run`` can be called again before this)."""
@@ -418,6 +502,55 @@ class ScoringConsumer:
         self.stats.batches += 1
 
 
+def _check_options(**options: Any) -> None:
+    """Refuses option values that would hang, crash later or mislead (one line each)."""
+    positive = ("max_batch", "poll_timeout_s", "flush_timeout_s", "assignment_timeout_s")
+    for name, value in options.items():
+        if value is None and name in ("top_k", "torch_threads"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if name == "max_batch" and not isinstance(value, int):
+            raise ValueError(f"max_batch must be a whole number, got {value!r}")
+        if value == float("inf") and name != "assignment_timeout_s":
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        if name in positive and value <= 0:
+            raise ValueError(f"{name} must be greater than 0, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{name} must be 0 or more, got {value!r}")
+
+
+def check_run_args(max_records: int | None, idle_timeout_s: float | None) -> None:
+    """Refuses a ``max_records`` below 1 or a negative or non-finite ``idle_timeout_s``.
+
+    Raises:
+        ValueError: naming the argument.
+    """
+    if max_records is not None and (
+        isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1
+    ):
+        raise ValueError(f"max_records must be a whole number of 1 or more, got {max_records!r}")
+    if idle_timeout_s is not None and (
+        isinstance(idle_timeout_s, bool)
+        or not isinstance(idle_timeout_s, (int, float))
+        or not 0 <= idle_timeout_s < float("inf")
+    ):
+        raise ValueError(f"idle_timeout_s must be 0 or more seconds, got {idle_timeout_s!r}")
+
+
+def _assigned(consumer: Any) -> bool:
+    """Whether the group has assigned partitions to ``consumer`` (True where the client cannot
+    tell: then idle time counts from the start, as before)."""
+    for client in (consumer, getattr(consumer, "_consumer", None)):
+        assignment = getattr(client, "assignment", None)
+        if callable(assignment):
+            try:
+                return bool(assignment())
+            except Exception:  # a closed or failing client: the next poll says why
+                return False
+    return True
+
+
 @dataclass
 class _Sent:
     """A batch whose outputs were sent but not yet confirmed and committed."""
@@ -432,4 +565,4 @@ def _close(client: Any, what: str) -> None:
         _log.warning("closing the Kafka %s failed: %s", what, err)
 
 
-__all__ = ["ConsumerStats", "ScoringConsumer"]
+__all__ = ["ConsumerStats", "ScoringConsumer", "check_run_args"]

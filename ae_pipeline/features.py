@@ -50,7 +50,22 @@ NON_NUMERIC = "non_numeric"
 NON_FINITE = "non_finite"
 WRONG_WIDTH = "wrong_width"
 NULL_VALUE = "null_value"
-REASONS = (BAD_JSON, NOT_OBJECT, MISSING_FIELD, NON_NUMERIC, NON_FINITE, WRONG_WIDTH, NULL_VALUE)
+# A failure while decoding, scoring or serialising one record that none of the reasons above
+# describes (``detail`` starts with the exception type): the record is isolated, not the batch.
+INTERNAL = "internal"
+# A result whose message would exceed the output's size limit (a huge passed-through field).
+TOO_LARGE = "too_large"
+REASONS = (
+    BAD_JSON,
+    NOT_OBJECT,
+    MISSING_FIELD,
+    NON_NUMERIC,
+    NON_FINITE,
+    WRONG_WIDTH,
+    NULL_VALUE,
+    INTERNAL,
+    TOO_LARGE,
+)
 
 
 class SchemaError(ValueError):
@@ -228,8 +243,12 @@ def _loads_lenient(raw: Any) -> Any:
     import json
 
     try:
+        if isinstance(raw, (bytes, bytearray, memoryview)):
+            # UTF-8 only (RFC 8259), as orjson reads bytes and as text is read: Python's json
+            # would guess UTF-16 or UTF-32 from a NUL byte.
+            raw = bytes(raw).decode("utf-8")
         return json.loads(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deeply
         return _INVALID
 
 
@@ -341,95 +360,112 @@ def decode_records(
         try:
             if all(map(bytes.isascii, objs)):
                 return _typed_batch(list(map(typed, objs)), spec, fields)
-        except (msgspec.DecodeError, TypeError):  # TypeError: not bytes
+        # TypeError: not bytes; RecursionError: nested too deeply (even in an ignored field)
+        except (msgspec.DecodeError, TypeError, RecursionError):
             pass
     for i, obj in enumerate(objs):
-        if typed is not None and type(obj) is bytes and obj.isascii():
-            try:
-                values = _astuple(typed(obj))
-            except msgspec.DecodeError:
-                pass  # the checked path below says why
-            else:
-                has_key = key_column is not None
-                rows.append(values[:dim])
-                index.append(i)
-                keys.append(_as_orjson(values[dim]) if has_key else None)
-                extra = map(_as_orjson, values[dim + has_key :])
-                parsed.append(dict(zip(fields, extra, strict=True)) if fields else None)
-                continue
-        if pick is not None and type(obj) is bytes:
-            # Fast path for the common case: JSON bytes of an object with every feature a plain
-            # number. Anything else falls through to the checks below, which say why.
-            try:
-                record = _json.loads(obj)
-                values = pick(record) if type(record) is dict else None
-            except Exception:
-                values = None
-            if values is not None:
-                if len(columns) == 1:
-                    values = (values,)
-                if _NUMBER_TYPES.issuperset(map(type, values)):
-                    rows.append(values)
-                    index.append(i)
-                    keys.append(record.get(key_column) if key_column else None)
-                    parsed.append(record)
-                    continue
-        if isinstance(obj, (bytes, bytearray, memoryview, str)):
-            try:
-                obj = _json.loads(obj)
-            except (_JSONDecodeError, UnicodeDecodeError, TypeError) as e:
-                obj = _loads_lenient(obj)
-                if obj is _INVALID:
-                    errors.append(RecordError(i, BAD_JSON, f"not valid JSON: {e}"[:200]))
-                    continue
-        record = _as_mapping(obj)
-        if record is None:
-            errors.append(
-                RecordError(i, NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
-            )
-            continue
-        if spec.vector_field is not None:
-            values = record.get(spec.vector_field)
-            if values is None:
-                errors.append(RecordError(i, MISSING_FIELD, f"field {spec.vector_field!r}"))
-                continue
-            if not isinstance(values, (list, tuple)):
-                errors.append(
-                    RecordError(i, NON_NUMERIC, f"field {spec.vector_field!r} is not an array")
-                )
-                continue
-            if len(values) != dim:
-                errors.append(
-                    RecordError(
-                        i, WRONG_WIDTH, f"{spec.vector_field!r} has {len(values)} values, not {dim}"
-                    )
-                )
-                continue
-            names = None
-        else:
-            missing = [c for c in columns if c not in record]
-            if missing:
-                errors.append(RecordError(i, MISSING_FIELD, f"fields {missing} are missing"))
-                continue
-            values = [record[c] for c in columns]
-            names = columns
-        # Fast check: plain numbers only (bool is an int subclass, so compare exact types).
-        if not all(type(v) in _NUMBER_TYPES for v in values):
-            bad = []
-            for j, v in enumerate(values):
+        try:
+            if typed is not None and type(obj) is bytes and obj.isascii():
                 try:
-                    _number(v)
-                except (TypeError, ValueError, OverflowError):
-                    bad.append(names[j] if names else j)
-            if bad:
-                errors.append(RecordError(i, NON_NUMERIC, f"non-numeric values in {bad[:10]}"))
+                    values = _astuple(typed(obj))
+                except (msgspec.DecodeError, RecursionError):
+                    pass  # the checked path below says why
+                else:
+                    has_key = key_column is not None
+                    rows.append(values[:dim])
+                    index.append(i)
+                    keys.append(_as_orjson(values[dim]) if has_key else None)
+                    extra = map(_as_orjson, values[dim + has_key :])
+                    parsed.append(dict(zip(fields, extra, strict=True)) if fields else None)
+                    continue
+            if pick is not None and type(obj) is bytes:
+                # Fast path for the common case: JSON bytes of an object with every feature a plain
+                # number. Anything else falls through to the checks below, which say why.
+                try:
+                    record = _json.loads(obj)
+                    values = pick(record) if type(record) is dict else None
+                except Exception:
+                    values = None
+                if values is not None:
+                    if len(columns) == 1:
+                        values = (values,)
+                    if _NUMBER_TYPES.issuperset(map(type, values)):
+                        rows.append(values)
+                        index.append(i)
+                        keys.append(record.get(key_column) if key_column else None)
+                        parsed.append(record)
+                        continue
+            if isinstance(obj, (bytes, bytearray, memoryview, str)):
+                try:
+                    obj = _json.loads(obj)
+                except (_JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+                    obj = _loads_lenient(obj)
+                    if obj is _INVALID:
+                        errors.append(RecordError(i, BAD_JSON, f"not valid JSON: {e}"[:200]))
+                        continue
+            record = _as_mapping(obj)
+            if record is None:
+                errors.append(
+                    RecordError(i, NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+                )
                 continue
-            values = [_number(v) for v in values]
-        rows.append(values)
-        index.append(i)
-        keys.append(record.get(spec.key_column) if spec.key_column else None)
-        parsed.append(record)
+            if spec.vector_field is not None:
+                values = record.get(spec.vector_field)
+                if values is None:
+                    errors.append(RecordError(i, MISSING_FIELD, f"field {spec.vector_field!r}"))
+                    continue
+                if not isinstance(values, (list, tuple)):
+                    errors.append(
+                        RecordError(i, NON_NUMERIC, f"field {spec.vector_field!r} is not an array")
+                    )
+                    continue
+                if len(values) != dim:
+                    errors.append(
+                        RecordError(
+                            i,
+                            WRONG_WIDTH,
+                            f"{spec.vector_field!r} has {len(values)} values, not {dim}",
+                        )
+                    )
+                    continue
+                names = None
+            else:
+                missing = [c for c in columns if c not in record]
+                if missing:
+                    errors.append(RecordError(i, MISSING_FIELD, f"fields {missing} are missing"))
+                    continue
+                values = [record[c] for c in columns]
+                names = columns
+            # Fast check: plain numbers only (bool is an int subclass, so compare exact types).
+            if not all(type(v) in _NUMBER_TYPES for v in values):
+                bad = []
+                for j, v in enumerate(values):
+                    try:
+                        _number(v)
+                    except (TypeError, ValueError, OverflowError):
+                        bad.append(names[j] if names else j)
+                if bad:
+                    errors.append(RecordError(i, NON_NUMERIC, f"non-numeric values in {bad[:10]}"))
+                    continue
+                values = [_number(v) for v in values]
+            rows.append(values)
+            index.append(i)
+            keys.append(record.get(spec.key_column) if spec.key_column else None)
+            parsed.append(record)
+        except Exception as err:  # a record no check foresaw: isolated, not the batch
+            errors.append(RecordError(i, INTERNAL, internal_detail(err)))
+            del rows[len(index) :], keys[len(index) :], parsed[len(index) :]
     return _to_batch(rows, index, keys, parsed, errors, spec)
+
+
+def internal_detail(err: BaseException) -> str:
+    """The ``detail`` of an ``internal`` rejection: the exception type, then its message
+    (at most 200 characters)."""
+    try:
+        text = str(err)
+    except Exception:  # a message that cannot even be shown
+        text = ""
+    return f"{type(err).__name__}: {text}"[:200]
 
 
 _astuple = msgspec.structs.astuple

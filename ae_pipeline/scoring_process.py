@@ -35,7 +35,6 @@ import atexit
 import contextlib
 import gc
 import logging
-import operator
 import os
 import queue
 import signal
@@ -60,17 +59,20 @@ except ImportError:  # pragma: no cover - not on Windows
 
 from ae_pipeline.hot_reload import FixedModel, ModelWatcher, open_model
 from ae_pipeline.serving import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MESSAGE_KEY,
     NoModelError,
     Source,
+    check_max_message_bytes,
+    check_message_key,
     check_mode,
+    check_passthrough,
     message_headers,
-    to_messages,
 )
 
 _log = logging.getLogger(__name__)
 
 Message = tuple[Any, bytes, Any]
-_IS_ANOMALY = operator.itemgetter("is_anomaly")
 
 
 def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> float:
@@ -139,45 +141,77 @@ def score_batch(
     mode: str,
     passthrough: Sequence[str] = (),
     sources: Sequence[Any] | None = None,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    message_key: str = DEFAULT_MESSAGE_KEY,
 ) -> ScoredBatch:
     """Scores ``records`` (Kafka records, or values with ``sources``) with the provider's
-    current model and turns the results and dead letters into messages."""
+    current model into messages (:meth:`ae_pipeline.serving.ServingModel.score_messages`:
+    every record a result or a dead letter, none over ``max_message_bytes``)."""
     model = provider.current()
-    results, dead = model.score_records(records, mode, sources=sources, passthrough=passthrough)
-    anomalies = sum(map(_IS_ANOMALY, results)) if mode == "flag" else 0
+    scored = model.score_messages(
+        records,
+        mode,
+        sources=sources,
+        passthrough=passthrough,
+        max_message_bytes=max_message_bytes,
+        message_key=message_key,
+    )
     return ScoredBatch(
-        to_messages(results),
-        to_messages(dead),
-        [d["reason"] for d in dead],
-        anomalies,
-        model.version,
+        scored.results,
+        scored.dead_letters,
+        scored.dead_reasons,
+        scored.anomalies,
+        scored.version,
         provider.swaps,
     )
 
 
+def refresh(provider: FixedModel | ModelWatcher) -> tuple[str | None, int]:
+    """Lets a hot-reloading provider check for a new version now (cheap when its interval has
+    not passed: :meth:`~ae_pipeline.hot_reload.ModelWatcher.current`), so that a quiet topic
+    still swaps; returns ``(version, swaps)``. A version that cannot be loaded is the
+    provider's to log; the one serving stays."""
+    try:
+        return provider.current().version, provider.swaps
+    except NoModelError:
+        return provider.version, provider.swaps
+
+
 class _Scorer:
     """What both scorers take: :func:`ae_pipeline.hot_reload.open_model` arguments (``version_dir``
-    or ``root``, ``interval_s``, ``device``, ``top_k``, ``torch_threads``...), the mode and the
-    passthrough fields. ``depth``: batches the consumer keeps submitted before collecting."""
+    or ``root``, ``interval_s``, ``device``, ``top_k``, ``torch_threads``...), the mode, the
+    passthrough fields, the most bytes of one output message and which key results carry
+    (:meth:`ae_pipeline.serving.ServingModel.score_messages`). ``depth``: batches the consumer
+    keeps submitted before collecting."""
 
     depth = 0
 
     def __init__(
-        self, model_args: dict[str, Any], *, mode: str, passthrough: Sequence[str] = ()
+        self,
+        model_args: dict[str, Any],
+        *,
+        mode: str,
+        passthrough: Sequence[str] = (),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        message_key: str = DEFAULT_MESSAGE_KEY,
     ) -> None:
         self.model_args = dict(model_args)
         self.mode = check_mode(mode)
-        self.passthrough = tuple(passthrough)
+        self.passthrough = check_passthrough(passthrough, mode)
+        self.max_message_bytes = check_max_message_bytes(max_message_bytes)
+        self.message_key = check_message_key(message_key)
+
+    def _options(self) -> dict[str, Any]:
+        return {"max_message_bytes": self.max_message_bytes, "message_key": self.message_key}
 
 
 class InlineScorer(_Scorer):
     """Scores each submitted batch at once, in the calling thread (``depth`` 0: collect each
     batch right after submitting it)."""
 
-    def __init__(
-        self, model_args: dict[str, Any], *, mode: str, passthrough: Sequence[str] = ()
-    ) -> None:
-        super().__init__(model_args, mode=mode, passthrough=passthrough)
+    def __init__(self, model_args: dict[str, Any], **options: Any) -> None:
+        super().__init__(model_args, **options)
         self.provider: FixedModel | ModelWatcher | None = None
         self._done: deque[ScoredBatch] = deque()
 
@@ -190,7 +224,14 @@ class InlineScorer(_Scorer):
 
     def submit(self, records: Sequence[Any]) -> None:
         assert self.provider is not None, "open() first"
-        self._done.append(score_batch(self.provider, records, self.mode, self.passthrough))
+        self._done.append(
+            score_batch(self.provider, records, self.mode, self.passthrough, **self._options())
+        )
+
+    def refresh(self) -> tuple[str | None, int]:
+        """:func:`refresh` of the provider: ``(version, swaps)``."""
+        assert self.provider is not None, "open() first"
+        return refresh(self.provider)
 
     def collect(self) -> ScoredBatch:
         return self._done.popleft()
@@ -292,6 +333,7 @@ def _child_main() -> None:
     root.handlers[:] = [forward]
     root.setLevel(settings["log_level"])
     model_args, mode, passthrough = settings["model"], settings["mode"], settings["passthrough"]
+    options = settings["options"]
     # A reader thread keeps stdin drained: the parent may be writing the next batch while this
     # process writes a reply, and two processes each blocked on a full pipe would deadlock.
     inbox: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
@@ -320,10 +362,14 @@ def _child_main() -> None:
                 gc.freeze()
             if request[0] == "open":
                 reply: list[Any] = ["ready", provider.current().version]
+            elif request[0] == "refresh":
+                reply = ["refreshed", *refresh(provider)]
             else:
                 _, values, topics, partitions, offsets, keys, timestamps = request
                 sources = list(map(Source, topics, partitions, offsets, keys, timestamps))
-                scored = score_batch(provider, values, mode, passthrough, sources=sources)
+                scored = score_batch(
+                    provider, values, mode, passthrough, sources=sources, **options
+                )
                 reply = [
                     "scored",
                     [m[0] for m in scored.outputs],
@@ -362,10 +408,8 @@ class ScoringProcess(_Scorer):
 
     depth = 1
 
-    def __init__(
-        self, model_args: dict[str, Any], *, mode: str, passthrough: Sequence[str] = ()
-    ) -> None:
-        super().__init__(model_args, mode=mode, passthrough=passthrough)
+    def __init__(self, model_args: dict[str, Any], **options: Any) -> None:
+        super().__init__(model_args, **options)
         self._process: subprocess.Popen | None = None
         self._submitted = 0
         self._headers: dict[tuple[str | None, str | None], list[tuple[str, bytes]]] = {}
@@ -390,6 +434,7 @@ class ScoringProcess(_Scorer):
             "model": self.model_args,
             "mode": self.mode,
             "passthrough": self.passthrough,
+            "options": self._options(),
             "log_level": logging.getLogger().getEffectiveLevel(),
         }
         self._request(["settings", settings])
@@ -434,6 +479,15 @@ class ScoringProcess(_Scorer):
         """
         self._request(["open"])
         return self._reply()[1]
+
+    def refresh(self) -> tuple[str | None, int]:
+        """Has the child check for a new model version (see :func:`refresh`); only between
+        batches (none submitted and not collected). Returns ``(version, swaps)``."""
+        if self._submitted:
+            raise RuntimeError("refresh() with batches in the scoring process")
+        self._request(["refresh"])
+        _, version, swaps = self._reply()
+        return version, swaps
 
     def submit(self, records: Sequence[Any]) -> None:
         """Sends a batch of Kafka records (``KafkaRecord`` or anything with its attributes)."""

@@ -19,7 +19,18 @@ so ``len(results) + len(dead_letters) == len(records)`` always holds. Three mode
 Every result and dead letter carries ``model_version`` and the record's ``key``; when the
 record came from Kafka, ``topic``, ``partition`` and ``offset`` too. A dead letter has the
 ``reason`` (one of :data:`ae_pipeline.features.REASONS`), a ``detail`` and the original value
-(``value_b64`` for bytes, ``value`` otherwise).
+(``value_b64`` for bytes, ``value`` otherwise; with ``value_length`` and ``value_sha256`` of the
+original bytes and ``value_truncated``).
+
+Whatever bytes a record holds, the worst it earns is a dead letter: a failure while decoding,
+scoring or serialising is isolated to the records that caused it (the batch is retried record by
+record; a record that still fails becomes a dead letter with reason ``internal`` and the
+exception type in ``detail``). :meth:`ServingModel.score_messages` turns the outputs into Kafka
+messages of at most ``max_message_bytes`` (:data:`DEFAULT_MAX_MESSAGE_BYTES`): a dead letter's
+original value is cut to fit, and a result too large to write becomes a ``too_large`` dead
+letter. A result's message key is the input message's key by default (``message_key="input"``),
+so results and dead letters join and are partitioned like the input; the record's own key field
+stays in the body as ``key``.
 
 Hot reload (which version serves, and when it changes) is :mod:`ae_pipeline.hot_reload`.
 
@@ -43,8 +54,11 @@ Example:
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import json
 import logging
+import operator
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -61,18 +75,42 @@ except ImportError:  # pragma: no cover
 
 from ae_pipeline.artifact import ArtifactError, LoadedArtifact, load_artifact
 from ae_pipeline.features import (
+    INTERNAL,
     NON_FINITE,
+    TOO_LARGE,
     DecodedBatch,
     FeatureSpec,
     RecordError,
     Scaler,
     decode_records,
+    internal_detail,
 )
 from ae_pipeline.registry import MARKER, version_of_marker
 
 _log = logging.getLogger(__name__)
 
 MODES = ("encode", "denoise", "flag")
+
+# The most bytes one output message (key + value + headers) may take. The tightest default on
+# the way to the broker is librdkafka's ``message.max.bytes`` (1,000,000; kafka-python's
+# ``max_request_size`` is 1,048,576, a topic's ``max.message.bytes`` 1,048,588); 900,000 leaves
+# 100 kB for the record batch framing. A dead letter over it keeps the first bytes of the
+# original value (``value_truncated``), a result over it becomes a ``too_large`` dead letter.
+DEFAULT_MAX_MESSAGE_BYTES = 900_000
+MIN_MAX_MESSAGE_BYTES = 4096  # room for a dead letter's own fields
+# Which key a result's Kafka message carries: the input message's key ("input": results and
+# dead letters join, and are partitioned, like the input) or the record's key field ("record").
+MESSAGE_KEYS = ("input", "record")
+DEFAULT_MESSAGE_KEY = "input"
+# A message: (key, value, headers).
+Message = tuple["bytes | None", bytes, list[tuple[str, bytes]]]
+# Fields every result may carry, then those of each mode (a passthrough field may not reuse one).
+_BASE_FIELDS = ("key", "model_version", "topic", "partition", "offset", "timestamp_ms")
+_MODE_FIELDS = {
+    "encode": ("latent",),
+    "denoise": ("reconstruction",),
+    "flag": ("score", "threshold", "is_anomaly", "contributions"),
+}
 
 
 class ServingError(ValueError):
@@ -174,16 +212,55 @@ def _key_text(key: Any) -> Any:
 
 
 def _original(value: Any) -> dict[str, Any]:
-    """The original value of a rejected record, JSON-safe."""
+    """The original value of a rejected record, JSON-safe; bytes and text with their length
+    (in bytes) and SHA-256, so that a dead letter cut to size (``value_truncated``) still says
+    what it held."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"value_b64": base64.b64encode(bytes(value)).decode()}
+        raw = bytes(value)
+        return {
+            "value_b64": base64.b64encode(raw).decode(),
+            "value_length": len(raw),
+            "value_sha256": hashlib.sha256(raw).hexdigest(),
+            "value_truncated": False,
+        }
     if isinstance(value, str):
-        return {"value": value}
+        raw = value.encode("utf-8", "surrogatepass")
+        return {
+            "value": value,
+            "value_length": len(raw),
+            "value_sha256": hashlib.sha256(raw).hexdigest(),
+            "value_truncated": False,
+        }
     as_dict = getattr(value, "_asdict", None) or getattr(value, "as_dict", None)
     if isinstance(value, Mapping) or as_dict is not None:
         data = dict(value) if isinstance(value, Mapping) else as_dict()
         return {"value": {str(k): _json_safe(v) for k, v in data.items()}}
     return {"value": _json_safe(value)}
+
+
+def _safe_original(value: Any) -> dict[str, Any]:
+    """:func:`_original`, or the value's ``repr`` (cut) where it cannot be made JSON-safe
+    (e.g. a mapping nested deeper than the interpreter's recursion limit)."""
+    try:
+        return _original(value)
+    except Exception:
+        try:
+            text = repr(value)[:10_000]
+        except Exception:
+            text = f"<{type(value).__name__}>"
+        return {"value": text, "value_truncated": True}
+
+
+def _dead_letter(reason: str, detail: str, version: str, value: Any, source: Any) -> dict:
+    """A dead letter: the reason, the record's Kafka key and coordinates, its original value."""
+    return {
+        "reason": reason,
+        "detail": detail,
+        "model_version": version,
+        "key": _key_text(source.key) if source is not None else None,
+        **_coordinates(source),
+        **_safe_original(value),
+    }
 
 
 def _json_safe(value: Any) -> Any:
@@ -461,6 +538,11 @@ class ServingModel:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Scores a batch of records; every record becomes a result or a dead letter.
 
+        Whatever bytes a record holds, the worst it earns is a dead letter: the batch is scored
+        in one go, and only if that raises, record by record; a record that still fails is
+        dead-lettered with reason ``internal`` and the exception type in ``detail``, and the
+        other records get their results.
+
         Args:
             values: JSON bytes/str, mappings or ``beam.Row``-like records. Elements that are
                 Kafka records or ``(key, value)`` tuples are unpacked with :func:`as_input`
@@ -469,30 +551,158 @@ class ServingModel:
             sources: Kafka coordinates per value (same length; :class:`Source` objects or
                 anything with the same attributes, such as ``KafkaRecord``), copied into the
                 outputs.
-            passthrough: record fields copied into each result.
+            passthrough: record fields copied into each result (see :func:`check_passthrough`).
 
         Returns:
             ``(results, dead_letters)``, each in input order; JSON-serialisable dicts.
+
+        Raises:
+            ServingError: the mode is unknown, a passthrough field collides with a result
+                field, or the model cannot serve the mode (``flag`` without a threshold): not
+                the records' fault.
         """
+        values, sources = self._inputs(values, mode, sources, passthrough)
+        results, _, dead, _ = self._score_isolated(values, sources, mode, passthrough)
+        return results, dead
+
+    def score_messages(
+        self,
+        values: Sequence[Any],
+        mode: str,
+        *,
+        sources: Sequence[Any] | None = None,
+        passthrough: Sequence[str] = (),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        message_key: str = DEFAULT_MESSAGE_KEY,
+    ) -> ScoredMessages:
+        """:meth:`score_records`, then each output as a Kafka message (:func:`to_messages`),
+        bounded in size; never raises because of a record.
+
+        A result that cannot be serialised (reason ``internal``) or whose message would exceed
+        ``max_message_bytes`` (reason ``too_large``) becomes a dead letter holding the original
+        value; a dead letter's original value is cut to fit (``value_truncated``, with
+        ``value_length`` and ``value_sha256`` of the whole).
+
+        Args:
+            values, mode, sources, passthrough: as for :meth:`score_records`.
+            max_message_bytes: the most bytes (key + value + headers) of one message.
+            message_key: a result's message key: ``"input"`` (default), the input message's
+                key as it was (None where it had none; a record with no Kafka source: its key
+                field), or ``"record"``, the record's key field (the result's ``key``). Dead
+                letters always carry the input message's key.
+
+        Returns:
+            :class:`ScoredMessages`; ``len(results) + len(dead_letters) == len(values)``.
+        """
+        check_message_key(message_key)
+        check_max_message_bytes(max_message_bytes)
+        values, sources = self._inputs(values, mode, sources, passthrough)
+        results, index, dead, dead_index = self._score_isolated(values, sources, mode, passthrough)
+        keys = None
+        if message_key == "input":
+            keys = [
+                results[j].get("key") if sources[i] is None else sources[i].key
+                for j, i in enumerate(index)
+            ]
+        messages, failed = _serialise(results, keys, max_message_bytes)
+        if failed:
+            moved = {}
+            for j, reason, detail in failed:
+                i = index[j]
+                moved[j] = (i, _dead_letter(reason, detail, self.version, values[i], sources[i]))
+            results = [r for j, r in enumerate(results) if j not in moved]
+            dead = [*dead, *(letter for _, letter in moved.values())]
+            dead_index = [*dead_index, *(i for i, _ in moved.values())]
+            if len(moved) < len(dead):  # back in input order
+                order = sorted(range(len(dead)), key=dead_index.__getitem__)
+                dead = [dead[k] for k in order]
+                dead_index = [dead_index[k] for k in order]
+        dead_keys = [_raw_key(sources[i]) for i in dead_index]
+        letters, _ = _serialise(dead, dead_keys, max_message_bytes)
+        anomalies = sum(map(_IS_ANOMALY, results)) if mode == "flag" else 0
+        return ScoredMessages(
+            messages, letters, [d["reason"] for d in dead], anomalies, self.version
+        )
+
+    def _inputs(
+        self,
+        values: Sequence[Any],
+        mode: str,
+        sources: Sequence[Any] | None,
+        passthrough: Sequence[str],
+    ) -> tuple[Sequence[Any], Sequence[Any]]:
+        """Checks the mode and passthrough fields; the values and their sources."""
         check_mode(mode)
+        _checked_passthrough(tuple(passthrough), mode)
         if sources is None:
-            values, sources = as_inputs(values)
-        elif len(sources) != len(values):
+            return as_inputs(values)
+        if len(sources) != len(values):
             raise ValueError(f"{len(values)} values but {len(sources)} sources")
+        return values, sources
+
+    def _score_isolated(
+        self, values: Sequence[Any], sources: Sequence[Any], mode: str, passthrough: Sequence[str]
+    ) -> tuple[list[dict], list[int], list[dict], list[int]]:
+        """:meth:`_score_batch` of the whole batch; if it raises (anything but a
+        :class:`ServingError`), of each record alone, a record that still fails becoming an
+        ``internal`` dead letter. Only a failed batch costs the fallback."""
+        try:
+            return self._score_batch(values, sources, mode, passthrough)
+        except ServingError:
+            raise
+        except Exception as err:
+            first = err
+        results: list[dict] = []
+        index: list[int] = []
+        dead: list[dict] = []
+        dead_index: list[int] = []
+        failed = 0
+        for i in range(len(values)):
+            try:
+                r, _, d, _ = self._score_batch([values[i]], [sources[i]], mode, passthrough)
+            except ServingError:
+                raise
+            except Exception as err:
+                failed += 1
+                r = []
+                d = [
+                    _dead_letter(
+                        INTERNAL, internal_detail(err), self.version, values[i], sources[i]
+                    )
+                ]
+            results += r
+            index += [i] * len(r)
+            dead += d
+            dead_index += [i] * len(d)
+        _log.warning(
+            "a batch of %d records failed to score (%s); scored record by record, %d "
+            "dead-lettered as %r",
+            len(values),
+            internal_detail(first),
+            failed,
+            INTERNAL,
+        )
+        return results, index, dead, dead_index
+
+    def _score_batch(
+        self, values: Sequence[Any], sources: Sequence[Any], mode: str, passthrough: Sequence[str]
+    ) -> tuple[list[dict], list[int], list[dict], list[int]]:
+        """Scores a batch: ``(results, their input indices, dead letters, their indices)``."""
         batch = _drop_unscalable(decode_records(values, self.spec, fields=passthrough), self.scaler)
+        version = self.version
         dead = [
-            {
-                "reason": err.reason,
-                "detail": err.detail,
-                "model_version": self.version,
-                "key": _key_text(sources[err.index].key) if sources[err.index] else None,
-                **_coordinates(sources[err.index]),
-                **_original(values[err.index]),
-            }
+            _dead_letter(err.reason, err.detail, version, values[err.index], sources[err.index])
             for err in batch.errors
         ]
+        dead_index = [err.index for err in batch.errors]
         if not batch.index:
-            return [], dead
+            return [], [], dead, dead_index
+        return self._results(batch, sources, mode, passthrough), batch.index, dead, dead_index
+
+    def _results(
+        self, batch: DecodedBatch, sources: Sequence[Any], mode: str, passthrough: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """The results of a batch's usable records."""
         scores = self.score_matrix(batch.matrix, mode)
         keys, extras = self._keys_and_extras(batch, sources, passthrough)
         version = self.version
@@ -502,9 +712,7 @@ class ServingModel:
             extras = [_NO_FIELDS] * len(keys)
         if mode == "encode":
             rows = zip(keys, extras, scores["latent"].tolist(), strict=True)
-            return [
-                {"key": k, "model_version": version, **e, "latent": z} for k, e, z in rows
-            ], dead
+            return [{"key": k, "model_version": version, **e, "latent": z} for k, e, z in rows]
         if mode == "denoise":
             names = self.feature_names
             recon = scores["reconstruction"].tolist()
@@ -512,7 +720,7 @@ class ServingModel:
             rows = zip(keys, extras, values_out, strict=True)
             return [
                 {"key": k, "model_version": version, **e, "reconstruction": r} for k, e, r in rows
-            ], dead
+            ]
         threshold = float(self.threshold)  # type: ignore[arg-type]
         columns = (
             scores["score"].tolist(),
@@ -530,7 +738,7 @@ class ServingModel:
                     "contributions": dict(zip(n, c)),  # noqa: B905 (equal by construction)
                 }
                 for k, s, a, n, c in zip(keys, *columns, strict=True)
-            ], dead
+            ]
         rows = zip(keys, extras, *columns, strict=True)
         return [
             {
@@ -543,7 +751,7 @@ class ServingModel:
                 "contributions": dict(zip(n, c)),  # noqa: B905 (equal by construction)
             }
             for k, e, s, a, n, c in rows
-        ], dead
+        ]
 
     @staticmethod
     def _keys_and_extras(
@@ -584,6 +792,24 @@ class ServingModel:
             ``(scores, reasons)``: an ``N`` float array, NaN where a record cannot be scored,
             and ``{index: "reason: detail"}`` for those records.
         """
+        try:
+            return self._anomaly_scores(values)
+        except Exception:  # isolate the records that fail: one at a time
+            pass
+        scores = np.full(len(values), np.nan, dtype=np.float64)
+        reasons: dict[int, str] = {}
+        for i in range(len(values)):
+            try:
+                one, why = self._anomaly_scores([values[i]])
+            except Exception as err:
+                reasons[i] = f"{INTERNAL}: {internal_detail(err)}"
+                continue
+            scores[i] = one[0]
+            if 0 in why:
+                reasons[i] = why[0]
+        return scores, reasons
+
+    def _anomaly_scores(self, values: Sequence[Any]) -> tuple[np.ndarray, dict[int, str]]:
         batch = _drop_unscalable(decode_records(values, self.spec, fields=()), self.scaler)
         scores = np.full(len(values), np.nan, dtype=np.float64)
         reasons = {err.index: f"{err.reason}: {err.detail}" for err in batch.errors}
@@ -625,40 +851,306 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def to_message(output: Mapping[str, Any]) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+class ScoredMessages(NamedTuple):
+    """What :meth:`ServingModel.score_messages` returns.
+
+    Attributes:
+        results: ``(key, value, headers)`` messages of the results.
+        dead_letters: the same for the dead letters (with a ``reason`` header).
+        dead_reasons: each dead letter's reason, in order.
+        anomalies: results flagged anomalous (``flag`` mode).
+        version: the model version that scored the batch.
+    """
+
+    results: list[Message]
+    dead_letters: list[Message]
+    dead_reasons: list[str]
+    anomalies: int
+    version: str
+
+
+def result_fields(mode: str) -> tuple[str, ...]:
+    """The fields a result of ``mode`` may carry (besides passed-through ones)."""
+    return _BASE_FIELDS + _MODE_FIELDS[check_mode(mode)]
+
+
+def check_passthrough(fields: Iterable[str], mode: str) -> tuple[str, ...]:
+    """Refuses passthrough fields that would overwrite a result's own field.
+
+    A passed-through ``offset`` would replace the record's real offset (and ``key`` the
+    message key, ``model_version`` the version header): call this before any work starts.
+
+    Returns:
+        The fields, as a tuple.
+
+    Raises:
+        ServingError: naming the first field that is empty, repeated, or the name of a result
+            field of ``mode`` (:func:`result_fields`).
+    """
+    fields = tuple(fields)
+    taken = result_fields(mode)
+    seen: set[str] = set()
+    for name in fields:
+        if not isinstance(name, str) or not name:
+            raise ServingError(f"passthrough field names must be non-empty text, got {name!r}")
+        if name in taken:
+            raise ServingError(
+                f"passthrough field {name!r} would overwrite the result field of that name "
+                f"(a {mode} result has {', '.join(taken)}); pass through other fields"
+            )
+        if name in seen:
+            raise ServingError(f"passthrough field {name!r} is given twice")
+        seen.add(name)
+    return fields
+
+
+_checked_passthrough = functools.lru_cache(maxsize=256)(check_passthrough)
+
+
+def check_message_key(message_key: str) -> str:
+    """Refuses anything but ``input`` or ``record`` (see :meth:`ServingModel.score_messages`)."""
+    if message_key not in MESSAGE_KEYS:
+        raise ServingError(f"message_key {message_key!r} is not one of {', '.join(MESSAGE_KEYS)}")
+    return message_key
+
+
+def check_max_message_bytes(max_message_bytes: int) -> int:
+    """Refuses a message size limit too small for a dead letter's own fields."""
+    if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int):
+        raise ServingError(f"max_message_bytes must be an integer, got {max_message_bytes!r}")
+    if max_message_bytes < MIN_MAX_MESSAGE_BYTES:
+        raise ServingError(
+            f"max_message_bytes must be at least {MIN_MAX_MESSAGE_BYTES}, got {max_message_bytes}"
+        )
+    return max_message_bytes
+
+
+_IS_ANOMALY = operator.itemgetter("is_anomaly")
+_KEY_ROOM = 1024  # bytes of a key a dead letter keeps when the whole key does not fit
+
+
+def _message_key(key: Any) -> bytes | None:
+    """A message key as bytes: bytes as they are, text as UTF-8 (raises for text that has
+    no UTF-8 form, such as a lone surrogate)."""
+    if key is None or type(key) is bytes:
+        return key
+    if isinstance(key, (bytearray, memoryview)):
+        return bytes(key)
+    return str(key).encode()
+
+
+def _raw_key(source: Any) -> Any:
+    """The input message key of a record (None without a source)."""
+    return source.key if source is not None else None
+
+
+def _dumps(output: Mapping[str, Any]) -> bytes:
+    """JSON of an output (orjson, else :func:`to_json`); raises what both raise."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(output, option=_orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:  # e.g. an int beyond 64 bits, a lone surrogate, deep nesting
+            pass
+    return json.dumps(
+        output, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)
+    ).encode()
+
+
+def _headers_size(headers: list[tuple[str, bytes]]) -> int:
+    return sum(len(name) + len(value) for name, value in headers)
+
+
+def _serialise(
+    outputs: Sequence[Mapping[str, Any]], keys: Sequence[Any] | None, limit: int
+) -> tuple[list[Message], list[tuple[int, str, str]]]:
+    """Messages of ``outputs`` (message keys ``keys``, else each output's ``key``), none over
+    ``limit`` bytes.
+
+    A dead letter (an output with a ``reason``) always becomes a message: its original value
+    is cut to fit, and what cannot be serialised is left out. A result that cannot be
+    serialised, or whose message is over ``limit``, does not: it is listed in the second list
+    as ``(position, reason, detail)`` and left out of the first.
+    """
+    headers_of: dict[tuple[Any, Any], tuple[list[tuple[str, bytes]], int]] = {}
+    messages: list[Message] = []
+    append = messages.append
+    failed: list[tuple[int, str, str]] = []
+    dumps = _orjson.dumps if _orjson is not None else None
+    option = _orjson.OPT_SERIALIZE_NUMPY if _orjson is not None else None
+    for j, output in enumerate(outputs):
+        reason = output.get("reason")
+        which = (output.get("model_version", ""), reason)
+        known = headers_of.get(which)
+        if known is None:
+            headers = message_headers(*which)
+            known = headers_of[which] = (headers, _headers_size(headers))
+        headers, header_size = known
+        try:
+            key = _message_key(output.get("key") if keys is None else keys[j])
+            try:  # to_json, without a call per record
+                value = dumps(output, option=option) if dumps is not None else _dumps(output)
+            except TypeError:
+                value = _dumps(output)
+            size = len(value) + header_size + (len(key) if key else 0)
+            if size > limit:
+                if reason is None:
+                    detail = (
+                        f"the result's message has {size} bytes, more than "
+                        f"max_message_bytes={limit}"
+                    )
+                    failed.append((j, TOO_LARGE, detail))
+                    continue
+                key, value = _fit_letter(output, key, header_size, limit)
+        except Exception as err:
+            if reason is None:
+                failed.append((j, INTERNAL, internal_detail(err)))
+                continue
+            key, value = _fit_letter(output, _safe_key(output, keys, j), header_size, limit)
+        append((key, value, headers))
+    return messages, failed
+
+
+def _safe_key(output: Mapping[str, Any], keys: Sequence[Any] | None, j: int) -> bytes | None:
+    """A dead letter's message key, whatever the key holds (text that has no UTF-8 form is
+    written with its surrogates as they are)."""
+    key = output.get("key") if keys is None else keys[j]
+    try:
+        return _message_key(key)
+    except Exception:
+        try:
+            return str(key).encode("utf-8", "surrogatepass")
+        except Exception:
+            return None
+
+
+def _fit_letter(
+    letter: Mapping[str, Any], key: bytes | None, header_size: int, limit: int
+) -> tuple[bytes | None, bytes]:
+    """A dead letter's ``(message key, value)`` within ``limit`` bytes: the original value cut
+    (``value_truncated``; ``value_length`` and ``value_sha256`` still describe the whole), a
+    key over a quarter of the limit cut to its first 1 KiB (``key_truncated``); what cannot
+    be serialised at all is left out."""
+    if key is not None and len(key) > limit // 4:
+        key = key[:_KEY_ROOM]
+    room = limit - header_size - (len(key) if key else 0)
+    out = dict(letter)
+    out["value_truncated"] = True
+    body_key = out.get("key")
+    if isinstance(body_key, str) and len(body_key) > _KEY_ROOM:
+        out["key"] = body_key[:_KEY_ROOM]
+        out["key_truncated"] = True
+    field = "value_b64" if "value_b64" in out else "value"
+    original = out.get(field)
+    out[field] = "" if isinstance(original, str) else None
+    try:
+        base = len(_dumps(out))
+    except Exception:
+        return key, _minimal_letter(letter)
+    if isinstance(original, str) and room > base:
+        # base64 is ASCII (4 characters per 3 bytes); text may be escaped up to 6 bytes a
+        # character (\uXXXX).
+        spare = room - base - 16
+        out[field] = original[: spare // 4 * 4] if field == "value_b64" else original[: spare // 6]
+    try:
+        value = _dumps(out)
+    except Exception:
+        return key, _minimal_letter(letter)
+    if len(value) > room:
+        return key, _minimal_letter(letter)
+    return key, value
+
+
+def _minimal_letter(letter: Mapping[str, Any]) -> bytes:
+    """A dead letter's plain fields only (reason, detail, coordinates, the original's length
+    and hash), as ASCII JSON: what is left when the rest cannot be serialised or fit."""
+    kept: dict[str, Any] = {"value_truncated": True}
+    for name in (
+        "reason",
+        "detail",
+        "model_version",
+        "key",
+        "topic",
+        "partition",
+        "offset",
+        "timestamp_ms",
+        "value_length",
+        "value_sha256",
+    ):
+        value = letter.get(name)
+        if value is None or isinstance(value, (bool, int)):
+            kept[name] = value
+        else:
+            try:
+                kept[name] = str(value)[:_KEY_ROOM]
+            except Exception:
+                kept[name] = None
+    return json.dumps(kept).encode()
+
+
+def to_message(
+    output: Mapping[str, Any], *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> Message:
     """A result or dead letter as a Kafka message ``(key, value, headers)``.
 
     The key is the output's ``key`` (UTF-8 text; None when absent), the value its JSON, and
     the headers carry ``model_version`` (and ``reason`` for a dead letter), so that consumers
-    can route without parsing. The Beam job and the plain consumer both produce these.
+    can route without parsing. See :func:`to_messages` for what it does with an output that
+    cannot be written.
     """
-    return to_messages([output])[0]
+    return to_messages([output], max_message_bytes=max_message_bytes)[0]
 
 
 def to_messages(
     outputs: Iterable[Mapping[str, Any]],
-) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
-    """:func:`to_message` of each output; outputs of one model version (and dead-letter
-    reason) share one header list, which callers must not change."""
-    headers_of: dict[tuple[Any, Any], list[tuple[str, bytes]]] = {}
-    messages = []
-    append = messages.append
-    dumps = _orjson.dumps if _orjson is not None else to_json
-    option = _orjson.OPT_SERIALIZE_NUMPY if _orjson is not None else None
-    for output in outputs:
-        key = output.get("key")
-        if key is not None and type(key) is not bytes:
-            key = str(key).encode()
-        which = (output.get("model_version", ""), output.get("reason"))
-        headers = headers_of.get(which)
-        if headers is None:
-            headers = headers_of[which] = message_headers(*which)
-        try:  # to_json, without a call per record
-            value = dumps(output, option=option) if option is not None else dumps(output)
-        except TypeError:
-            value = to_json(output)
-        append((key, value, headers))
-    return messages
+    *,
+    keys: Sequence[Any] | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> list[Message]:
+    """:func:`to_message` of each output, in order; never raises because of one output.
+
+    Outputs of one model version (and dead-letter reason) share one header list, which
+    callers must not change. No message is over ``max_message_bytes`` (key + value +
+    headers): a dead letter's original value is cut to fit (``value_truncated``). A result
+    that cannot be serialised (e.g. a key with no UTF-8 form) or would be too large is
+    replaced by a dead-letter message (reason ``internal`` or ``too_large``, with its key and
+    coordinates; it has no original value to keep): route by the ``reason`` header, or use
+    :meth:`ServingModel.score_messages`, which sends such results to the dead letters with
+    their original value.
+
+    Args:
+        outputs: results and dead letters (dicts of :meth:`ServingModel.score_records`).
+        keys: the message key of each output (bytes or text; None: no key); default: each
+            output's ``key``.
+        max_message_bytes: the most bytes of one message.
+    """
+    check_max_message_bytes(max_message_bytes)
+    if not isinstance(outputs, (list, tuple)):
+        outputs = list(outputs)
+    if keys is not None and len(keys) != len(outputs):
+        raise ValueError(f"{len(outputs)} outputs but {len(keys)} keys")
+    messages, failed = _serialise(outputs, keys, max_message_bytes)
+    if not failed:
+        return messages
+    letters = {}
+    for j, reason, detail in failed:
+        output = outputs[j]
+        letter = {
+            "reason": reason,
+            "detail": detail,
+            "model_version": output.get("model_version"),
+            "key": _json_safe_or_none(output.get("key")),
+            **{f: output[f] for f in ("topic", "partition", "offset") if f in output},
+        }
+        letters[j] = _serialise([letter], [_safe_key(output, keys, j)], max_message_bytes)[0][0]
+    done = iter(messages)
+    return [letters[j] if j in letters else next(done) for j in range(len(outputs))]
+
+
+def _json_safe_or_none(value: Any) -> Any:
+    try:
+        return _json_safe(value)
+    except Exception:
+        return None
 
 
 def message_headers(version: Any, reason: Any = None) -> list[tuple[str, bytes]]:
@@ -683,14 +1175,24 @@ def to_json(obj: Any) -> bytes:
 
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MESSAGE_KEY",
+    "MESSAGE_KEYS",
+    "MIN_MAX_MESSAGE_BYTES",
     "MODES",
+    "Message",
     "NoModelError",
+    "ScoredMessages",
     "ServingError",
     "ServingModel",
     "Source",
     "as_input",
+    "check_max_message_bytes",
+    "check_message_key",
     "check_mode",
+    "check_passthrough",
     "message_headers",
+    "result_fields",
     "to_json",
     "to_message",
     "to_messages",

@@ -8,6 +8,11 @@ Run several with the same ``--group_id`` to scale out. SIGTERM finishes the batc
 commits it and exits 0. Offsets are committed only after the batch's outputs are acknowledged
 (at-least-once). Security settings (SASL/SSL) come from a JSON file given with
 ``--kafka_config`` (its secrets are never logged).
+
+Whatever bytes a record holds, the worst it earns is a dead letter; no output message is over
+``--max_message_bytes``. A broker that cannot be reached, a missing topic or a refused
+authorisation stops the consumer without committing (exit code 1); an option that cannot work is
+refused before anything starts (one line, exit code 2).
 """
 
 from __future__ import annotations
@@ -18,9 +23,17 @@ import logging
 import sys
 
 from ae_pipeline.beam.options import add_switch
-from ae_pipeline.consumer import ScoringConsumer
-from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT
-from ae_pipeline.serving import MODES
+from ae_pipeline.consumer import ScoringConsumer, check_run_args
+from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT, DeliveryError, KafkaClientError
+from ae_pipeline.scoring_process import ScoringProcessError
+from ae_pipeline.serving import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MESSAGE_KEY,
+    MESSAGE_KEYS,
+    MODES,
+)
+
+_log = logging.getLogger("pipelines.consume")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
         "filesystem path (gs://, s3://, ...)",
     )
     kafka.add_argument("--max_batch", type=int, default=500, help="records per poll/commit")
-    kafka.add_argument("--poll_timeout_s", type=float, default=0.5)
+    kafka.add_argument(
+        "--poll_timeout_s", type=float, default=0.5, help="seconds one poll waits (more than 0)"
+    )
+    kafka.add_argument(
+        "--max_message_bytes",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        help="most bytes of one output message (key + value + headers): a dead letter's "
+        "original value is cut to fit, a larger result becomes a 'too_large' dead letter; keep "
+        "it under the producer's message.max.bytes / max.request.size and the output topics' "
+        "max.message.bytes (default %(default)s fits Kafka's 1 MB defaults)",
+    )
+    kafka.add_argument(
+        "--message_key",
+        default=DEFAULT_MESSAGE_KEY,
+        choices=MESSAGE_KEYS,
+        help="a result's message key: the input message's key (input: results and dead letters "
+        "join and are partitioned like the input) or the record's key field (record)",
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--mode", default="flag", choices=MODES)
     where = model.add_mutually_exclusive_group(required=True)
@@ -68,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--passthrough", default="", help="comma list of fields to copy")
     run = parser.add_argument_group("run")
     run.add_argument("--max_records", type=int, default=None, help="stop after about N records")
-    run.add_argument("--idle_timeout_s", type=float, default=None, help="stop when idle this long")
+    run.add_argument(
+        "--idle_timeout_s",
+        type=float,
+        default=None,
+        help="stop after this long without records, counted once partitions are assigned",
+    )
     run.add_argument("--log_level", default="INFO")
     return parser
 
@@ -77,9 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the consumer until SIGTERM (or ``--max_records`` / ``--idle_timeout_s``).
 
     Returns:
-        0 (a failed delivery raises, so the process exits non-zero without committing).
+        0 when stopped as asked; 2 for options that cannot work (one line on stderr, before
+        anything starts); 1 when the broker, a topic or the scoring process fails (nothing
+        uncommitted is committed).
     """
     args = build_parser().parse_args(argv)
+    if args.top_k < 0 or args.torch_threads < 0:
+        name = "--top_k" if args.top_k < 0 else "--torch_threads"
+        return _refuse(f"{name} must be 0 or more (0: all / torch's default)")
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -87,12 +128,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     config: dict = {}
-    if args.kafka_config:
-        from ae_pipeline.beam.options import read_json_config  # local, gs://, s3://, ...
+    try:
+        if args.kafka_config:
+            from ae_pipeline.beam.options import read_json_config  # local, gs://, s3://, ...
 
-        config.update(read_json_config(args.kafka_config))
-    config.update({"bootstrap.servers": args.bootstrap_servers, "group.id": args.group_id})
-    consumer = ScoringConsumer(
+            config.update(read_json_config(args.kafka_config))
+        config.update({"bootstrap.servers": args.bootstrap_servers, "group.id": args.group_id})
+        check_run_args(args.max_records, args.idle_timeout_s)
+        consumer = _consumer(args, config)
+    except ValueError as err:  # also ServingError, KafkaConfig's errors
+        return _refuse(str(err))
+    consumer.install_signal_handlers()
+    try:
+        stats = consumer.run(max_records=args.max_records, idle_timeout_s=args.idle_timeout_s)
+    except (KafkaClientError, DeliveryError, ScoringProcessError) as err:
+        _log.error("stopped; what was not committed will be read again by the group: %s", err)
+        return 1
+    finally:
+        consumer.close()
+    print(json.dumps(stats.to_dict()), flush=True)
+    return 0
+
+
+def _refuse(message: str) -> int:
+    """A user's mistake: one line on stderr, exit code 2."""
+    print(f"ae-pipeline consume: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _consumer(args: argparse.Namespace, config: dict) -> ScoringConsumer:
+    """The consumer the options describe (raises ValueError for options that cannot work)."""
+    return ScoringConsumer(
         config,
         input_topic=args.input_topic,
         output_topic=args.output_topic,
@@ -108,16 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         poll_timeout_s=args.poll_timeout_s,
         top_k=args.top_k or None,
         passthrough=tuple(f for f in args.passthrough.split(",") if f),
+        max_message_bytes=args.max_message_bytes,
+        message_key=args.message_key,
         wait_for_model_s=args.wait_for_model_s,
         scoring_process=args.scoring_process,
     )
-    consumer.install_signal_handlers()
-    try:
-        stats = consumer.run(max_records=args.max_records, idle_timeout_s=args.idle_timeout_s)
-    finally:
-        consumer.close()
-    print(json.dumps(stats.to_dict()), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

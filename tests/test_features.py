@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ae_pipeline.features import (
@@ -112,6 +112,7 @@ _FIELD_VALUES = st.one_of(
     st.sampled_from([SPEC, FeatureSpec(columns=["b"]), FeatureSpec(columns=["c", "a"])]),
     st.sampled_from([None, (), ("z",), ("z", "id"), ("a",)]),
 )
+@example(records=[b"\x000"], spec=SPEC, fields=None)  # a NUL byte: no UTF-16 guessing
 def test_fast_paths_for_json_bytes_equal_the_checked_path(records, spec, fields):
     """JSON bytes take a fast path (typed ``msgspec`` decoding when ``fields`` is given, else
     ``orjson`` + item picking); ``str`` values take the field-by-field one: same outcome."""
@@ -241,3 +242,20 @@ def test_typed_batch_keys_and_fields_equal_the_checked_path(keys, tags):
     assert typed.matrix.flags.c_contiguous and typed.matrix.dtype == np.float32
     assert [repr(k) for k in typed.keys] == [repr(k) for k in checked.keys]
     assert [repr(r["tag"]) for r in typed.records] == [repr(r["tag"]) for r in checked.records]
+
+
+def test_a_record_that_breaks_decoding_is_rejected_alone_as_internal():
+    from ae_pipeline.features import INTERNAL, REASONS, TOO_LARGE
+
+    class Broken:
+        def _asdict(self):  # a Row-like object whose fields cannot be read
+            raise RuntimeError("unreadable row")
+
+    deep = b'{"id": 1, "a": 1, "b": 2, "c": 3, "x": ' + b"[" * 3000 + b"]" * 3000 + b"}"
+    good = b'{"id": 2, "a": 1, "b": 2, "c": 3}'
+    for fields in (None, ()):
+        batch = decode_records([good, Broken(), deep, good], SPEC, fields=fields)
+        assert batch.index == [0, 3] and batch.keys == [2, 2]
+        assert [(e.index, e.reason) for e in batch.errors] == [(1, INTERNAL), (2, BAD_JSON)]
+        assert batch.errors[0].detail == "RuntimeError: unreadable row"
+    assert {INTERNAL, TOO_LARGE} <= set(REASONS)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import uuid
 from collections import Counter
 
@@ -14,6 +16,7 @@ import pytest
 
 from ae_pipeline.consumer import ScoringConsumer
 from ae_pipeline.kafka import (
+    KafkaClientError,
     committed_offsets,
     end_offsets,
 )
@@ -226,3 +229,76 @@ def test_consumer_process_with_scoring_process_drains_on_sigterm_and_leaves_no_o
     proc.kill()
     proc.communicate(timeout=30)
     assert kit.wait_until(lambda: _gone(child), "the orphaned scorer to exit", timeout_s=20)
+
+
+def _idle_consumer(bootstrap, root, inp, out, dlq, group, config=(), **kwargs) -> ScoringConsumer:
+    return ScoringConsumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, **dict(config)},
+        input_topic=inp, output_topic=out, dead_letter_topic=dlq, mode="flag",
+        model_root=root, device="cpu", **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("scoring_process", [False, True], ids=["inline", "scoring-process"])
+def test_a_quiet_topic_still_hot_reloads(bootstrap_servers, tmp_path, trained, scoring_process):
+    root, inp, out, dlq, group = _published_model_and_topics(bootstrap_servers, tmp_path, trained)
+    consumer = _idle_consumer(
+        bootstrap_servers, root, inp, out, dlq, group,
+        model_poll_interval_s=0, poll_timeout_s=0.1, scoring_process=scoring_process,
+    )  # fmt: skip
+    done = []
+    thread = threading.Thread(target=lambda: done.append(consumer.run()), daemon=True)
+    thread.start()
+    try:
+        first = kit.wait_until(
+            lambda: consumer.stats.model_version, "the first model", timeout_s=60
+        )
+        second = kit.publish(root, trained)
+        assert second != first
+        kit.wait_until(
+            lambda: consumer.stats.model_version == second, "the swap while idle", timeout_s=30
+        )
+    finally:
+        consumer.stop()
+        thread.join(30)
+        consumer.close()
+    assert done and done[0].records_in == 0 and done[0].model_swaps == 2
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_an_unreachable_broker_stops_the_run_without_committing(tmp_path, trained, client):
+    """Not the records' fault: the run raises (the command exits 1) instead of ending "idle"
+    with nothing done; idle time counts only once partitions are assigned (never, here)."""
+    if client == "confluent":
+        pytest.importorskip("confluent_kafka")
+    root = str(tmp_path / "models")
+    kit.publish(root, trained)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{s.getsockname()[1]}"
+    consumer = _idle_consumer(
+        nobody, root, "in", "out", "dlq", "g", {"unreachable_timeout_s": 3},
+        client=client, assignment_timeout_s=1, scoring_process=False,
+    )  # fmt: skip
+    unreachable = r"127\.0\.0\.1|unreachable|transport|timed out"
+    with consumer, pytest.raises(KafkaClientError, match=unreachable):
+        consumer.run(idle_timeout_s=0)
+    assert consumer.stats.batches == 0 and consumer.stats.stopped_by is None
+
+
+def test_consume_command_exits_1_when_the_broker_cannot_be_reached(tmp_path, trained):
+    root = str(tmp_path / "models")
+    kit.publish(root, trained)
+    settings = tmp_path / "kafka.json"
+    settings.write_text(json.dumps({"unreachable_timeout_s": 3}))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{s.getsockname()[1]}"
+    proc = kit.start_consumer(
+        nobody, root, "in", "out", "dlq", "g", "--idle_timeout_s=0",
+        max_batch=25, kafka_config=settings,
+    )  # fmt: skip
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr.decode()[-3000:]
+    assert b"what was not committed will be read again" in stderr and b"Traceback" not in stderr
+    assert not stdout.strip()  # no stats line: the run did not end as asked

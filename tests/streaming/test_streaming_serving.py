@@ -139,13 +139,18 @@ def test_contributions_sum_to_error_times_width_and_are_sorted(model, version_di
         assert sorted(r["contributions"]) == sorted(kit.COLUMNS)
         assert values == sorted(values, reverse=True)
         assert sum(values) == pytest.approx(r["score"] * len(kit.COLUMNS), rel=1e-4)
+    # Scores of separate calls (other batch sizes: other BLAS blocking) agree to float32
+    # precision, not to the last bit.
     top2 = ServingModel.load(version_dir, device="cpu", top_k=2)
     short, _ = top2.score_records(records[:1], "flag")
-    assert list(short[0]["contributions"].items()) == list(results[0]["contributions"].items())[:2]
+    full = list(results[0]["contributions"].items())
+    got = list(short[0]["contributions"].items())
+    assert [name for name, _ in got] == [name for name, _ in full[:2]]
+    assert [v for _, v in got] == pytest.approx([v for _, v in full[:2]], rel=1e-4, abs=1e-7)
     none = ServingModel.load(version_dir, device="cpu", top_k=0)
     empty, _ = none.score_records(records, "flag")
     assert [r["contributions"] for r in empty] == [{}] * len(records)
-    assert [r["score"] for r in empty] == [r["score"] for r in results]
+    assert [r["score"] for r in empty] == pytest.approx([r["score"] for r in results], rel=1e-5)
 
 
 def test_flag_results_have_the_same_fields_in_the_same_order_with_or_without_sources(model):
@@ -208,7 +213,9 @@ def _publish_corrupt(root, trained) -> str:
         data[-1] ^= 0xFF
         weights.write_bytes(bytes(data))
 
-    return ModelRegistry(root).publish(write)
+    # check=False: publishing refuses a corrupt version itself; this one plays a version
+    # corrupted after it was published.
+    return ModelRegistry(root).publish(write, check=False)
 
 
 def test_watcher_swaps_to_new_versions_and_keeps_the_old_one_when_a_new_one_is_bad(
@@ -227,7 +234,7 @@ def test_watcher_swaps_to_new_versions_and_keeps_the_old_one_when_a_new_one_is_b
     assert watcher.current().version == second and watcher.swaps == 2
     bad = _publish_corrupt(root, trained)
     now[0] = 20.0
-    with caplog.at_level("ERROR", logger="ae_pipeline.serving"):
+    with caplog.at_level("ERROR", logger="ae_pipeline.hot_reload"):
         assert watcher.current().version == second
     assert "checksum mismatch" in watcher.failed[bad]
     assert bad in caplog.text and second in caplog.text

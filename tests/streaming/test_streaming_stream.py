@@ -5,7 +5,6 @@ job runs is picked up without a restart."""
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections import Counter
 
@@ -61,12 +60,34 @@ def test_stream_job_on_prism_flags_and_follows_new_versions(
             result,
         )
         second = kit.publish(root, trained)
-        time.sleep(1.0)  # longer than --model_poll_interval_s
+        # Probe records (ids from 5000) until one is scored by the new version: no guess at
+        # how long the job takes to pick it up.
+        probe_rows = iter(kit.normal_rows(10_000, seed=4))
+        probes: list[int] = []
+
+        def second_serves() -> bool:
+            probes.append(5000 + len(probes))
+            record = kit.record(probes[-1], next(probe_rows))
+            kit.produce(bootstrap_servers, inp, [record], start_key=probes[-1])
+            return any(
+                r.get("model_version") == second and r["key"] >= 5000
+                for r in kit.read_all(bootstrap_servers, out, timeout_s=5)
+            )
+
+        kit.wait_until(
+            second_serves,
+            "the new version to serve",
+            timeout_s=TIMEOUT_S,
+            interval_s=0.5,
+            alive=kit.pipeline_alive(result),
+        )
         after = [kit.record(1000 + i, r) for i, r in enumerate(kit.normal_rows(50, seed=3))]
         kit.produce(bootstrap_servers, inp, after)
         _wait_for(
             "the records produced while running",
-            lambda: kit.total(bootstrap_servers, out, dlq) >= len(before) + len(after),
+            lambda: (
+                kit.total(bootstrap_servers, out, dlq) >= len(before) + len(probes) + len(after)
+            ),
             result,
         )
         _wait_for(
@@ -88,14 +109,17 @@ def test_stream_job_on_prism_flags_and_follows_new_versions(
     # Results of the records produced before equal the offline scores of the first version.
     model = ServingModel.load(ModelRegistry(root).path(first), device="cpu", top_k=None)
     offline, _ = model.score_records(before, "flag")
-    by_key = {r["key"]: r for r in results if r["model_version"] == first}
+    by_key = {r["key"]: r for r in results if r["model_version"] == first and r["key"] < 1000}
     assert len(by_key) == 200
     for r in offline:
-        assert by_key[r["key"]]["is_anomaly"] == r["is_anomaly"]
-        assert by_key[r["key"]]["score"] == pytest.approx(r["score"], rel=1e-4)
+        got = by_key[r["key"]]
+        assert got["score"] == pytest.approx(r["score"], rel=1e-4)
+        # float32 sums differ across batch sizes (about 1e-6): compare flags away from the edge
+        if got["score"] != pytest.approx(r["threshold"], rel=1e-4):
+            assert got["is_anomaly"] == r["is_anomaly"]
     assert sum(r["is_anomaly"] for r in offline) >= 5
     # ... and the records produced after the new version was published were scored by it.
-    versions = Counter(r["model_version"] for r in results if r["key"] >= 1000)
+    versions = Counter(r["model_version"] for r in results if 1000 <= r["key"] < 5000)
     assert versions == {second: 50}, versions
 
 
