@@ -37,7 +37,15 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results" / "batch_training.json"
 D = 32
 MODEL = {"hidden_dims": [16], "latent_dim": 4}
-TRAIN = {"epochs": 2, "batch_size": 1024, "lr": 1e-3, "seed": 0, "progress": False}
+# min_steps None: the same epochs as the plain script (the job's small-data budget off)
+TRAIN = {
+    "epochs": 2,
+    "batch_size": 1024,
+    "lr": 1e-3,
+    "seed": 0,
+    "progress": False,
+    "min_steps": None,
+}
 FNAPI = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 

@@ -45,14 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("--input_topic", required=True, help="records to score")
     kafka.add_argument("--output_topic", required=True, help="where results go")
     kafka.add_argument("--dead_letter_topic", required=True, help="where rejected records go")
-    kafka.add_argument("--client", default=DEFAULT_CLIENT, choices=CLIENTS, help="Kafka client")
+    kafka.add_argument(
+        "--client",
+        "--kafka_client",  # the name ae-pipeline stream uses
+        dest="client",
+        default=DEFAULT_CLIENT,
+        choices=CLIENTS,
+        help="Kafka client (alias: --kafka_client)",
+    )
     kafka.add_argument(
         "--kafka_config",
         default=None,
         help="JSON file of extra KafkaConfig settings (security): a local path or any Beam "
         "filesystem path (gs://, s3://, ...)",
     )
-    kafka.add_argument("--max_batch", type=int, default=500, help="records per poll/commit")
+    kafka.add_argument(
+        "--max_batch",
+        "--max_batch_size",  # the name ae-pipeline stream uses
+        dest="max_batch",
+        type=int,
+        default=500,
+        help="records per poll/commit (alias: --max_batch_size)",
+    )
     kafka.add_argument(
         "--poll_timeout_s", type=float, default=0.5, help="seconds one poll waits (more than 0)"
     )
@@ -142,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = consumer.run(max_records=args.max_records, idle_timeout_s=args.idle_timeout_s)
     except (KafkaClientError, DeliveryError, ScoringProcessError) as err:
-        _log.error("stopped; what was not committed will be read again by the group: %s", err)
+        _log.error(
+            "stopped (%s); what was not committed will be read again by the group: %s",
+            type(err).__name__,
+            err,
+            exc_info=_log.isEnabledFor(logging.DEBUG),  # the traceback with --log_level DEBUG
+        )
         return 1
     finally:
         consumer.close()

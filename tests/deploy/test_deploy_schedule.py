@@ -63,7 +63,7 @@ def test_cronjob_trains_on_yesterdays_partition_and_publishes(tmp_path):
             [
                 "--direct_running_mode=in_memory",
                 "--direct_num_workers=1",
-                "--hidden_dims=8 --latent_dim=2 --epochs=3 --patience=0",
+                "--hidden_dims=8 --latent_dim=2 --epochs=3 --patience=0 --min_steps=0",
                 "--device=cpu",
                 f"--work_dir={tmp_path / 'work'}",
                 f"--result_file={result}",
