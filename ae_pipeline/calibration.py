@@ -2,11 +2,15 @@
 
 Three ways to say where "anomalous" starts, all computed on the validation errors:
 
-* ``quantile`` (param q, e.g. 0.99): the q-quantile of the errors;
-* ``fpr`` (param f, e.g. 0.01): the target false-positive rate on normal data, i.e. the
-  (1 - f)-quantile, for validation data believed clean;
-* ``contamination`` (param c, e.g. 0.05): the expected fraction of anomalies in the data, i.e.
-  the (1 - c)-quantile, for data that holds anomalies in that proportion.
+* ``quantile`` (param q, default 0.99, in [0.5, 1)): the q-quantile of the errors;
+* ``fpr`` (param f, default 0.01, in (0, 0.5]): the target false-positive rate on normal data,
+  i.e. the (1 - f)-quantile, for validation data believed clean;
+* ``contamination`` (param c, default 0.01, in (0, 0.5]): the expected fraction of anomalies in
+  the data, i.e. the (1 - c)-quantile, for data that holds anomalies in that proportion.
+
+Each method has its own default parameter (:data:`DEFAULT_PARAMS`), so ``fpr`` alone targets 1%
+false positives; a parameter outside its method's range is refused by :func:`check_threshold`
+before any work starts (``fpr 0.99`` would flag 99% of normal data).
 
 Example:
     >>> import numpy as np
@@ -23,23 +27,96 @@ import numpy as np
 
 METHODS = ("quantile", "fpr", "contamination")
 
+# The parameter each method takes when none is given: all three flag about 1% of normal data.
+DEFAULT_PARAMS = {"quantile": 0.99, "fpr": 0.01, "contamination": 0.01}
+
+# (low, high, low_inclusive, high_inclusive, what the parameter means)
+_RANGES = {
+    "quantile": (0.5, 1.0, True, False, "the share of normal data scored below the threshold"),
+    "fpr": (0.0, 0.5, False, True, "the share of normal data flagged"),
+    "contamination": (0.0, 0.5, False, True, "the expected share of anomalies"),
+}
+
+
+def default_param(method: str) -> float:
+    """The parameter ``method`` uses when none is given (:data:`DEFAULT_PARAMS`).
+
+    Raises:
+        ValueError: unknown method.
+    """
+    check_method(method)
+    return DEFAULT_PARAMS[method]
+
+
+def check_method(method: str) -> str:
+    """``method`` if it is one of :data:`METHODS`; else a ValueError listing them."""
+    if method not in METHODS:
+        raise ValueError(f"threshold method {method!r} is not one of {', '.join(METHODS)}")
+    return method
+
+
+def check_threshold(method: str, param: float | None = None) -> float:
+    """The parameter ``method`` will use: ``param``, or the method's default when None.
+
+    Guarantees the returned value is inside the method's range: quantile in [0.5, 1), fpr and
+    contamination in (0, 0.5].
+
+    Raises:
+        ValueError: unknown method, or a parameter outside the range; the message says what the
+            parameter means and suggests the default (e.g. ``fpr 0.99`` flags 99% of the data).
+    """
+    check_method(method)
+    if param is None:
+        return DEFAULT_PARAMS[method]
+    try:
+        value = float(param)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"threshold param for {method!r} must be a number, got {param!r}"
+        ) from None
+    low, high, low_in, high_in, _ = _RANGES[method]
+    inside = (low <= value if low_in else low < value) and (
+        value <= high if high_in else value < high
+    )
+    if not inside:
+        raise ValueError(
+            f"threshold param {value:g} is out of range for {method!r}: {describe_param(method)}"
+        )
+    return value
+
+
+def describe_param(method: str) -> str:
+    """What ``method``'s parameter means, its range and default, e.g. ``"the share of normal
+    data flagged, in (0, 0.5]; default 0.01"``."""
+    low, high, low_in, high_in, meaning = _RANGES[check_method(method)]
+    span = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+    return f"{meaning}, in {span}; default {DEFAULT_PARAMS[method]:g}"
+
 
 def calibrate(
-    errors: np.ndarray, method: str = "quantile", param: float = 0.99, *, bins: int = 50
+    errors: np.ndarray,
+    method: str = "quantile",
+    param: float | None = None,
+    *,
+    bins: int = 50,
 ) -> dict[str, Any]:
     """The threshold for ``errors`` by ``method`` and ``param``, with a histogram.
+
+    Args:
+        errors: reconstruction errors of (mostly) normal validation data.
+        method: one of :data:`METHODS`.
+        param: the method's parameter; None takes the method's default
+            (:data:`DEFAULT_PARAMS`).
 
     Returns:
         ``{"value", "method", "param", "n_calibration", "histogram": {"edges", "counts"},
         "quantiles": {...}}`` (JSON-serialisable).
 
     Raises:
-        ValueError: unknown method, a param outside (0, 1), or no finite errors.
+        ValueError: unknown method, a param outside the method's range (see
+            :func:`check_threshold`), or no finite errors.
     """
-    if method not in METHODS:
-        raise ValueError(f"threshold method {method!r} is not one of {', '.join(METHODS)}")
-    if not 0.0 < float(param) < 1.0:
-        raise ValueError(f"threshold param for {method!r} must be in (0, 1), got {param}")
+    param = check_threshold(method, param)
     errors = np.asarray(errors, dtype=np.float64).ravel()
     errors = errors[np.isfinite(errors)]
     if errors.size == 0:

@@ -14,7 +14,6 @@ Everything is written under ``out/demo/`` (``--out`` to change it).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -127,16 +126,46 @@ def plot(path: Path, results: list[dict], planted: set[int], threshold: float) -
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out/demo")
-    parser.add_argument("--history_rows", type=int, default=40_000)
-    parser.add_argument("--records", type=int, default=5_000)
-    parser.add_argument("--epochs", type=int, default=25)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True
+PROG = "ae-pipeline demo"
+
+
+def parse_args(argv: list[str] | None):
+    """The demo's options; a mistake raises :class:`~ae_pipeline.beam.options.UsageError`."""
+    from ae_pipeline.beam.options import LOG_LEVELS, StrictArgumentParser, UsageError
+
+    parser = StrictArgumentParser(prog=PROG, description=__doc__)
+    parser.add_argument("--out", default="out/demo", help="where everything is written")
+    parser.add_argument(
+        "--history_rows", type=int, default=40_000, help="rows of historical data to train on"
     )
+    parser.add_argument("--records", type=int, default=5_000, help="records streamed to Kafka")
+    parser.add_argument("--epochs", type=int, default=25, help="training epochs (at most)")
+    parser.add_argument(
+        "--log_level",
+        default="WARNING",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="INFO adds the jobs' own progress lines, DEBUG Beam's and Kafka's too",
+    )
+    args = parser.parse_args(argv)
+    for name, low in (("history_rows", 1000), ("records", 100), ("epochs", 1)):
+        if getattr(args, name) < low:
+            raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ae-pipeline demo``: 0 when every record came back scored or dead-lettered."""
+    from ae_pipeline.beam.options import run_command
+
+    return run_command(PROG, _run, argv)
+
+
+def _run(argv: list[str]) -> int:
+    from ae_pipeline.beam.options import configure_logging
+
+    args = parse_args(argv)
+    configure_logging(args.log_level)
 
     from ae_pipeline.kafka import create_topics
     from ae_pipeline.local.kafka_broker import KafkaBroker
@@ -166,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             "--threshold_param=0.005",
             f"--work_dir={out / 'work'}",
             "--progress=false",
+            f"--log_level={args.log_level}",
             *runner_args("fnapi"),
         ]
     )
@@ -204,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                 "--bounded",
                 *runner_args("prism"),
             ],
-            log_level=logging.WARNING,
+            log_level=logging.getLevelName(args.log_level),
         )
+        configure_logging(args.log_level)  # the job may have set its own
         elapsed = time.perf_counter() - t0
         results = read_topic(bootstrap, "sensors-flags", len(records) - 5)
         dead = read_topic(bootstrap, "sensors-dead-letters", 5)

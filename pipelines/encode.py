@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import sys
 import uuid
 
@@ -24,23 +23,32 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from ae_pipeline.beam.options import (
+    LoggingOptions,
     ModelLocationOptions,
     ParquetInputOptions,
+    ParquetOutputOptions,
+    UsageError,
     add_switch,
-    exit_with_help_if_asked,
+    configure_logging,
+    parse_options,
+    requested_log_level,
     require,
+    run_command,
 )
 from ae_pipeline.beam.parquet import REJECTED, Block, ReadFeatureBlocks
 from ae_pipeline.features import FeatureSpec, Scaler
 
+PROG = "ae-pipeline encode"
 
-class EncodeOptions(ModelLocationOptions, ParquetInputOptions, PipelineOptions):
+
+class EncodeOptions(
+    LoggingOptions, ModelLocationOptions, ParquetInputOptions, ParquetOutputOptions, PipelineOptions
+):
     """Options of the encode job (plus every Beam pipeline option)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--output", default=None, help="output directory for the codes")
-        add_switch(parser, "--with_errors", help="add reconstruction errors")
+        add_switch(parser, "--with_errors", help="add a reconstruction_error column")
 
 
 def resolve_model_dir(model_root: str | None, version_dir: str | None) -> str:
@@ -50,11 +58,11 @@ def resolve_model_dir(model_root: str | None, version_dir: str | None) -> str:
     if version_dir:
         return version_dir
     if not model_root:
-        raise ValueError("give --model_root (newest version) or --model_version_dir")
+        raise UsageError("give --model_root (newest version) or --model_version_dir")
     registry = ModelRegistry(model_root)
     latest = registry.latest()
     if latest is None:
-        raise FileNotFoundError(f"no published model version under {model_root}")
+        raise UsageError(f"--model_root {model_root}: no published model version there")
     return registry.path(latest)
 
 
@@ -92,22 +100,50 @@ class _EncodeBlock(beam.DoFn):
         yield len(block)
 
 
-def run(argv: list[str] | None = None) -> dict:
-    """Run the encode job; returns ``{"rows": n, "rejected": m, "model": dir}``."""
-    exit_with_help_if_asked(argv, EncodeOptions, "ae-pipeline encode", __doc__)
-    options = PipelineOptions(argv)
+def prepare(
+    argv: list[str] | None,
+) -> tuple[PipelineOptions, EncodeOptions, str, ReadFeatureBlocks]:
+    """Parse and check the options, load the model and check the input's schema against its
+    feature columns (no pipeline is built).
+
+    Returns:
+        ``(options, opts, model_dir, read)``: ``read`` is the input's transform.
+
+    Raises:
+        UsageError: an unknown option, a missing flag, a model that cannot be loaded, or input
+            without the model's columns.
+    """
+    options = parse_options(argv, EncodeOptions, PROG, __doc__)
     opts = options.view_as(EncodeOptions)
     require(opts.input, "input", "the Parquet file, glob or directory to encode")
     require(opts.output, "output", "the directory to write the codes to")
-    model_dir = resolve_model_dir(opts.model_root, opts.model_version_dir)
-    from ae_pipeline.artifact import load_artifact
+    if opts.block_rows < 1:
+        raise UsageError(f"--block_rows must be >= 1, got {opts.block_rows}")
+    try:
+        model_dir = resolve_model_dir(opts.model_root, opts.model_version_dir)
+        from ae_pipeline.artifact import load_artifact
 
-    art = load_artifact(model_dir)
-    spec = FeatureSpec(columns=list(art.feature_columns or []), key_column=opts.key_column)
+        art = load_artifact(model_dir)
+        spec = FeatureSpec(columns=list(art.feature_columns or []), key_column=opts.key_column)
+        read = ReadFeatureBlocks(opts.input, spec, block_rows=opts.block_rows)
+    except UsageError:
+        raise
+    except (ValueError, OSError) as e:  # ArtifactError, SchemaError, no files, unreadable
+        raise UsageError(str(e)) from e
+    return options, opts, model_dir, read
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Run the encode job; returns ``{"rows": n, "rejected": m, "model": dir}``.
+
+    Raises:
+        UsageError: before any work, for a mistake on the command line.
+    """
+    options, opts, model_dir, read_input = prepare(argv)
     FileSystems.mkdirs(opts.output) if not FileSystems.exists(opts.output) else None
     summary = FileSystems.join(opts.output, "_SUMMARY.json")
     with beam.Pipeline(options=options) as p:
-        read = p | "Read" >> ReadFeatureBlocks(opts.input, spec, block_rows=opts.block_rows)
+        read = p | "Read" >> read_input
         rows = (
             read["blocks"]
             | "Encode"
@@ -128,9 +164,7 @@ def run(argv: list[str] | None = None) -> dict:
             _write_summary, beam.pvalue.AsSingleton(n_rejected), summary, model_dir
         )
     with FileSystems.open(summary) as f:
-        result = json.loads(f.read())
-    print(json.dumps(result))
-    return result
+        return json.loads(f.read())
 
 
 def _write_summary(rows: int, rejected: int, path: str, model_dir: str) -> None:
@@ -140,12 +174,16 @@ def _write_summary(rows: int, rejected: int, path: str, model_dir: str) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
-    )
-    run(argv)
+def _main(argv: list[str]) -> int:
+    configure_logging(requested_log_level(argv))
+    result = run(argv)
+    print(json.dumps(result), flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ae-pipeline encode``: 0 done, 2 a usage error (one line)."""
+    return run_command(PROG, _main, argv)
 
 
 if __name__ == "__main__":

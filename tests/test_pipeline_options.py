@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import pipelines.consume
 import pipelines.encode
+import pipelines.score
 import pipelines.stream
 import pipelines.train
 from ae_pipeline.beam.options import add_switch, parse_bool, read_json_config
@@ -45,6 +46,7 @@ def test_runners_see_every_job_flag_as_known(caplog):
         pipelines.stream.StreamOptions,
         pipelines.train.TrainOptions,
         pipelines.encode.EncodeOptions,
+        pipelines.score.ScoreOptions,
     ):
         assert PipelineOptions in options_class.__bases__, options_class
     with caplog.at_level("WARNING", logger="apache_beam.options.pipeline_options"):
@@ -59,6 +61,7 @@ FLAG_OF = {
     "stream": "--dead_letter_topic",
     "consume": "--dead_letter_topic",
     "demo": "--records",
+    "score": "--label_column",
 }
 
 

@@ -4,17 +4,38 @@ Beam registers every :class:`PipelineOptions` subclass globally and parses all o
 so a flag may be defined by one class only, and no flag may be argparse-``required`` (another
 job's run would demand it). The jobs' own option classes inherit these shared ones and check
 what they need themselves, with a message naming the flag.
+
+Beam's own parsing drops an option it does not know (``--epohcs 2`` would train the default
+epochs). :func:`parse_options` is the commands' front door instead: ``--help`` with every
+default, and an unknown option, an abbreviation or an option of another command refused with
+a :class:`UsageError` naming the closest valid one, while Beam's options (``--runner``,
+``--temp_location``, ...) pass. :func:`run_command` turns a :class:`UsageError` into one line on
+stderr and exit status 2 (``--log_level DEBUG`` adds the traceback); :func:`configure_logging`
+keeps Beam's INFO chatter out of a successful run.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 
 from ae_pipeline.local.runners import STREAMING_JOB_SERVER_TIMEOUT_S
+
+
+class UsageError(ValueError):
+    """A mistake the user can fix on the command line; the message is one line saying what is
+    wrong and what to change. The commands print it as ``PROG: error: MESSAGE`` and exit 2."""
+
 
 TRUE_WORDS = frozenset({"true", "yes", "y", "on", "1"})
 FALSE_WORDS = frozenset({"false", "no", "n", "off", "0"})
@@ -104,34 +125,314 @@ class ParquetInputOptions(PipelineOptions):
         g.add_argument("--block_rows", type=int, default=65536, help="rows per Beam element")
 
 
+class LabelOptions(PipelineOptions):
+    """A label column of the Parquet input (``train``: supervised fine-tuning; ``score``:
+    evaluation). Defined once here: Beam parses every job's options together."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--label_column",
+            default=None,
+            help="integer labels (train: classes for supervised fine-tuning; score: 1 for an "
+            "anomaly, 0 for normal, to evaluate); never a feature",
+        )
+
+
+class ScoringOptions(PipelineOptions):
+    """How records are flagged, shared by ``stream`` and ``score`` (Beam parses every job's
+    options together, so each flag is defined by one class only)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("flagging")
+        g.add_argument(
+            "--threshold",
+            type=float,
+            default=None,
+            help="override the model's calibrated threshold (default: the model's)",
+        )
+        g.add_argument("--top_k", type=int, default=5, help="contributions per flag (0: all)")
+
+
+class ParquetOutputOptions(PipelineOptions):
+    """Where a batch job writes its Parquet output (``encode``, ``score``)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--output", default=None, help="output directory (required)")
+
+
 def require(value, flag: str, what: str):
-    """Return ``value`` or raise a ValueError telling the user which flag to set."""
+    """Return ``value`` or raise a :class:`UsageError` telling the user which flag to set."""
     if value in (None, ""):
-        raise ValueError(f"missing --{flag}: {what}")
+        raise UsageError(f"missing --{flag}: {what}")
     return value
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# Loggers that narrate a healthy run (type hints, runner stages, worker start-up): WARNING and
+# above only, unless the user asks for DEBUG.
+CHATTY_LOGGERS = ("apache_beam", "kafka", "urllib3", "fsspec", "matplotlib", "PIL")
+
+
+class LoggingOptions(PipelineOptions):
+    """``--log_level``: the root log level of a command (and when its tracebacks show)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--log_level",
+            default="INFO",
+            type=str.upper,
+            choices=LOG_LEVELS,
+            help="DEBUG also shows Beam's own INFO lines and the traceback of a usage error",
+        )
+
+
+class _QuietBeam(logging.Filter):
+    """Drops Beam's records below WARNING, including those Beam logs through the root logger
+    (``Missing pipeline option (runner)...``)."""
+
+    _marker = f"{os.sep}apache_beam{os.sep}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Beam's Cython-compiled modules log with a relative path: apache_beam/runners/....
+        path = os.sep + (record.pathname or "")
+        return record.levelno >= logging.WARNING or self._marker not in path
+
+
+def configure_logging(level: str | int = "INFO", *, fmt: str | None = None) -> None:
+    """Log to stderr at ``level``; Beam's and Kafka's chatty loggers at WARNING unless DEBUG.
+
+    Guarantees that a successful run at INFO shows only this program's own progress lines
+    (and any warning); DEBUG shows everything.
+    """
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
+    logging.basicConfig(
+        level=level, format=fmt or "%(levelname)s %(name)s: %(message)s", force=True
+    )
+    debug = level <= logging.DEBUG
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.WARNING)
+    if not debug:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietBeam())
+
+
+def requested_log_level(argv: list[str] | None) -> str:
+    """The ``--log_level`` that ``argv`` asks for (either spelling, any case); INFO when none
+    or not a valid level (the option parser then names the mistake)."""
+    argv = list(argv or [])
+    level = "INFO"
+    for i, arg in enumerate(argv):
+        if arg.startswith("--log_level="):
+            level = arg.split("=", 1)[1]
+        elif arg == "--log_level" and i + 1 < len(argv):
+            level = argv[i + 1]
+    return level.upper() if level.upper() in LOG_LEVELS else "INFO"
+
+
+def report_usage_error(prog: str, error: BaseException, argv: list[str] | None) -> int:
+    """Print ``PROG: error: MESSAGE`` (one line) on stderr; the traceback too with
+    ``--log_level DEBUG``. Returns the exit status 2."""
+    if requested_log_level(argv) == "DEBUG":
+        traceback.print_exception(error, file=sys.stderr)
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_command(prog: str, body: Callable[[list[str]], int], argv: list[str] | None) -> int:
+    """Run a command's ``body(argv)``; a :class:`UsageError` becomes one line and exit 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return body(argv)
+    except UsageError as error:
+        return report_usage_error(prog, error, argv)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the module docstring's layout and appends ``(default: ...)`` to each option whose
+    help does not already state its default (None and empty defaults are not shown)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            action.option_strings
+            and "default" not in text
+            and action.default not in (None, "", argparse.SUPPRESS)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _StrictParser(argparse.ArgumentParser):
+    """A parser whose errors raise :class:`UsageError` instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+class StrictArgumentParser(_StrictParser):
+    """``argparse`` for a command not built on PipelineOptions (``ae-pipeline demo``).
+
+    Guarantees: ``--help`` shows every option's default; an unknown option or an abbreviation
+    is refused naming the closest valid one, and any parse error raises :class:`UsageError`
+    (one line) instead of printing usage and exiting.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        _show_defaults(self)
+        return super().format_help()
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            own = {s for s in self._option_string_actions if s.startswith("--")}
+            raise UsageError(_unknown_message(unknown, own, own, self.prog))
+        return namespace
+
+
+def help_parser(
+    options_class: type, prog: str, doc: str | None, *, epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """A parser of ``options_class``'s own flags (and those it inherits from our option
+    classes), for ``--help``: every flag with its help and default."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=doc,
+        formatter_class=HelpFormatter,
+        epilog=epilog
+        or "Plus any Beam pipeline option (--runner, --temp_location, --direct_num_workers, ...).",
+    )
+    for cls in _own_classes(options_class):
+        cls._add_argparse_args(parser)
+    _show_defaults(parser)
+    return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give options without help a ``(default: ...)`` line: argparse prints nothing after an
+    option whose help is None, so :class:`HelpFormatter` would never see it."""
+    for action in parser._actions:
+        if action.help is None and action.default not in (None, "", argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"
+
+
+def _own_classes(options_class: type) -> list[type]:
+    return [
+        cls
+        for cls in reversed(options_class.mro())
+        if "_add_argparse_args" in cls.__dict__ and cls is not PipelineOptions
+    ]
+
+
+def _is_ours(cls: type) -> bool:
+    module = cls.__module__ or ""
+    return module == "__main__" or module.split(".")[0] in ("ae_pipeline", "pipelines")
+
+
+def _accepting_parser(options_class: type, prog: str) -> tuple[argparse.ArgumentParser, set[str]]:
+    """A parser of Beam's (and third-party plugins') options plus ``options_class``'s own, and
+    the set of ``options_class``'s own flags. Options of our other commands are left out."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    class Parser(_StrictParser, _BeamArgumentParser):
+        pass
+
+    parser = Parser(prog=prog, allow_abbrev=False, add_help=False)
+    own = _own_classes(options_class)
+    others: dict[str, type] = {}
+    for cls in PipelineOptions.__subclasses__():  # the same classes Beam parses
+        if not _is_ours(cls):
+            others[str(cls)] = cls
+    for cls in others.values():
+        cls._add_argparse_args(parser)
+    before = set(parser._option_string_actions)
+    for cls in own:
+        cls._add_argparse_args(parser)
+    return parser, set(parser._option_string_actions) - before
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def _unknown_message(unknown: list[str], own: set[str], known: set[str], prog: str) -> str:
+    flags = [
+        a.split("=", 1)[0] for a in unknown if a.startswith("-") and not _NEGATIVE_NUMBER.match(a)
+    ]
+    if not flags:
+        return (
+            f"unexpected argument {unknown[0]!r} (options are written --name=value); "
+            f"see {prog} --help"
+        )
+    parts = []
+    for flag in dict.fromkeys(flags):
+        close = difflib.get_close_matches(flag, sorted(own), n=1, cutoff=0.6) or (
+            difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.75)
+        )
+        parts.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+    noun = "option" if len(parts) == 1 else "options"
+    return f"unrecognized {noun} {', '.join(parts)}; see {prog} --help"
+
+
+def parse_options(
+    argv: list[str] | None, options_class: type, prog: str, doc: str | None = None
+) -> PipelineOptions:
+    """The command's options from ``argv``, checked before any work starts.
+
+    ``-h``/``--help`` prints ``options_class``'s flags with their defaults and exits 0. Beam's
+    own options (``--runner``, ``--temp_location``, ...) and those of installed Beam plugins
+    pass; any other option, an abbreviation, or an option of another ``ae-pipeline`` command is
+    refused, naming it and the closest valid one.
+
+    Raises:
+        UsageError: an unknown option, a stray argument, or a value argparse cannot take (one
+            line, naming the option).
+    """
+    argv = list(argv or [])
+    if {"-h", "--help"} & set(argv):
+        help_parser(options_class, prog, doc).print_help()
+        sys.exit(0)
+    parser, own = _accepting_parser(options_class, prog)
+    _, unknown = parser.parse_known_args(argv)
+    if unknown:
+        known = {s for s in parser._option_string_actions if s.startswith("--")}
+        raise UsageError(_unknown_message(unknown, own, known, prog))
+    return PipelineOptions(argv)
+
+
+def given_options(argv: list[str] | None, options_class: type) -> set[str]:
+    """The destinations (``epochs``, ``hidden_dims``, ...) of ``options_class``'s own flags that
+    ``argv`` sets explicitly, whatever the value (a default repeated on the command line
+    counts as given)."""
+    parser = _StrictParser(allow_abbrev=False, add_help=False)
+    for cls in _own_classes(options_class):
+        cls._add_argparse_args(parser)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    namespace, _ = parser.parse_known_args(list(argv or []))
+    return set(vars(namespace))
 
 
 def exit_with_help_if_asked(argv: list[str] | None, options_class: type, prog: str, doc: str):
     """Print the job's own options (not only Beam's) for ``-h``/``--help``, then exit 0.
 
     ``PipelineOptions(argv)`` would print an empty usage; this lists every flag of
-    ``options_class`` and of the option classes it inherits, with their help text.
+    ``options_class`` and of the option classes it inherits, with their help text and default.
+    (:func:`parse_options` does this and refuses unknown options too.)
     """
-    import argparse
-    import sys
-
     if not argv or not {"-h", "--help"} & set(argv):
         return
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=doc,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Plus any Beam pipeline option (--runner, --streaming, --temp_location, ...).",
-    )
-    for cls in reversed(options_class.mro()):
-        if "_add_argparse_args" in cls.__dict__ and cls is not PipelineOptions:
-            cls._add_argparse_args(parser)
-    parser.print_help()
+    help_parser(options_class, prog, doc).print_help()
     sys.exit(0)
 
 
