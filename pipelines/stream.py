@@ -39,12 +39,13 @@ from apache_beam.runners.runner import PipelineResult
 
 from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords, message_size
 from ae_pipeline.beam.options import (
+    FLINK_JAVA_FLAGS,
     ModelLocationOptions,
     ScoringOptions,
     UsageError,
     add_switch,
-    exit_with_help_if_asked,
     keep_watching_streaming_jobs,
+    parse_options,
     read_json_config,
     run_command,
 )
@@ -369,8 +370,7 @@ def main(
         UsageError: before anything starts, for an option that cannot work (``ae-pipeline
             stream`` prints it as one line and exits 2).
     """
-    exit_with_help_if_asked(argv, StreamOptions, PROG, __doc__)
-    options = PipelineOptions(argv)
+    options = parse_options(argv, StreamOptions, PROG, __doc__, java_flags=FLINK_JAVA_FLAGS)
     keep_watching_streaming_jobs(options)
     opts = options.view_as(StreamOptions)
     check_options(opts)

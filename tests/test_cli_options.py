@@ -107,6 +107,8 @@ def test_train_refuses_an_unknown_option_naming_the_closest(
         ("score", "--top_kk", "--top_k"),
         ("score", "--lable_column", "--label_column"),
         ("demo", "--histroy_rows", "--history_rows"),
+        ("stream", "--mdoe", "--mode"),
+        ("stream", "--checkpointing_intervall", "--checkpointing_interval"),
     ],
 )
 def test_every_command_refuses_an_unknown_option(tmp_path, capsys, command, wrong, right):
@@ -355,3 +357,54 @@ def test_beam_info_lines_are_hidden_unless_debug(capsys):
         assert ("type hint" in err) is shown and ("Missing pipeline option" in err) is shown
         assert ("compiled" in err) is shown
         assert "a warning" in err and "ours" in err
+
+
+def test_stream_passes_the_java_flink_options_on(tmp_path):
+    """Java-only Flink options reach Beam (which hands them to the job server); ours are
+    still checked."""
+    from ae_pipeline.beam.options import FLINK_JAVA_FLAGS, parse_options
+
+    argv = [
+        "--runner=FlinkRunner",
+        "--checkpointing_interval=10000",
+        "--finish_bundle_before_checkpointing",
+        "--state_backend",
+        "rocksdb",
+        f"--model_root={tmp_path}",
+    ]
+    options = parse_options(
+        argv, pipelines.stream.StreamOptions, "ae-pipeline stream", java_flags=FLINK_JAVA_FLAGS
+    )
+    retained = options.get_all_options(retain_unknown_options=True)
+    assert retained["checkpointing_interval"] == "10000"  # passed on as text, as Beam does
+    assert retained["state_backend"] == "rocksdb"
+    with pytest.raises(UsageError, match="--mdoe"):
+        parse_options(
+            [*argv, "--mdoe=flag"],
+            pipelines.stream.StreamOptions,
+            "ae-pipeline stream",
+            java_flags=FLINK_JAVA_FLAGS,
+        )
+
+
+def test_the_java_flink_options_are_those_of_the_flink_runner_jar():
+    """Each flag of FLINK_JAVA_FLAGS is a getter of FlinkPipelineOptions in the Flink job
+    server's jars (resolved by make setup)."""
+    import re
+    import zipfile
+
+    from ae_pipeline.beam.options import FLINK_JAVA_FLAGS
+    from ae_pipeline.local.paths import classpath_dir
+
+    getters = set()
+    for jar in (classpath_dir("flink") / "lib").glob("beam-runners-flink*.jar"):
+        with zipfile.ZipFile(jar) as zf:
+            for entry in zf.namelist():
+                if entry.endswith("FlinkPipelineOptions.class"):
+                    getters.update(re.findall(rb"get([A-Z][A-Za-z0-9]*)", zf.read(entry)))
+    snake = {
+        "--" + re.sub(r"(?<!^)(?=[A-Z])", "_", g.decode()[0].lower() + g.decode()[1:]).lower()
+        for g in getters
+    }
+    assert snake >= FLINK_JAVA_FLAGS, sorted(FLINK_JAVA_FLAGS - snake)
+    assert "--checkpointing_interval" in FLINK_JAVA_FLAGS

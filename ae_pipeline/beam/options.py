@@ -384,8 +384,75 @@ def _unknown_message(unknown: list[str], own: set[str], known: set[str], prog: s
     return f"unrecognized {noun} {', '.join(parts)}; see {prog} --help"
 
 
+# Options of the Java side of Beam's Flink runner (FlinkPipelineOptions at Beam 2.62, in
+# Python's spelling): Beam passes flags that Python does not define on to the Java job server,
+# so a job that may run on Flink accepts these too. tests/test_cli_options.py checks the list
+# against the getters of FlinkPipelineOptions in the Flink runner jar.
+FLINK_JAVA_FLAGS = frozenset(
+    "--" + name
+    for name in (
+        "allow_non_restored_state",
+        "attached_mode",
+        "auto_watermark_interval",
+        "checkpoint_timeout_millis",
+        "checkpointing_interval",
+        "checkpointing_mode",
+        "disable_metrics",
+        "enable_stable_input_drain",
+        "execution_mode_for_batch",
+        "execution_retry_delay",
+        "fail_on_checkpointing_errors",
+        "faster_copy",
+        "file_input_split_max_size_m_b",
+        "finish_bundle_before_checkpointing",
+        "flink_conf_dir",
+        "force_unaligned_checkpoint_enabled",
+        "job_check_interval_in_secs",
+        "latency_tracking_interval",
+        "max_bundle_size",
+        "max_bundle_time_mills",
+        "min_pause_between_checkpoints",
+        "num_concurrent_checkpoints",
+        "number_of_execution_retries",
+        "object_reuse",
+        "operator_chaining",
+        "re_iterable_group_by_key_result",
+        "report_checkpoint_duration",
+        "retain_externalized_checkpoints_on_cancellation",
+        "savepoint_path",
+        "shutdown_sources_after_idle_ms",
+        "state_backend",
+        "state_backend_factory",
+        "state_backend_storage_path",
+        "unaligned_checkpoint_enabled",
+        "use_data_stream_for_batch",
+    )
+)
+
+
+def _without_flags(argv: list[str], flags: frozenset[str]) -> list[str]:
+    """``argv`` less the given flags (``--f=v``, ``--f v`` or a bare switch ``--f``)."""
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg.split("=", 1)[0] in flags:
+            following = argv[i + 1] if i + 1 < len(argv) else "--"
+            skip = "=" not in arg and not following.startswith("--")
+            continue
+        out.append(arg)
+    return out
+
+
 def parse_options(
-    argv: list[str] | None, options_class: type, prog: str, doc: str | None = None
+    argv: list[str] | None,
+    options_class: type,
+    prog: str,
+    doc: str | None = None,
+    *,
+    java_flags: frozenset[str] = frozenset(),
 ) -> PipelineOptions:
     """The command's options from ``argv``, checked before any work starts.
 
@@ -393,6 +460,9 @@ def parse_options(
     own options (``--runner``, ``--temp_location``, ...) and those of installed Beam plugins
     pass; any other option, an abbreviation, or an option of another ``ae-pipeline`` command is
     refused, naming it and the closest valid one.
+
+    ``java_flags``: options defined only on the Java side of a runner (e.g.
+    :data:`FLINK_JAVA_FLAGS`), accepted and passed on as Beam does.
 
     Raises:
         UsageError: an unknown option, a stray argument, or a value argparse cannot take (one
@@ -403,9 +473,9 @@ def parse_options(
         help_parser(options_class, prog, doc).print_help()
         sys.exit(0)
     parser, own = _accepting_parser(options_class, prog)
-    _, unknown = parser.parse_known_args(argv)
+    _, unknown = parser.parse_known_args(_without_flags(argv, java_flags))
     if unknown:
-        known = {s for s in parser._option_string_actions if s.startswith("--")}
+        known = {s for s in parser._option_string_actions if s.startswith("--")} | java_flags
         raise UsageError(_unknown_message(unknown, own, known, prog))
     return PipelineOptions(argv)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import apache_beam as beam
@@ -125,16 +124,6 @@ def test_ensembles_with_zscore_and_iqr(job_results):
 
 
 # ---------------------------------------------------------------- on the pinned Beam (2.62)
-
-
-@pytest.fixture(scope="module")
-def version_dir(tmp_path_factory) -> str:
-    sys.path.insert(0, str(HERE))
-    try:
-        import anomaly_model
-    finally:
-        sys.path.remove(str(HERE))
-    return anomaly_model.publish(str(tmp_path_factory.mktemp("models")))
 
 
 def test_row_handler_under_run_inference_on_the_pinned_beam(version_dir):

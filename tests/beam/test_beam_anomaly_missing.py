@@ -4,7 +4,6 @@ and the reason ``internal``; the other rows of the batch keep their scores."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import apache_beam as beam
@@ -27,16 +26,6 @@ class BrokenRow:
 
     def _asdict(self):
         raise RuntimeError("unreadable row")
-
-
-@pytest.fixture(scope="module")
-def version_dir(tmp_path_factory) -> str:
-    sys.path.insert(0, str(HERE))
-    try:
-        import anomaly_model
-    finally:
-        sys.path.remove(str(HERE))
-    return anomaly_model.publish(str(tmp_path_factory.mktemp("models")))
 
 
 def test_a_row_that_breaks_its_batch_is_unscored_and_the_rest_scored(version_dir):
