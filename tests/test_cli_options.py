@@ -19,7 +19,6 @@ import pipelines.encode
 import pipelines.stream  # registers stream's options: train must still refuse them
 import pipelines.train
 from ae_pipeline.beam.options import (
-    CHATTY_LOGGERS,
     StrictArgumentParser,
     UsageError,
     configure_logging,
@@ -28,19 +27,6 @@ from ae_pipeline.beam.options import (
 )
 from ae_pipeline.calibration import DEFAULT_PARAMS, calibrate, check_threshold
 from ae_pipeline.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """configure_logging() changes process-wide logging; put it back for the other tests."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, value in levels.items():
-        logging.getLogger(name).setLevel(value)
 
 
 @pytest.fixture

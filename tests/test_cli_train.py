@@ -5,7 +5,6 @@ newest version's architecture and scaler, and a deep stacked model trained from 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -18,24 +17,12 @@ import pytest
 
 import pipelines.train
 from ae_pipeline.artifact import load_artifact
-from ae_pipeline.beam.options import CHATTY_LOGGERS, given_options, parse_options
+from ae_pipeline.beam.options import given_options, parse_options
 from ae_pipeline.cli import main
 from ae_pipeline.local.runners import runner_args
 from ae_pipeline.registry import ModelRegistry
 
 CLI = [sys.executable, "-m", "ae_pipeline.cli"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, value in levels.items():
-        logging.getLogger(name).setLevel(value)
 
 
 def _table(path: Path, x: np.ndarray, prefix: str = "f", **extra) -> Path:
