@@ -12,6 +12,13 @@ uncommitted batches (duplicates, never losses); results carry the input
 ``topic``/``partition``/``offset`` so that consumers downstream can count or drop duplicates.
 Run N processes with the same group id to scale out (up to the number of partitions).
 
+With ``processing_guarantee="exactly_once"`` the same loop runs in Kafka transactions: batch
+k's results and dead letters are sent in a transaction, and when it is confirmed its offsets are
+sent into it (with the group metadata of the poll that read it: KIP-447 fencing) and it commits.
+Any failure aborts it, drops the batches scored past it and moves the partitions back to the
+committed offsets; the input is read with ``read_committed``. A ``read_committed`` reader of the
+outputs then sees every record once, whatever crashes, rebalances or zombies happen.
+
 Where the process may use 2 CPUs or more (affinity and cgroup quota), the scoring runs in a
 child process by default (:class:`~ae_pipeline.scoring_process.ScoringProcess`;
 ``scoring_process=None``, ``--scoring_process=auto``): batch ``k + 1`` is scored there while this
@@ -49,6 +56,7 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -61,6 +69,7 @@ from ae_pipeline.kafka import (
     KafkaConsumerClient,
     KafkaProducerClient,
     TopicPartition,
+    TransactionError,
     create_consumer,
     create_producer,
     next_offsets,
@@ -85,6 +94,13 @@ from ae_pipeline.serving import (
 
 _log = logging.getLogger(__name__)
 
+AT_LEAST_ONCE = "at_least_once"
+EXACTLY_ONCE = "exactly_once"
+PROCESSING_GUARANTEES = (AT_LEAST_ONCE, EXACTLY_ONCE)
+DEFAULT_TRANSACTION_TIMEOUT_S = 10.0
+# Aborted transactions in a row (no commit between them) before the run gives up.
+MAX_ABORTS_IN_A_ROW = 10
+
 
 @dataclass
 class ConsumerStats:
@@ -99,6 +115,10 @@ class ConsumerStats:
         batches: batches processed (each produced, flushed and committed).
         commit_failures: commits refused or lost (e.g. after a rebalance or a broker restart;
             the batch will be replayed unless a later commit covers it).
+        aborted_transactions: transactions aborted and their batches read again
+            (``exactly_once``; e.g. after a rebalance or a broker restart).
+        producer_restarts: transactional producers replaced after a fatal error
+            (``exactly_once``).
         model_version: the version that scored the last batch.
         model_swaps: how many times a model was (re)loaded.
         seconds: wall time of :meth:`ScoringConsumer.run`.
@@ -112,6 +132,8 @@ class ConsumerStats:
     anomalies: int = 0
     batches: int = 0
     commit_failures: int = 0
+    aborted_transactions: int = 0
+    producer_restarts: int = 0
     model_version: str | None = None
     model_swaps: int = 0
     seconds: float = 0.0
@@ -160,6 +182,20 @@ class ScoringConsumer:
         assignment_timeout_s: while no partition is assigned, check this often that the
             input topic can be reached (a broker down or a topic missing stops the run with
             :class:`~ae_pipeline.kafka.KafkaClientError`).
+        processing_guarantee: ``"at_least_once"`` (default: outputs first, then the offsets;
+            a crash replays what was written past the last commit) or ``"exactly_once"``
+            (each batch's results, dead letters and offsets in one Kafka transaction, read
+            with ``read_committed``: after a crash, a rebalance or a zombie, a
+            ``read_committed`` reader sees every output once; see the README).
+        transactional_id: ``exactly_once`` only: the producer's transactional id. Default: a
+            fresh ``ae-pipeline.<group>.<random>`` per process (zombies are fenced by the
+            group's generation, KIP-447; the transaction of a process that died stays open
+            until ``transaction_timeout_s``). A stable id per instance (a StatefulSet's pod
+            name) lets a restart abort the dead process's transaction at once; two live
+            processes must never share one.
+        transaction_timeout_s: ``exactly_once`` only: how long the broker lets a transaction
+            stay open before aborting it (what a crashed process costs its partitions'
+            ``read_committed`` readers).
         scoring_process: score in a child process
             (:class:`~ae_pipeline.scoring_process.ScoringProcess`), so that scoring overlaps
             the Kafka I/O on another core (True), or in this process (False); None (default):
@@ -192,6 +228,9 @@ class ScoringConsumer:
         message_key: str = DEFAULT_MESSAGE_KEY,
         wait_for_model_s: float = 0.0,
         assignment_timeout_s: float = 30.0,
+        processing_guarantee: str = AT_LEAST_ONCE,
+        transactional_id: str | None = None,
+        transaction_timeout_s: float = DEFAULT_TRANSACTION_TIMEOUT_S,
         scoring_process: bool | None = None,
         consumer: KafkaConsumerClient | None = None,
         producer: KafkaProducerClient | None = None,
@@ -211,7 +250,21 @@ class ScoringConsumer:
             model_poll_interval_s=model_poll_interval_s,
             wait_for_model_s=wait_for_model_s,
             assignment_timeout_s=assignment_timeout_s,
+            transaction_timeout_s=transaction_timeout_s,
         )
+        self.exactly_once = check_processing_guarantee(processing_guarantee) == EXACTLY_ONCE
+        if transactional_id is not None and (
+            not self.exactly_once or not isinstance(transactional_id, str) or not transactional_id
+        ):
+            raise ValueError(
+                "transactional_id is a non-empty name, and only used with "
+                f"processing_guarantee={EXACTLY_ONCE!r}"
+            )
+        self.fixed_transactional_id = transactional_id is not None
+        self.transactional_id = transactional_id or (
+            f"ae-pipeline.{self.config.group_id}.{uuid.uuid4().hex[:12]}"
+        )
+        self.transaction_timeout_s = transaction_timeout_s
         self.passthrough = check_passthrough(passthrough, mode)
         self.max_message_bytes = check_max_message_bytes(max_message_bytes)
         self.message_key = check_message_key(message_key)
@@ -244,6 +297,7 @@ class ScoringConsumer:
         self._stop = threading.Event()
         self._stop_reason = "stop"
         self._next_refresh = 0.0  # when an idle poll next lets the model check for a version
+        self._aborts_in_a_row = 0
         self.stats = ConsumerStats()
 
     # ------------------------------------------------------------------ control
@@ -311,6 +365,9 @@ class ScoringConsumer:
                 died; nothing it held was committed.
             ae_pipeline.kafka.KafkaClientError: the input topic cannot be reached (broker
                 down, topic missing, not authorised); nothing uncommitted was committed.
+                With ``exactly_once``: :class:`~ae_pipeline.kafka.TransactionError` when
+                transactions keep failing (:data:`MAX_ABORTS_IN_A_ROW` aborts in a row), or
+                when another live process uses this one's fixed ``transactional_id``.
             ValueError: ``max_records`` or ``idle_timeout_s`` is not a positive number.
         """
         check_run_args(max_records, idle_timeout_s)
@@ -318,12 +375,15 @@ class ScoringConsumer:
         self._scorer = self._scorer or self._open_scorer()
         scorer = self._scorer
         consumer = self._consumer or create_consumer(
-            self.config, self.client, max_poll_records=self.max_batch
+            self.config,
+            self.client,
+            max_poll_records=self.max_batch,
+            **({"isolation_level": "read_committed"} if self.exactly_once else {}),
         )
-        producer = self._producer or create_producer(self.config, self.client)
+        producer = self._producer
         _log.info(
             "scoring %s -> %s (dead letters: %s), mode %s, group %s, client %s, model %s, "
-            "scoring %s",
+            "scoring %s, %s",
             self.input_topic,
             self.output_topic,
             self.dead_letter_topic,
@@ -332,66 +392,29 @@ class ScoringConsumer:
             self.client,
             self.stats.model_version,
             "in a child process" if self.scoring_process else "inline",
+            f"exactly once (transactional id {self.transactional_id})"
+            if self.exactly_once
+            else "at least once",
         )
-        polled = self.stats.records_in
         # Batches submitted to the scorer and not yet produced: their offsets, oldest first.
-        scoring: deque[dict[TopicPartition, int]] = deque()
-        in_flight: _Sent | None = None
+        scoring: deque[_Polled] = deque()
         try:
+            producer = producer or self._new_producer()
             consumer.subscribe([self.input_topic])
-            # Idle time counts once partitions are assigned: a restarted member may wait for
-            # the group to rebalance before it gets any.
-            idle_since: float | None = None
-            unassigned_since = time.monotonic()
-            self._next_refresh = time.monotonic() + self._refresh_interval()
-            while not self._stop.is_set():
-                # With a batch in the scorer, only take what is already buffered: waiting here
-                # would hold back that batch's outputs.
-                records = consumer.poll(0 if scoring else self.poll_timeout_s, self.max_batch)
-                if not records:
-                    if scoring:
-                        in_flight = self._drain(scoring, consumer, producer, in_flight)
-                        continue
-                    # Idle: settle the batch in flight with a synchronous commit of every
-                    # written offset (which also repairs a lost asynchronous commit).
+            while True:
+                in_flight: _Sent | None = None
+                try:
+                    in_flight = self._loop(consumer, producer, scoring, max_records, idle_timeout_s)
+                    in_flight = self._drain(scoring, consumer, producer, in_flight)
                     self._confirm(in_flight, consumer, producer, final=True)
-                    in_flight = None
-                    self._refresh_model()
-                    now = time.monotonic()
-                    if idle_since is None:
-                        if _assigned(consumer):
-                            idle_since = now
-                        elif now - unassigned_since >= self.assignment_timeout_s:
-                            # Not assigned for long: fail if the topic cannot be reached (a
-                            # member beyond the partition count simply waits). A client of its
-                            # own asks: metadata requests of the group's client make it rejoin.
-                            topic_partitions(self.config, self.input_topic, client=self.client)
-                            unassigned_since = now
-                    if (
-                        idle_timeout_s is not None
-                        and idle_since is not None
-                        and now - idle_since >= idle_timeout_s
-                    ):
-                        self._stop_reason = "idle"
-                        break
-                    continue
-                idle_since = time.monotonic()
-                scorer.submit(records)
-                scoring.append(next_offsets(records))
-                polled += len(records)
-                while len(scoring) > scorer.depth:
-                    in_flight = self._send(scoring.popleft(), consumer, producer, in_flight)
-                if max_records is not None and polled >= max_records:
-                    self._stop_reason = "max_records"
                     break
-            in_flight = self._drain(scoring, consumer, producer, in_flight)
-            self._confirm(in_flight, consumer, producer, final=True)
-            in_flight = None
+                except TransactionError as err:
+                    producer = self._rewind(err, scoring, consumer, producer)
             self.stats.stopped_by = self._stop_reason
         except BaseException as err:
             # Batches still in the scorer are dropped uncommitted (replayed later); a scoring
             # process that failed is started afresh by the next run().
-            if scoring or isinstance(err, ScoringProcessError):
+            if scoring or scorer.pending or isinstance(err, ScoringProcessError):
                 scorer.close()
                 self._scorer = None
             raise
@@ -399,10 +422,174 @@ class ScoringConsumer:
             self.stats.seconds = time.monotonic() - start
             if self._consumer is None:
                 _close(consumer, "consumer")
-            if self._producer is None:
+            if self._producer is None and producer is not None:
                 _close(producer, "producer")
         _log.info("consumer stopped (%s): %s", self.stats.stopped_by, self.stats.to_dict())
         return self.stats
+
+    def _loop(
+        self,
+        consumer: KafkaConsumerClient,
+        producer: KafkaProducerClient,
+        scoring: deque[_Polled],
+        max_records: int | None,
+        idle_timeout_s: float | None,
+    ) -> _Sent | None:
+        """Polls, scores and sends until stopped, idle or ``max_records``; returns the batch
+        in flight (sent, not yet confirmed). Batches still in the scorer stay in ``scoring``."""
+        scorer = self._scorer
+        assert scorer is not None
+        in_flight: _Sent | None = None
+        polled = self.stats.records_in
+        # Idle time counts once partitions are assigned: a restarted member may wait for
+        # the group to rebalance before it gets any.
+        idle_since: float | None = None
+        unassigned_since = time.monotonic()
+        self._next_refresh = time.monotonic() + self._refresh_interval()
+        while not self._stop.is_set():
+            # With a batch in the scorer, only take what is already buffered: waiting here
+            # would hold back that batch's outputs.
+            records = consumer.poll(0 if scoring else self.poll_timeout_s, self.max_batch)
+            if not records:
+                if scoring:
+                    in_flight = self._drain(scoring, consumer, producer, in_flight)
+                    continue
+                # Idle: settle the batch in flight with a synchronous commit of every
+                # written offset (which also repairs a lost asynchronous commit).
+                self._confirm(in_flight, consumer, producer, final=True)
+                in_flight = None
+                self._refresh_model()
+                now = time.monotonic()
+                if idle_since is None:
+                    if _assigned(consumer):
+                        idle_since = now
+                    elif now - unassigned_since >= self.assignment_timeout_s:
+                        # Not assigned for long: fail if the topic cannot be reached (a
+                        # member beyond the partition count simply waits). A client of its
+                        # own asks: metadata requests of the group's client make it rejoin.
+                        topic_partitions(self.config, self.input_topic, client=self.client)
+                        unassigned_since = now
+                if (
+                    idle_timeout_s is not None
+                    and idle_since is not None
+                    and now - idle_since >= idle_timeout_s
+                ):
+                    self._stop_reason = "idle"
+                    break
+                continue
+            idle_since = time.monotonic()
+            scorer.submit(records)
+            # The group generation the records were read in: a transaction sends their
+            # offsets with it, so that the broker refuses them after a rebalance (KIP-447).
+            scoring.append(
+                _Polled(
+                    next_offsets(records),
+                    consumer.group_metadata() if self.exactly_once else None,
+                )
+            )
+            polled += len(records)
+            while len(scoring) > scorer.depth:
+                in_flight = self._send(scoring.popleft(), consumer, producer, in_flight)
+            if max_records is not None and polled >= max_records:
+                self._stop_reason = "max_records"
+                break
+        return in_flight
+
+    def _new_producer(self) -> KafkaProducerClient:
+        """The producer of the outputs; with ``exactly_once``, transactional and initialised
+        (which fences an older producer of the same transactional id and aborts what it left
+        open)."""
+        if not self.exactly_once:
+            return create_producer(self.config, self.client)
+        producer = create_producer(
+            self.config,
+            self.client,
+            transactional_id=self.transactional_id,
+            transaction_timeout_s=self.transaction_timeout_s,
+        )
+        try:
+            producer.init_transactions(self.flush_timeout_s)
+        except BaseException:
+            _close(producer, "producer")
+            raise
+        return producer
+
+    def _rewind(
+        self,
+        err: TransactionError,
+        scoring: deque[_Polled],
+        consumer: KafkaConsumerClient,
+        producer: KafkaProducerClient,
+    ) -> KafkaProducerClient:
+        """After a failed transaction: aborts it, drops the batches in the scorer, and moves
+        every assigned partition back to the group's committed offset, so that the next polls
+        read again exactly what the aborted transaction held. Returns the producer to go on
+        with (a new one after a fatal error).
+
+        Raises:
+            TransactionError: another live process uses this fixed transactional id, or
+                :data:`MAX_ABORTS_IN_A_ROW` transactions failed without a commit between.
+        """
+        if not self.exactly_once:
+            raise err
+        self._aborts_in_a_row += 1
+        self.stats.aborted_transactions += 1
+        if err.fatal and err.fenced and self.fixed_transactional_id:
+            raise TransactionError(
+                f"another producer took over transactional id {self.transactional_id!r} "
+                f"(two processes must not share one): {err}",
+                fatal=True,
+                fenced=True,
+            ) from None
+        if self._aborts_in_a_row > MAX_ABORTS_IN_A_ROW:
+            raise TransactionError(
+                f"{MAX_ABORTS_IN_A_ROW} transactions in a row failed; the last: {err}",
+                fatal=err.fatal,
+                fenced=err.fenced,
+            ) from None
+        _log.warning(
+            "transaction aborted (%s); reading its records again from the committed offsets",
+            err,
+        )
+        assert self._scorer is not None
+        # Everything scored past the failed transaction is read again. The scorer may hold one
+        # batch more than ``scoring`` lists (taken off it by a _send whose confirm failed).
+        scoring.clear()
+        while self._scorer.pending:
+            self._scorer.collect()
+        if not err.fatal:
+            try:
+                producer.abort_transaction(min(self.flush_timeout_s, self.transaction_timeout_s))
+            except TransactionError as abort_err:
+                _log.warning("aborting failed too (%s): a new producer takes over", abort_err)
+                err = abort_err
+                err.fatal = True
+        if err.fatal:
+            self.stats.producer_restarts += 1
+            _abort_producer(producer)
+            # Back off a little (a broker coming back, a coordinator moving).
+            self._stop.wait(min(5.0, 0.2 * 2**self._aborts_in_a_row))
+            producer = self._new_producer()
+        self._seek_to_committed(consumer)
+        return producer
+
+    def _seek_to_committed(self, consumer: KafkaConsumerClient) -> None:
+        """Moves each assigned partition to the group's committed offset (its first offset
+        where the group has none, as ``auto_offset_reset="earliest"``)."""
+        assigned = sorted(consumer.assignment())
+        if not assigned:
+            return
+        committed = consumer.committed(assigned)
+        missing = [tp for tp, offset in committed.items() if offset is None]
+        first = consumer.beginning_offsets(missing) if missing else {}
+        offsets = {tp: first[tp] if o is None else o for tp, o in committed.items()}
+        try:
+            consumer.seek(offsets)
+        except KafkaClientError:
+            # A rebalance took partitions meanwhile: those the group assigns again start from
+            # the committed offsets anyway; the ones still held must be moved back.
+            held = consumer.assignment()
+            consumer.seek({tp: o for tp, o in offsets.items() if tp in held})
 
     def _refresh_interval(self) -> float:
         interval = self._model_args["interval_s"]
@@ -432,7 +619,7 @@ class ScoringConsumer:
 
     def _drain(
         self,
-        scoring: deque[dict[TopicPartition, int]],
+        scoring: deque[_Polled],
         consumer: KafkaConsumerClient,
         producer: KafkaProducerClient,
         in_flight: _Sent | None,
@@ -444,20 +631,29 @@ class ScoringConsumer:
 
     def _send(
         self,
-        offsets: dict[TopicPartition, int],
+        polled: _Polled,
         consumer: KafkaConsumerClient,
         producer: KafkaProducerClient,
         in_flight: _Sent | None,
     ) -> _Sent:
         """Confirms the batch in flight, collects the oldest scored batch and sends its
-        outputs. Confirming first lets a scoring process go on with the next batch while this
-        one waits for the acknowledgements (a flush sends at once, without lingering)."""
+        outputs (in a new transaction with ``exactly_once``). Confirming first lets a scoring
+        process go on with the next batch while this one waits for the acknowledgements (a
+        flush sends at once, without lingering)."""
         assert self._scorer is not None
         self._confirm(in_flight, consumer, producer)
         scored: ScoredBatch = self._scorer.collect()
+        if self.exactly_once:
+            producer.begin_transaction()
         producer.send_many(self.output_topic, scored.outputs)
         if scored.letters:
             producer.send_many(self.dead_letter_topic, scored.letters)
+        if not self.exactly_once:
+            self._count(scored)
+            return _Sent(polled.offsets)
+        return _Sent(polled.offsets, polled.group_metadata, scored)  # counted at the commit
+
+    def _count(self, scored: ScoredBatch) -> None:
         stats = self.stats
         stats.records_in += len(scored.outputs) + len(scored.letters)
         stats.results += len(scored.outputs)
@@ -467,7 +663,6 @@ class ScoringConsumer:
         stats.anomalies += scored.anomalies
         stats.model_version = scored.version
         stats.model_swaps = scored.swaps
-        return _Sent(offsets)
 
     def _confirm(
         self,
@@ -479,8 +674,21 @@ class ScoringConsumer:
     ) -> None:
         """Waits until the outputs of ``sent`` are acknowledged, then commits its offsets
         (asynchronously in the loop: a later commit supersedes a lost one; synchronously at the
-        end, so that a stopped consumer has committed everything it wrote)."""
+        end, so that a stopped consumer has committed everything it wrote). With
+        ``exactly_once``: sends the offsets into the batch's transaction and commits it
+        (raises :class:`~ae_pipeline.kafka.TransactionError` when that fails)."""
         if sent is None:
+            return
+        if self.exactly_once:
+            # Longer than the transaction timeout would be in vain: the broker aborts it then.
+            wait_s = min(self.flush_timeout_s, self.transaction_timeout_s)
+            producer.send_offsets_to_transaction(sent.offsets, sent.group_metadata, wait_s)
+            producer.commit_transaction(wait_s)
+            self._aborts_in_a_row = 0
+            self._written.update(sent.offsets)
+            assert sent.scored is not None
+            self._count(sent.scored)
+            self.stats.batches += 1
             return
         self.stats.commit_failures = self._sync_commit_failures + getattr(
             consumer, "async_commit_failures", 0
@@ -502,9 +710,29 @@ class ScoringConsumer:
         self.stats.batches += 1
 
 
+def check_processing_guarantee(guarantee: str) -> str:
+    """Returns ``guarantee`` if it is one of :data:`PROCESSING_GUARANTEES`.
+
+    Raises:
+        ValueError: naming the choices.
+    """
+    if guarantee not in PROCESSING_GUARANTEES:
+        raise ValueError(
+            f"processing_guarantee must be one of {', '.join(PROCESSING_GUARANTEES)}, "
+            f"got {guarantee!r}"
+        )
+    return guarantee
+
+
 def _check_options(**options: Any) -> None:
     """Refuses option values that would hang, crash later or mislead (one line each)."""
-    positive = ("max_batch", "poll_timeout_s", "flush_timeout_s", "assignment_timeout_s")
+    positive = (
+        "max_batch",
+        "poll_timeout_s",
+        "flush_timeout_s",
+        "assignment_timeout_s",
+        "transaction_timeout_s",
+    )
     for name, value in options.items():
         if value is None and name in ("top_k", "torch_threads"):
             continue
@@ -552,10 +780,29 @@ def _assigned(consumer: Any) -> bool:
 
 
 @dataclass
+class _Polled:
+    """A batch submitted to the scorer: the offsets to commit after it, and (``exactly_once``)
+    the group metadata of the generation it was read in."""
+
+    offsets: dict[TopicPartition, int]
+    group_metadata: Any = None
+
+
+@dataclass
 class _Sent:
     """A batch whose outputs were sent but not yet confirmed and committed."""
 
     offsets: dict[TopicPartition, int]
+    group_metadata: Any = None
+    scored: ScoredBatch | None = None
+
+
+def _abort_producer(producer: KafkaProducerClient) -> None:
+    """Drops a producer that cannot go on (best effort: it may already be broken)."""
+    try:
+        producer.abort()
+    except Exception as err:
+        _log.debug("dropping the failed producer: %s", err)
 
 
 def _close(client: Any, what: str) -> None:
@@ -565,4 +812,12 @@ def _close(client: Any, what: str) -> None:
         _log.warning("closing the Kafka %s failed: %s", what, err)
 
 
-__all__ = ["ConsumerStats", "ScoringConsumer", "check_run_args"]
+__all__ = [
+    "AT_LEAST_ONCE",
+    "EXACTLY_ONCE",
+    "PROCESSING_GUARANTEES",
+    "ConsumerStats",
+    "ScoringConsumer",
+    "check_processing_guarantee",
+    "check_run_args",
+]

@@ -46,11 +46,16 @@ measurements alternate their order and the medians are reported.
     Goal: confluent consumer >= 0.7x the smaller limit. ``consumer`` is the consumer as
     configured by default (``scoring_process=None``: scoring in a child process where 2 CPUs
     are usable, else inline; ``default_scoring`` names which). With confluent, also the other
-    way (``consumer_inline`` or ``consumer_process``), and scoring process / inline run for run.
+    way (``consumer_inline`` or ``consumer_process``), and scoring process / inline run for run,
+    and the transactional consumer (``consumer_exactly_once``: ``--processing_guarantee
+    exactly_once``, default scoring) against the at-least-once one, run for run (goal >= 0.8x).
 (c) Latency, produce to result, at a steady 2,000 records/s: a paced producer stamps the send
     time into each record (``ts``, passed through to the result); a reader of the output topic
     computes receive time - ``ts``. For ``pipelines.consume`` (confluent; goal p99 < 1 s) and
-    for ``pipelines.stream`` on Prism streaming (goal p99 < 3 s). The first seconds after the
+    for ``pipelines.stream`` on Prism streaming (goal p99 < 3 s), and for the transactional
+    consumer (``--processing_guarantee exactly_once``; one fifth of the time, at least 30 s;
+    the reader is read_committed, so this is the latency to what such a reader sees; goal
+    p99 < 1 s). The first seconds after the
     first result are warm-up and left out.
 (d) RSS of the consumer process over the latency run (5 minutes; 30 s with ``--quick``),
     sampled every second; the slope of a least-squares line (MiB per minute) over the samples
@@ -433,13 +438,23 @@ def consumer_run(
     version_dir: str,
     scoring_process: bool | None = None,
     torch_threads: int | None = None,
+    processing_guarantee: str = "at_least_once",
 ) -> dict:
-    from ae_pipeline.consumer import ScoringConsumer
+    from ae_pipeline.consumer import EXACTLY_ONCE, ScoringConsumer
     from ae_pipeline.kafka import create_consumer, create_producer
 
     config = {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}"}
-    consumer = _FirstPoll(create_consumer(config, client, max_poll_records=BATCH))
-    producer = create_producer(config, client)
+    exactly_once = processing_guarantee == EXACTLY_ONCE
+    consumer = _FirstPoll(
+        create_consumer(
+            config,
+            client,
+            max_poll_records=BATCH,
+            **({"isolation_level": "read_committed"} if exactly_once else {}),
+        )
+    )
+    # The transactional producer is the consumer's own (it initialises it).
+    producer = None if exactly_once else create_producer(config, client)
     sc = ScoringConsumer(
         config,
         input_topic=topic,
@@ -453,6 +468,7 @@ def consumer_run(
         producer=producer,
         scoring_process=scoring_process,
         torch_threads=torch_threads,
+        processing_guarantee=processing_guarantee,
     )
     try:
         stats = sc.run(max_records=n, idle_timeout_s=30)  # the clock starts at the first poll
@@ -460,7 +476,8 @@ def consumer_run(
     finally:
         sc.close()
         consumer.close()
-        producer.close()
+        if producer is not None:
+            producer.close()
     assert consumer.first is not None
     return {
         "records": stats.records_in,
@@ -555,7 +572,12 @@ def bench_consumer(
     # (kafka-python's own I/O is the bottleneck there).
     default_process = default_scoring_process()
     other = "consumer_inline" if default_process else "consumer_process"
-    scoring = {"consumer": None, "consumer_inline": False, "consumer_process": True}
+    scoring = {
+        "consumer": None,
+        "consumer_inline": False,
+        "consumer_process": True,
+        "consumer_exactly_once": None,
+    }
     out: dict[str, Any] = {
         "records": n,
         "batch": BATCH,
@@ -567,6 +589,7 @@ def bench_consumer(
         kinds = ["consumer", "io", "compute"]
         if client == "confluent":
             kinds.insert(1, other)
+            kinds.insert(2, "consumer_exactly_once")  # transactions, default scoring
         runs: dict[str, list[dict]] = {k: [] for k in kinds if k != "compute"}
         for r in range(repeats):
             for kind in kinds if r % 2 == 0 else kinds[::-1]:
@@ -579,6 +602,9 @@ def bench_consumer(
                         version_dir,
                         scoring_process=scoring[kind],
                         torch_threads=torch.get_num_threads(),
+                        processing_guarantee="exactly_once"
+                        if kind == "consumer_exactly_once"
+                        else "at_least_once",
                     )
                 elif kind == "io":
                     m = io_run(bootstrap, client, topic, n)
@@ -633,6 +659,12 @@ def bench_consumer(
             pairs = zip(mode_runs["process"], mode_runs["inline"], strict=True)
             c["ratio_consumer_process_over_inline"] = statistics.median(
                 p["records_per_s"] / i["records_per_s"] for p, i in pairs
+            )
+        if "consumer_exactly_once" in c["runs"]:
+            # Run for run against the at-least-once consumer (default scoring both).
+            pairs = zip(c["runs"]["consumer_exactly_once"], c["runs"]["consumer"], strict=True)
+            c["ratio_exactly_once_over_at_least_once"] = statistics.median(
+                e["records_per_s"] / a["records_per_s"] for e, a in pairs
             )
     return out
 
@@ -847,6 +879,20 @@ def bench_latency(bootstrap: str, version_dir: str, seconds: float, prism_s: flo
     print(f"  (c,d) consumer at {RATE}/s for {seconds:.0f}s ...", flush=True)
     cons = paced_latency(bootstrap, consume, topics, seconds, 3.0, 120, tmp / "consume.log")
     cons["rss_fit"] = rss_slope(cons["rss"], cons["measure_from_s"])
+    # The transactional consumer, same rate: latency to what a read_committed reader sees (the
+    # reader is librdkafka's, read_committed by default).
+    eos_s = max(30.0, seconds / 5)
+    etopics = (f"le-{tag}", f"le-{tag}-out", f"le-{tag}-dlq")
+    eos_cmd = [
+        *consume[: consume.index("--group_id")],
+        "--group_id", f"le-{tag}",
+        "--input_topic", etopics[0], "--output_topic", etopics[1],
+        "--dead_letter_topic", etopics[2],
+        *consume[consume.index("--mode"):],
+        "--processing_guarantee", "exactly_once",
+    ]  # fmt: skip
+    print(f"  (c) consumer, exactly once, at {RATE}/s for {eos_s:.0f}s ...", flush=True)
+    eos = paced_latency(bootstrap, eos_cmd, etopics, eos_s, 3.0, 120, tmp / "consume_eos.log")
     ptopics = (f"pl-{tag}", f"pl-{tag}-out", f"pl-{tag}-dlq")
     stream = [
         py, "-m", "pipelines.stream",
@@ -865,7 +911,7 @@ def bench_latency(bootstrap: str, version_dir: str, seconds: float, prism_s: flo
         log = (tmp / "stream.log").read_text(errors="replace")[-3000:]
         print(f"  Prism latency run failed: {err}\n{log}", flush=True)
         prism = {"error": str(err), "log_tail": log}
-    return cons, prism
+    return cons, eos, prism
 
 
 # ---------------------------------------------------------------------------- main
@@ -1047,8 +1093,9 @@ def main(argv: list[str] | None = None) -> int:
                     bootstrap, cons_n, cons_repeats, version_dir, model, scaler
                 )
             if "c" not in skip:
-                cons, prism = bench_latency(bootstrap, version_dir, lat_s, prism_s, tmp)
+                cons, eos, prism = bench_latency(bootstrap, version_dir, lat_s, prism_s, tmp)
                 result["latency_consumer"] = cons
+                result["latency_consumer_exactly_once"] = eos
                 result["latency_prism"] = prism
     result["seconds"] = time.perf_counter() - t0
 
@@ -1075,6 +1122,13 @@ def main(argv: list[str] | None = None) -> int:
     if lc and "p99_s" in lc:
         goals["consumer_p99_lt_1s"] = lc["p99_s"] < 1.0
         result["rss_slope_mib_per_min"] = lc["rss_fit"].get("slope_mib_per_min")
+    le = result.get("latency_consumer_exactly_once")
+    if le and "p99_s" in le:
+        goals["consumer_exactly_once_p99_lt_1s"] = le["p99_s"] < 1.0
+    if ct and "ratio_exactly_once_over_at_least_once" in ct["confluent"]:
+        ratio = ct["confluent"]["ratio_exactly_once_over_at_least_once"]
+        result["ratio_consumer_confluent_exactly_once_over_at_least_once"] = ratio
+        goals["consumer_confluent_exactly_once_ge_0.8x_at_least_once"] = ratio >= 0.8
     lp = result.get("latency_prism")
     if lp and "p99_s" in lp:
         goals["prism_p99_lt_3s"] = lp["p99_s"] < 3.0
@@ -1151,11 +1205,17 @@ def print_table(r: dict) -> None:
                     f"{c['ratio_consumer_process_over_inline']:.2f} (default here: "
                     f"{ct['default_scoring']})"
                 )
-    for name in ("latency_consumer", "latency_prism"):
+            if "ratio_exactly_once_over_at_least_once" in c:
+                print(
+                    f"    {'':12s} exactly once "
+                    f"{c['consumer_exactly_once_records_per_s']:9,.0f}  / at least once, run "
+                    f"for run {c['ratio_exactly_once_over_at_least_once']:.2f} (goal >= 0.8)"
+                )
+    for name in ("latency_consumer", "latency_consumer_exactly_once", "latency_prism"):
         lat = r.get(name)
         if lat and "p99_s" in lat:
             print(
-                f"(c) {name:17s} p50 {lat['p50_s'] * 1000:7.1f} ms  p99 {lat['p99_s'] * 1000:7.1f}"
+                f"(c) {name:29s} p50 {lat['p50_s'] * 1000:7.1f} ms  p99 {lat['p99_s'] * 1000:7.1f}"
                 f" ms  max {lat['max_s'] * 1000:7.1f} ms  ({lat['measured_results']} results, "
                 f"{lat['achieved_records_per_s']:.0f} rec/s sent)"
             )

@@ -6,8 +6,9 @@
 
 Run several with the same ``--group_id`` to scale out. SIGTERM finishes the batch in hand,
 commits it and exits 0. Offsets are committed only after the batch's outputs are acknowledged
-(at-least-once). Security settings (SASL/SSL) come from a JSON file given with
-``--kafka_config`` (its secrets are never logged).
+(at-least-once), or with ``--processing_guarantee exactly_once`` outputs and offsets are
+committed in one Kafka transaction per batch. Security settings (SASL/SSL) come from a JSON
+file given with ``--kafka_config`` (its secrets are never logged).
 
 Whatever bytes a record holds, the worst it earns is a dead letter; no output message is over
 ``--max_message_bytes``. A broker that cannot be reached, a missing topic or a refused
@@ -23,7 +24,13 @@ import logging
 import sys
 
 from ae_pipeline.beam.options import add_switch
-from ae_pipeline.consumer import ScoringConsumer, check_run_args
+from ae_pipeline.consumer import (
+    AT_LEAST_ONCE,
+    DEFAULT_TRANSACTION_TIMEOUT_S,
+    PROCESSING_GUARANTEES,
+    ScoringConsumer,
+    check_run_args,
+)
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT, DeliveryError, KafkaClientError
 from ae_pipeline.scoring_process import ScoringProcessError
 from ae_pipeline.serving import (
@@ -85,6 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MESSAGE_KEYS,
         help="a result's message key: the input message's key (input: results and dead letters "
         "join and are partitioned like the input) or the record's key field (record)",
+    )
+    kafka.add_argument(
+        "--processing_guarantee",
+        default=AT_LEAST_ONCE,
+        choices=PROCESSING_GUARANTEES,
+        help="at_least_once: outputs, then offsets (a crash replays what was written past the "
+        "last commit); exactly_once: each batch's outputs and offsets in one Kafka "
+        "transaction (readers set isolation.level=read_committed; see the README)",
+    )
+    kafka.add_argument(
+        "--transactional_id",
+        default=None,
+        help="exactly_once: a stable transactional id for this instance (e.g. the pod name), "
+        "so that a restart aborts the dead process's open transaction at once; never shared "
+        "by two live processes (default: a fresh id per process)",
+    )
+    kafka.add_argument(
+        "--transaction_timeout_s",
+        type=float,
+        default=DEFAULT_TRANSACTION_TIMEOUT_S,
+        help="exactly_once: the broker aborts a transaction open this long (what a crashed "
+        "process holds up its partitions' read_committed readers)",
     )
     model = parser.add_argument_group("model")
     model.add_argument("--mode", default="flag", choices=MODES)
@@ -197,6 +226,9 @@ def _consumer(args: argparse.Namespace, config: dict) -> ScoringConsumer:
         message_key=args.message_key,
         wait_for_model_s=args.wait_for_model_s,
         scoring_process=args.scoring_process,
+        processing_guarantee=args.processing_guarantee,
+        transactional_id=args.transactional_id,
+        transaction_timeout_s=args.transaction_timeout_s,
     )
 
 

@@ -5,7 +5,8 @@ consumer build on this package.
 
 * :class:`KafkaConfig` - connection settings for kafka-python, confluent-kafka and Java.
 * :func:`create_consumer`, :func:`create_producer` - clients behind one small interface.
-* :class:`BrokerUnreachableError` - no broker reachable for ``unreachable_timeout_s``.
+* :class:`BrokerUnreachableError` - no broker reachable for ``unreachable_timeout_s``;
+  :class:`TransactionError` - a transaction failed (abort and redo, or ``fatal``).
 * :class:`KafkaRecord`, :class:`TopicPartition` - what consumers return; :func:`next_offsets`
   - the offsets to commit after a batch of records.
 * :func:`redact`, :func:`scrub` - secrets never reach logs, reprs or error messages.
@@ -28,7 +29,12 @@ from ae_pipeline.kafka.client import (
     create_producer,
 )
 from ae_pipeline.kafka.config import COMPRESSION_TYPES, KafkaConfig
-from ae_pipeline.kafka.errors import BrokerUnreachableError, DeliveryError, KafkaClientError
+from ae_pipeline.kafka.errors import (
+    BrokerUnreachableError,
+    DeliveryError,
+    KafkaClientError,
+    TransactionError,
+)
 from ae_pipeline.kafka.records import KafkaRecord, TopicPartition, next_offsets
 from ae_pipeline.kafka.redaction import REDACTED, redact, scrub
 
@@ -45,6 +51,7 @@ __all__ = [
     "KafkaProducerClient",
     "KafkaRecord",
     "TopicPartition",
+    "TransactionError",
     "committed_offsets",
     "create_consumer",
     "create_producer",

@@ -88,7 +88,9 @@ class KafkaConsumerClient(abc.ABC):
 
     @abc.abstractmethod
     def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        """The offset after the last record of each partition (the high watermark)."""
+        """The offset after the last record of each partition: the high watermark, or for a
+        ``read_committed`` consumer (confluent-kafka's default) the last stable offset (below
+        any transaction still open)."""
 
     @abc.abstractmethod
     def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
@@ -103,6 +105,17 @@ class KafkaConsumerClient(abc.ABC):
         replayed: duplicates, never losses), and a later commit supersedes it. Finish with a
         synchronous commit.
         """
+
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Read each of these assigned partitions from the given offset on (the next poll
+        returns records from there)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot seek")
+
+    def group_metadata(self) -> Any:
+        """This member's group metadata now (group id, generation, member id), for
+        :meth:`KafkaProducerClient.send_offsets_to_transaction`: the broker refuses offsets
+        sent with a generation that is no longer current (KIP-447), which fences a zombie."""
+        raise NotImplementedError(f"{type(self).__name__} has no group metadata")
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -155,6 +168,40 @@ class KafkaProducerClient(abc.ABC):
     def close(self) -> None:
         """Close the producer (without flushing: call :meth:`flush` first)."""
 
+    # Transactions (a producer built with a ``transactional_id``). Every method raises
+    # TransactionError: ``fatal`` when the producer cannot go on (fenced), else the transaction
+    # can be aborted (abort_transaction) and the work done again.
+
+    def init_transactions(self, timeout_s: float) -> None:
+        """Register the transactional id with the broker, fencing an older producer with the
+        same id and aborting the transaction it left open."""
+        raise NotImplementedError(f"{type(self).__name__} is not transactional")
+
+    def begin_transaction(self) -> None:
+        """Start a transaction: records sent until it is committed or aborted belong to it."""
+        raise NotImplementedError(f"{type(self).__name__} is not transactional")
+
+    def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_metadata: Any, timeout_s: float
+    ) -> None:
+        """Commit ``offsets`` (the next offsets to read) for the consumer group of
+        ``group_metadata`` (:meth:`KafkaConsumerClient.group_metadata`) as part of the open
+        transaction: they count only if it commits."""
+        raise NotImplementedError(f"{type(self).__name__} is not transactional")
+
+    def commit_transaction(self, timeout_s: float) -> int:
+        """Deliver every record of the open transaction and commit it.
+
+        Returns:
+            how many records the transaction held.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not transactional")
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        """Abort the open transaction: its records are never seen by ``read_committed``
+        readers and its offsets never count."""
+        raise NotImplementedError(f"{type(self).__name__} is not transactional")
+
     def abort(self) -> None:
         """Close the producer and drop the records it has not delivered yet, so that a caller
         who sends them again (with a new producer) does not also get them from this one.
@@ -184,8 +231,12 @@ def create_consumer(
     Args:
         config: a :class:`KafkaConfig` or a dict for :meth:`KafkaConfig.from_dict`.
         client: ``"kafka-python"`` or ``"confluent"``.
-        **options: ``auto_offset_reset`` (``"earliest"``/``"latest"``) and
-            ``max_poll_records``; client-specific settings belong in the config's sections.
+        **options: ``auto_offset_reset`` (``"earliest"``/``"latest"``), ``max_poll_records``
+            and ``isolation_level`` (None: the client's default, which is ``"read_uncommitted"``
+            for kafka-python and ``"read_committed"`` for confluent-kafka;
+            ``"read_committed"``: records of open or aborted transactions are never returned,
+            and committed offsets are read once stable); client-specific settings belong in
+            the config's sections.
 
     Raises:
         ImportError: for ``"confluent"`` without confluent-kafka installed.
@@ -200,15 +251,35 @@ def create_consumer(
 
 
 def create_producer(
-    config: KafkaConfig | Mapping[str, Any], client: str = DEFAULT_CLIENT
+    config: KafkaConfig | Mapping[str, Any],
+    client: str = DEFAULT_CLIENT,
+    *,
+    transactional_id: str | None = None,
+    transaction_timeout_s: float = 60.0,
 ) -> KafkaProducerClient:
-    """A producer (``acks=all``) built from one config; see :func:`create_consumer`."""
+    """A producer (``acks=all``) built from one config; see :func:`create_consumer`.
+
+    With ``transactional_id``, an idempotent transactional producer: call
+    :meth:`~KafkaProducerClient.init_transactions` once, then send inside
+    ``begin_transaction`` / ``commit_transaction``. ``transaction_timeout_s``: how long the
+    broker lets a transaction stay open before it aborts it (a producer that died mid-
+    transaction blocks ``read_committed`` readers of its partitions that long).
+    """
     config = KafkaConfig.from_dict(config)
     module = _module(client)
     guard_logs(config.secrets())
     if config.uses_ssl:
         _TLS_ERRORS.watch()
-    return module.Producer(config)
+    if transactional_id is None:
+        return module.Producer(config)
+    if not transactional_id or not 0 < transaction_timeout_s < float("inf"):
+        raise ValueError(
+            "a transactional producer needs a non-empty transactional_id and a "
+            f"transaction_timeout_s > 0, got {transactional_id!r}, {transaction_timeout_s!r}"
+        )
+    return module.Producer(
+        config, transactional_id=transactional_id, transaction_timeout_s=transaction_timeout_s
+    )
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ Needs the ``[fast]`` extra (``pip install ae-pipeline[fast]``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import time
@@ -25,7 +26,7 @@ from ae_pipeline.kafka.client import (
     scrubbed_errors,
 )
 from ae_pipeline.kafka.config import KafkaConfig
-from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError
+from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError, TransactionError
 from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
 from ae_pipeline.kafka.redaction import scrub
 
@@ -34,6 +35,8 @@ UNSET_GROUP = "ae-pipeline-unset"
 # librdkafka's own log lines go through Python logging (served by poll/consume/flush).
 _LIBRDKAFKA_LOG = logging.getLogger("ae_pipeline.kafka.librdkafka")
 _TIMEOUT_S = 30.0
+# A transactional call that has not returned this long after its own timeout is given up.
+_TXN_GRACE_S = 5.0
 # How often librdkafka reports its brokers' states (to tell an unreachable broker), unless the
 # config sets statistics.interval.ms itself.
 _STATS_INTERVAL_MS = 1000
@@ -76,9 +79,12 @@ class Consumer(KafkaConsumerClient):
         *,
         auto_offset_reset: str = "earliest",
         max_poll_records: int = 500,
+        isolation_level: str | None = None,
     ):
         self._config = config
         conf = config.confluent_config()
+        if isolation_level is not None:
+            conf["isolation.level"] = isolation_level
         conf.setdefault("group.id", UNSET_GROUP)
         conf.setdefault("logger", _LIBRDKAFKA_LOG)
         conf.setdefault("enable.auto.commit", False)
@@ -118,6 +124,25 @@ class Consumer(KafkaConsumerClient):
         self._watch.check()
         with scrubbed_errors(self._config, "subscribe"):
             self._consumer.subscribe(list(topics))
+
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for (topic, partition), offset in offsets.items():
+            deadline = time.monotonic() + _TIMEOUT_S
+            while True:
+                try:
+                    with scrubbed_errors(self._config, "seek"):
+                        self._consumer.seek(ck.TopicPartition(topic, partition, offset))
+                    break
+                except KafkaClientError:
+                    # A partition just assigned is not fetching yet ("Erroneous state"):
+                    # serve the assignment and try again.
+                    if time.monotonic() > deadline:
+                        raise
+                    self._consumer.consume(0, 0.05)
+
+    def group_metadata(self) -> Any:
+        with scrubbed_errors(self._config, "group metadata"):
+            return self._consumer.consumer_group_metadata()
 
     def assignment(self) -> set[TopicPartition]:
         with scrubbed_errors(self._config, "assignment"):
@@ -218,14 +243,24 @@ class Consumer(KafkaConsumerClient):
 
 
 class Producer(KafkaProducerClient):
-    """A confluent-kafka ``Producer`` with ``acks=all``."""
+    """A confluent-kafka ``Producer`` with ``acks=all`` (transactional with a
+    ``transactional_id``)."""
 
-    def __init__(self, config: KafkaConfig):
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        transactional_id: str | None = None,
+        transaction_timeout_s: float = 60.0,
+    ):
         self._config = config
         conf = config.confluent_config()
         if "group.id" not in config.confluent:
             conf.pop("group.id", None)  # a consumer property
         conf.setdefault("acks", "all")
+        if transactional_id is not None:
+            conf["transactional.id"] = transactional_id
+            conf["transaction.timeout.ms"] = int(transaction_timeout_s * 1000)
         if config.compression_type is not None:
             conf.setdefault("compression.type", config.compression_type)
         conf.setdefault("logger", _LIBRDKAFKA_LOG)
@@ -233,6 +268,8 @@ class Producer(KafkaProducerClient):
             self._producer = ck.Producer(conf)
         self._queued = 0
         self._errors: list[tuple[str, int | None, str]] = []
+        self._txn_thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._stuck = False  # a transactional call never returned: the producer is abandoned
 
     def _on_delivery(self, error: Any, message: Any) -> None:
         if error is not None:
@@ -307,11 +344,108 @@ class Producer(KafkaProducerClient):
         return queued
 
     def close(self) -> None:
-        with scrubbed_errors(self._config, "close"):
-            self._producer.flush(0)
+        if not self._stuck:
+            with scrubbed_errors(self._config, "close"):
+                self._producer.flush(0)
+        if self._txn_thread is not None:
+            self._txn_thread.shutdown(wait=False)
         self._producer = None  # librdkafka's producer stops when it is freed
 
+    # -------------------------------------------------------------- transactions
+
+    def _transaction_step(self, what: str, call: Any, *args: Any, retries: int = 0) -> None:
+        """``call(*args)``; a retriable error is retried ``retries`` times (librdkafka: the
+        same call again after a timeout), then every error is a :class:`TransactionError`."""
+        while True:
+            try:
+                self._within_timeout(what, call, *args)
+                return
+            except ck.KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if not isinstance(error, ck.KafkaError):
+                    raise TransactionError(
+                        scrub(f"{what}: {exc}", self._config.secrets())
+                    ) from None
+                if retries > 0 and error.retriable() and not error.txn_requires_abort():
+                    retries -= 1
+                    continue
+                code = error.code()
+                fenced = code in (
+                    ck.KafkaError._FENCED,
+                    ck.KafkaError.PRODUCER_FENCED,
+                    ck.KafkaError.INVALID_PRODUCER_EPOCH,
+                    ck.KafkaError.ILLEGAL_GENERATION,
+                    ck.KafkaError.UNKNOWN_MEMBER_ID,
+                    ck.KafkaError.FENCED_INSTANCE_ID,
+                )
+                message = scrub(f"{what}: {error.str()}", self._config.secrets())
+                raise TransactionError(message, fatal=error.fatal(), fenced=fenced) from None
+
+    def _within_timeout(self, what: str, call: Any, *args: Any) -> None:
+        """``call(*args)`` (its last argument a timeout in seconds), given up if it has not
+        returned ``_TXN_GRACE_S`` after that timeout.
+
+        librdkafka's ``send_offsets_to_transaction`` can block past its timeout, for good,
+        when the group coordinator goes away mid-request (confluentinc/librdkafka#5456,
+        #5511; seen here when the broker restarts). The call then runs on in its thread, and
+        this producer is abandoned: :class:`TransactionError` (``fatal``) tells the caller to
+        take a new producer with the same transactional id, which fences this one.
+        """
+        if not args or self._stuck:
+            call(*args)
+            return
+        if self._txn_thread is None:
+            self._txn_thread = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="ae-pipeline-txn"
+            )
+        future = self._txn_thread.submit(call, *args)
+        try:
+            future.result(timeout=float(args[-1]) + _TXN_GRACE_S)
+        except concurrent.futures.TimeoutError:
+            self._stuck = True
+            self._txn_thread.shutdown(wait=False)
+            raise TransactionError(
+                f"{what} did not return within {float(args[-1]) + _TXN_GRACE_S:g}s although "
+                "its timeout had passed (librdkafka #5456): this producer is abandoned",
+                fatal=True,
+            ) from None
+
+    def init_transactions(self, timeout_s: float) -> None:
+        self._transaction_step("init_transactions", self._producer.init_transactions, timeout_s)
+
+    def begin_transaction(self) -> None:
+        self._transaction_step("begin_transaction", self._producer.begin_transaction)
+
+    def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_metadata: Any, timeout_s: float
+    ) -> None:
+        positions = [ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        self._transaction_step(
+            "send_offsets_to_transaction",
+            self._producer.send_offsets_to_transaction,
+            positions,
+            group_metadata,
+            timeout_s,
+            retries=2,
+        )
+
+    def commit_transaction(self, timeout_s: float) -> int:
+        self._transaction_step(
+            "commit_transaction", self._producer.commit_transaction, timeout_s, retries=2
+        )
+        queued, self._queued, self._errors = self._queued, 0, []
+        return queued
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        self._transaction_step(
+            "abort_transaction", self._producer.abort_transaction, timeout_s, retries=2
+        )
+        self._queued, self._errors = 0, []
+
     def abort(self) -> None:
+        if self._stuck:  # a call still blocks in librdkafka: touch nothing, let it go
+            self._producer = None
+            return
         # A freed producer still delivers its queue: purge it first (queued and in-flight
         # requests; a request already sent may still be written by the broker).
         with scrubbed_errors(self._config, "abort"):

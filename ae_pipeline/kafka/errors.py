@@ -47,3 +47,20 @@ class BrokerUnreachableError(KafkaClientError):
         super().__init__(message)
         self.bootstrap_servers = bootstrap_servers
         self.waited_s = waited_s
+
+
+class TransactionError(KafkaClientError):
+    """A Kafka transaction could not be completed (exactly-once processing).
+
+    Attributes:
+        fatal: True when the producer cannot go on: another producer with the same
+            transactional id fenced it, or the client reports a fatal error. False when the
+            transaction can be aborted and the batch read again (a rebalance fenced this
+            member's offsets, a delivery failed, a request timed out).
+        fenced: True when the error says that a newer producer or group member took over.
+    """
+
+    def __init__(self, message: str, *, fatal: bool = False, fenced: bool = False):
+        super().__init__(message)
+        self.fatal = fatal
+        self.fenced = fenced

@@ -11,6 +11,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as _KTP
 from kafka import codec as _codec
+from kafka import errors as _errors
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
@@ -23,7 +24,7 @@ from ae_pipeline.kafka.client import (
     unreachable,
 )
 from ae_pipeline.kafka.config import KafkaConfig
-from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError
+from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError, TransactionError
 from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
 from ae_pipeline.kafka.redaction import scrub
 
@@ -127,6 +128,7 @@ class Consumer(KafkaConsumerClient):
         *,
         auto_offset_reset: str = "earliest",
         max_poll_records: int = 500,
+        isolation_level: str | None = None,
     ):
         self._config = config
         self.async_commit_failures = 0  # commits that failed after commit(asynchronous=True)
@@ -139,6 +141,8 @@ class Consumer(KafkaConsumerClient):
             max_poll_records=max_poll_records,
             allow_auto_create_topics=False,
         )
+        if isolation_level is not None:
+            kwargs["isolation_level"] = isolation_level
         _warn_missing_codecs()
         COORDINATOR_MOVES.install()
         self._consumer = _build(config, KafkaConsumer, kwargs, "kafka-python consumer")
@@ -177,6 +181,15 @@ class Consumer(KafkaConsumerClient):
         else:
             self._watch.last_up = time.monotonic()
         return [_record(r) for records in batches.values() for r in records]
+
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        with scrubbed_errors(self._config, "seek"):
+            for tp, offset in offsets.items():
+                self._consumer.seek(_KTP(*tp), offset)
+
+    def group_metadata(self) -> Any:
+        with scrubbed_errors(self._config, "group metadata"):
+            return self._consumer.group_metadata()
 
     def assignment(self) -> set[TopicPartition]:
         with scrubbed_errors(self._config, "assignment"):
@@ -228,12 +241,36 @@ class Consumer(KafkaConsumerClient):
             raise KafkaClientError(f"{what} needs a consumer group: set group_id in the config")
 
 
-class Producer(KafkaProducerClient):
-    """A kafka-python ``KafkaProducer`` with ``acks=all``."""
+# Errors after which a transactional producer cannot go on (kafka-python also marks its
+# transaction manager fatal, which is checked first).
+_FATAL = (
+    _errors.ProducerFencedError,
+    _errors.InvalidProducerEpochError,
+    _errors.TransactionalIdAuthorizationFailedError,
+    _errors.UnsupportedVersionError,
+    _errors.UnsupportedForMessageFormatError,
+)
+_FENCED = (_errors.ProducerFencedError, _errors.InvalidProducerEpochError)
+# Group errors of send_offsets_to_transaction that mean "a rebalance took the partitions"
+_GROUP_FENCED = ("IllegalGeneration", "UnknownMemberId", "FencedInstanceId", "CommitFailed")
 
-    def __init__(self, config: KafkaConfig):
+
+class Producer(KafkaProducerClient):
+    """A kafka-python ``KafkaProducer`` with ``acks=all`` (transactional with a
+    ``transactional_id``)."""
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        transactional_id: str | None = None,
+        transaction_timeout_s: float = 60.0,
+    ):
         self._config = config
         defaults: dict[str, Any] = {"acks": "all"}
+        if transactional_id is not None:
+            defaults["transactional_id"] = transactional_id
+            defaults["transaction_timeout_ms"] = int(transaction_timeout_s * 1000)
         if config.compression_type is not None:
             defaults["compression_type"] = (
                 None if config.compression_type == "none" else config.compression_type
@@ -295,6 +332,52 @@ class Producer(KafkaProducerClient):
     def close(self) -> None:
         with scrubbed_errors(self._config, "close"):
             self._producer.close(timeout=5)
+
+    # -------------------------------------------------------------- transactions
+
+    @contextlib.contextmanager
+    def _transaction_step(self, what: str):
+        try:
+            yield
+        except TransactionError:
+            raise
+        except Exception as err:
+            manager = getattr(self._producer, "_transaction_manager", None)
+            fatal = isinstance(err, _FATAL) or bool(
+                manager is not None and manager.has_fatal_error()
+            )
+            fenced = isinstance(err, _FENCED) or any(n in type(err).__name__ for n in _GROUP_FENCED)
+            message = scrub(f"{what}: {type(err).__name__}: {err}", self._config.secrets())
+            raise TransactionError(message, fatal=fatal, fenced=fenced) from None
+
+    def init_transactions(self, timeout_s: float) -> None:
+        with self._transaction_step("init_transactions"):
+            self._producer.init_transactions()
+
+    def begin_transaction(self) -> None:
+        with self._transaction_step("begin_transaction"):
+            self._producer.begin_transaction()
+
+    def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_metadata: Any, timeout_s: float
+    ) -> None:
+        request = {_KTP(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        with self._transaction_step("send_offsets_to_transaction"):
+            self._producer.send_offsets_to_transaction(request, group_metadata)
+
+    def commit_transaction(self, timeout_s: float) -> int:
+        try:
+            sent = self.flush(timeout_s)  # every record delivered, or the error says which
+        except DeliveryError as err:
+            raise TransactionError(f"commit_transaction: {err}") from None
+        with self._transaction_step("commit_transaction"):
+            self._producer.commit_transaction()
+        return sent
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        with self._transaction_step("abort_transaction"):
+            self._producer.abort_transaction()
+        self._pending = []
 
     def abort(self) -> None:
         sender = getattr(self._producer, "_sender", None)  # kafka-python's I/O thread

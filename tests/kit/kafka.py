@@ -67,22 +67,52 @@ def committed_total(bootstrap: str, topic: str, group: str) -> int:
     return sum(v or 0 for v in got.values())
 
 
-def read_records(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[KafkaRecord]:
-    """Every record of ``topic`` up to its end offsets now."""
+def read_records(
+    bootstrap: str, topic: str, timeout_s: float = 60.0, *, isolation_level: str | None = None
+) -> list[KafkaRecord]:
+    """Every record of ``topic`` up to its end offsets now.
+
+    ``isolation_level`` (for topics written in transactions): ``"read_committed"`` returns what
+    a reader with that setting sees (records of aborted transactions left out), once no
+    transaction is open on ``topic`` (raises AssertionError if one stays open past
+    ``timeout_s``); ``"read_uncommitted"`` returns every record, aborted ones included. Either
+    way the read ends when every position has reached the end offset (kafka-python: its
+    position moves past transaction markers). None: the fastest reader, for topics written
+    without transactions (no markers: it stops at the count of records).
+    """
     config = KafkaConfig(bootstrap)
     ends = end_offsets(config, topic)
     out: list[KafkaRecord] = []
-    with create_consumer(config, fast_client()) as consumer:
+    deadline = time.monotonic() + timeout_s
+    if isolation_level is None:
+        with create_consumer(config, fast_client()) as consumer:
+            consumer.assign(dict.fromkeys(ends, 0))
+            while len(out) < sum(ends.values()) and time.monotonic() < deadline:
+                out.extend(consumer.poll(0.5, 10000))
+        return out
+    with create_consumer(config, "kafka-python", isolation_level=isolation_level) as consumer:
         consumer.assign(dict.fromkeys(ends, 0))
-        deadline = time.monotonic() + timeout_s
-        while len(out) < sum(ends.values()) and time.monotonic() < deadline:
+        while True:
             out.extend(consumer.poll(0.5, 10000))
-    return out
+            behind = {tp: n for tp, n in ends.items() if consumer.position(tp) < n}
+            if not behind:
+                return out
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"a {isolation_level} reader of {topic} stayed below the end offsets "
+                    f"{behind} for {timeout_s:.0f}s (a transaction left open?)"
+                )
 
 
-def read_all(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[dict]:
-    """Every record of ``topic`` up to its end offsets now, JSON-decoded."""
-    return [json.loads(r.value) for r in read_records(bootstrap, topic, timeout_s)]
+def read_all(
+    bootstrap: str, topic: str, timeout_s: float = 60.0, *, isolation_level: str | None = None
+) -> list[dict]:
+    """Every record of ``topic`` up to its end offsets now, JSON-decoded (``isolation_level``:
+    see :func:`read_records`)."""
+    return [
+        json.loads(r.value)
+        for r in read_records(bootstrap, topic, timeout_s, isolation_level=isolation_level)
+    ]
 
 
 def wait_until(

@@ -10,6 +10,8 @@ and writes it to ``benchmarks/results/reliability.json``.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -62,14 +64,20 @@ def tally(
     dlq: str,
     only: set[tuple[int, int]] | None = None,
     group: str | None = None,
+    *,
+    isolation_level: str | None = None,
 ) -> Tally:
     """Matches outputs to input records by their (partition, offset); ``only``: judge just
     these input records. With ``group``, a record without output is *lost* only if the group
-    committed past it, else *pending* (at-least-once: a restarted reader would score it)."""
+    committed past it, else *pending* (at-least-once: a restarted reader would score it).
+    ``isolation_level="read_committed"``: count the outputs such a reader sees (exactly once);
+    ``"read_uncommitted"``: count every output in the log, aborted ones included."""
     ends = end_offsets({"bootstrap.servers": bootstrap}, inp)
     produced = {(tp.partition, o) for tp, n in ends.items() for o in range(n)}
     expected = produced if only is None else only
-    everything = kit.read_all(bootstrap, out) + kit.read_all(bootstrap, dlq)
+    everything = kit.read_all(bootstrap, out, isolation_level=isolation_level) + kit.read_all(
+        bootstrap, dlq, isolation_level=isolation_level
+    )
     assert {(d["partition"], d["offset"]) for d in everything} <= produced, "phantom outputs"
     chosen = [d for d in everything if (d["partition"], d["offset"]) in expected]
     results = [d for d in chosen if "reason" not in d]
@@ -188,7 +196,13 @@ class Progress:
         from ae_pipeline.kafka import TopicPartition
 
         config = {"bootstrap.servers": bootstrap, "group.id": group}
-        self.consumer = create_consumer(config, kit.fast_client())
+        self.bootstrap = bootstrap
+        # read_uncommitted: end offsets are the high watermarks (librdkafka's default,
+        # read_committed, would give the last stable offsets).
+        self.consumer = create_consumer(
+            config, kit.fast_client(), isolation_level="read_uncommitted"
+        )
+        self._committed_reader: Any = None
         self.inputs = [TopicPartition(inp, p) for p in self.consumer.partitions(inp)]
         self.outputs = [TopicPartition(t, 0) for t in (out, dlq)]
 
@@ -209,8 +223,93 @@ class Progress:
         committed = self.committed()
         return self.written() > committed
 
+    def open_transaction(self) -> bool:
+        """Whether a transaction is open on an output topic: its last stable offset (the end
+        a ``read_committed`` reader sees) is below its high watermark."""
+        if self._committed_reader is None:
+            self._committed_reader = create_consumer(
+                {"bootstrap.servers": self.bootstrap},
+                "kafka-python",
+                isolation_level="read_committed",
+            )
+        stable = self._committed_reader.end_offsets(self.outputs)
+        return any(stable[tp] < n for tp, n in self.consumer.end_offsets(self.outputs).items())
+
     def close(self) -> None:
         self.consumer.close()
+        if self._committed_reader is not None:
+            self._committed_reader.close()
+
+
+# ---------------------------------------------------------------------------- crashes
+
+
+def committed_by_partition(bootstrap, inp, group) -> dict[int, int]:
+    got = committed_offsets({"bootstrap.servers": bootstrap, "group.id": group}, inp)
+    return {tp.partition: offset or 0 for tp, offset in got.items()}
+
+
+def output_positions(bootstrap, out, dlq, isolation_level=None) -> list[tuple[int, int]]:
+    """The input (partition, offset) of every output (``isolation_level``: see
+    :func:`kit.read_records`)."""
+    return [
+        (d["partition"], d["offset"])
+        for topic in (out, dlq)
+        for d in kit.read_all(bootstrap, topic, isolation_level=isolation_level)
+    ]
+
+
+def settled(bootstrap, inp, out, dlq, group, isolation_level=None) -> tuple[dict[int, int], list]:
+    """Committed offsets and outputs once two reads agree (a request the killed process had
+    in flight may still land just after the kill)."""
+    last = None
+    for _ in range(20):
+        now = (committed_by_partition(bootstrap, inp, group), kit.total(bootstrap, out, dlq))
+        if now == last:
+            break
+        last = now
+    return last[0], output_positions(bootstrap, out, dlq, isolation_level)
+
+
+def freeze_mid_batch(
+    proc: subprocess.Popen, progress: Progress, within_s: float = 60, *, transactional=False
+) -> bool:
+    """Freezes (SIGSTOP) the consumer while a batch is written and not yet committed, as far
+    as it can tell: it stops the process when it sees outputs ahead of the commits (with
+    ``transactional``: a transaction open on an output topic), looks again once the broker has
+    taken what the process had sent (two looks agree), and returns True if they still are;
+    otherwise lets it go on (SIGCONT) and watches again. False after ``within_s`` (the process
+    is left stopped)."""
+    caught = progress.open_transaction if transactional else progress.outputs_ahead_of_commits
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not caught():
+            continue
+        proc.send_signal(signal.SIGSTOP)
+        last = None
+        for _ in range(20):
+            now = (progress.committed(), progress.written())
+            if now == last:
+                break
+            last = now
+        if caught():
+            return True
+        proc.send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGSTOP)
+    return False
+
+
+def kill_mid_batch(
+    proc: subprocess.Popen, progress: Progress, within_s: float = 60, *, transactional=False
+) -> None:
+    """Kills (SIGKILL) the consumer while a batch is written and not yet committed
+    (:func:`freeze_mid_batch`), or after ``within_s`` anyway (the caller checks what the
+    kill caught)."""
+    try:
+        freeze_mid_batch(proc, progress, within_s, transactional=transactional)
+    finally:
+        proc.kill()  # a stopped process dies of SIGKILL too
+        proc.communicate(timeout=30)
 
 
 # ---------------------------------------------------------------------------- results

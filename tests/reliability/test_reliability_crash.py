@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import kit
@@ -28,56 +27,6 @@ def _start(bootstrap, root, inp, out, dlq, group, config_path, *extra) -> subpro
     return kit.start_consumer(
         bootstrap, root, inp, out, dlq, group, *extra, max_batch=BATCH, kafka_config=config_path
     )
-
-
-def _committed(bootstrap, inp, group) -> dict[int, int]:
-    got = committed_offsets({"bootstrap.servers": bootstrap, "group.id": group}, inp)
-    return {tp.partition: offset or 0 for tp, offset in got.items()}
-
-
-def _outputs(bootstrap, out, dlq) -> list[tuple[int, int]]:
-    return [
-        (d["partition"], d["offset"])
-        for d in kit.read_all(bootstrap, out) + kit.read_all(bootstrap, dlq)
-    ]
-
-
-def _settled(bootstrap, inp, out, dlq, group) -> tuple[dict[int, int], list]:
-    """Committed offsets and outputs once two reads agree (a request the killed process had
-    in flight may still land just after the kill)."""
-    last = None
-    for _ in range(20):
-        now = (_committed(bootstrap, inp, group), kit.total(bootstrap, out, dlq))
-        if now == last:
-            break
-        last = now
-    return last[0], _outputs(bootstrap, out, dlq)
-
-
-def _kill_mid_batch(proc: subprocess.Popen, progress: rel.Progress, within_s: float = 60) -> None:
-    """Kills (SIGKILL) the consumer while a batch is written and not yet committed, as far as
-    it can tell: it freezes the process (SIGSTOP) when it sees outputs ahead of the commits,
-    looks again once the broker has taken what the process had sent (two looks agree), and
-    kills it if they still are; otherwise lets it go on (SIGCONT) and watches again. Kills it
-    anyway after ``within_s`` (the caller checks what the kill caught)."""
-    deadline = time.monotonic() + within_s
-    try:
-        while time.monotonic() < deadline:
-            if not progress.outputs_ahead_of_commits():
-                continue
-            proc.send_signal(signal.SIGSTOP)
-            last = None
-            for _ in range(20):
-                now = (progress.committed(), progress.written())
-                if now == last:
-                    break
-                last = now
-            if progress.outputs_ahead_of_commits():
-                return
-            proc.send_signal(signal.SIGCONT)
-    finally:
-        proc.kill()  # a stopped process dies of SIGKILL too
-        proc.communicate(timeout=30)
 
 
 def test_kill_9_mid_batch_then_restart_resumes_from_committed_offsets(broker, model_root, tmp_path):
@@ -105,8 +54,8 @@ def test_kill_9_mid_batch_then_restart_resumes_from_committed_offsets(broker, mo
                 alive=kit.process_alive(proc),
             )
             # Kill while the outputs are ahead of the commits: a batch written, not committed.
-            _kill_mid_batch(proc, progress)
-            committed, outputs = _settled(bootstrap, inp, out, dlq, group)
+            rel.kill_mid_batch(proc, progress)
+            committed, outputs = rel.settled(bootstrap, inp, out, dlq, group)
             past_commit = sum(1 for p, o in outputs if o >= committed.get(p, 0))
             expected_duplicates += past_commit
             kills.append(
@@ -208,7 +157,7 @@ def test_kill_9_of_the_prism_job_then_restart_resumes_from_committed_offsets(
         )
     finally:
         kill(proc)
-    committed, outputs = _settled(bootstrap, inp, out, dlq, group)
+    committed, outputs = rel.settled(bootstrap, inp, out, dlq, group)
     past_commit = sum(1 for p, o in outputs if o >= committed.get(p, 0))
 
     proc = start()

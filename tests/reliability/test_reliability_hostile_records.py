@@ -43,23 +43,29 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.mark.parametrize(
-    ("client", "scoring_process", "java"),
+    ("client", "scoring_process", "java", "guarantee"),
     [
-        ("kafka-python", False, True),
-        ("kafka-python", True, False),
-        ("confluent", False, False),
-        ("confluent", True, True),
+        ("kafka-python", False, True, "at_least_once"),
+        ("kafka-python", True, False, "at_least_once"),
+        ("confluent", False, False, "at_least_once"),
+        ("confluent", True, True, "at_least_once"),
+        ("kafka-python", False, False, "exactly_once"),
+        ("confluent", True, False, "exactly_once"),
     ],
     ids=[
         "kafka-python-kafka-tools-producer",
         "kafka-python-scoring-process",
         "confluent",
         "confluent-scoring-process-kafka-tools-producer",
+        "kafka-python-exactly-once",
+        "confluent-scoring-process-exactly-once",
     ],
 )
 def test_hostile_records_earn_at_worst_a_dead_letter_and_are_committed(
-    broker, model_root, tmp_path, client, scoring_process, java
+    broker, model_root, tmp_path, client, scoring_process, java, guarantee
 ):
+    """With ``exactly_once`` too: a poison record earns its dead letter inside the batch's
+    transaction, which commits (it never aborts for a record's sake)."""
     if client == "confluent":
         pytest.importorskip("confluent_kafka")
     bootstrap = broker.bootstrap_servers
@@ -95,14 +101,18 @@ def test_hostile_records_earn_at_worst_a_dead_letter_and_are_committed(
         max_batch=16,
         passthrough=PASSTHROUGH,
         scoring_process=scoring_process,
+        processing_guarantee=guarantee,
     )
     with consumer:
         stats = consumer.run(max_records=len(corpus), idle_timeout_s=30)
     assert stats.records_in == len(corpus) == stats.results + stats.dead_letters
+    assert stats.aborted_transactions == 0
     assert stats.model_version == version
 
-    results = kit.read_records(bootstrap, out)
-    letters = kit.read_records(bootstrap, dlq)
+    committed_only = guarantee == "exactly_once"
+    isolation = "read_committed" if committed_only else None
+    results = kit.read_records(bootstrap, out, isolation_level=isolation)
+    letters = kit.read_records(bootstrap, dlq, isolation_level=isolation)
     outcome: dict[tuple[int, int], str] = {}
     for message in results + letters:
         body = json.loads(message.value)
@@ -128,6 +138,7 @@ def test_hostile_records_earn_at_worst_a_dead_letter_and_are_committed(
     ends = end_offsets(config, inp)
     assert committed_offsets({**config, "group.id": group}, inp) == ends
     how = "scoring process" if scoring_process else "inline"
+    how += ", exactly once" if committed_only else ""
     target = f"consumer ({client}, {how}; {'Kafka tools' if java else 'kafka-python'} producer)"
     t = rel.Tally(len(corpus), len(outcome), len(outcome), 0, 0, results=len(results))
     t.dead_letters = len(letters)

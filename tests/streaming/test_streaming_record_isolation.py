@@ -268,6 +268,9 @@ def _consumer(**kwargs) -> ScoringConsumer:
         ("passthrough", ("offset",), "passthrough field 'offset'"),
         ("max_message_bytes", 100, "max_message_bytes must be at least"),
         ("message_key", "id", "message_key 'id' is not one of"),
+        ("processing_guarantee", "exactly-once", "processing_guarantee must be one of"),
+        ("transactional_id", "scorer-0", "only used with processing_guarantee='exactly_once'"),
+        ("transaction_timeout_s", 0, "transaction_timeout_s must be greater than 0"),
     ],
 )
 def test_consumer_refuses_options_that_cannot_work(option, value, says):
@@ -286,6 +289,11 @@ def test_consumer_refuses_options_that_cannot_work(option, value, says):
         (["--max_records=0"], "max_records must be a whole number of 1 or more"),
         (["--passthrough=site,partition"], "passthrough field 'partition'"),
         (["--max_message_bytes=10"], "max_message_bytes must be at least"),
+        (["--transactional_id=scorer-0"], "only used with processing_guarantee"),
+        (
+            ["--processing_guarantee=exactly_once", "--transaction_timeout_s=-1"],
+            "transaction_timeout_s must be greater than 0",
+        ),
     ],
 )
 def test_consume_cli_refuses_bad_options_in_one_line_with_exit_code_2(capsys, args, says):
