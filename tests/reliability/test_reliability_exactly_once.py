@@ -97,6 +97,16 @@ def _written_past_commit(bootstrap, inp, out, dlq, group) -> int:
     return sum(1 for p, o in outputs if o >= committed.get(p, 0))
 
 
+def _judge(bootstrap, topics, group, fault: str, client: str, produced: int, **extra):
+    """Counts the outputs with a ``read_committed`` reader, adds the row to the fault table,
+    and asserts exactly once; returns the tally."""
+    inp, out, dlq = topics
+    t = rel.tally(bootstrap, inp, out, dlq, group=group, isolation_level="read_committed")
+    rel.report_fault(fault, f"plain consumer, exactly once ({client})", t, **extra)
+    _exactly_once(t, produced)
+    return t
+
+
 def _exactly_once(t: rel.Tally, produced: int) -> None:
     assert t.records_in == produced
     assert t.lost == 0, f"lost {t.lost} records, e.g. {t.missing}"
@@ -199,16 +209,17 @@ def test_broker_restart_mid_stream(broker, model_root, client):
         thread.finish()
     if thread.error is not None:
         raise thread.error
-    t = rel.tally(bootstrap, inp, out, dlq, group=group, isolation_level="read_committed")
-    rel.report_fault(
+    _judge(
+        bootstrap,
+        (inp, out, dlq),
+        group,
         "broker restart (stop + start)",
-        f"plain consumer, exactly once ({client})",
-        t,
+        client,
+        figures["sent"],
         aborted_transactions=consumer.stats.aborted_transactions,
         producer_restarts=consumer.stats.producer_restarts,
         **figures,
     )
-    _exactly_once(t, figures["sent"])
 
 
 def test_two_consumers_one_killed_mid_transaction(broker, model_root, kafka_config):
@@ -235,15 +246,16 @@ def test_two_consumers_one_killed_mid_transaction(broker, model_root, kafka_conf
     finally:
         progress.close()
     stats = _finish(survivor)
-    t = rel.tally(bootstrap, inp, out, dlq, group=group, isolation_level="read_committed")
-    rel.report_fault(
+    _judge(
+        bootstrap,
+        topics,
+        group,
         "one of two consumers kill -9 mid-transaction (rebalance)",
-        f"plain consumer, exactly once ({client})",
-        t,
+        client,
+        produced,
         survivor_records_in=stats["records_in"],
         survivor_aborted_transactions=stats["aborted_transactions"],
     )
-    _exactly_once(t, produced)
 
 
 def test_zombie_is_fenced(broker, model_root, kafka_config):
@@ -289,15 +301,16 @@ def test_zombie_is_fenced(broker, model_root, kafka_config):
         if zombie.poll() is None:
             zombie.send_signal(signal.SIGCONT)
             zombie.kill()
-    t = rel.tally(bootstrap, inp, out, dlq, group=group, isolation_level="read_committed")
-    rel.report_fault(
+    t = _judge(
+        bootstrap,
+        topics,
+        group,
         "zombie: consumer frozen mid-transaction, replaced, then resumed",
-        f"plain consumer, exactly once ({client})",
-        t,
+        client,
+        produced,
         zombie_aborted_transactions=zombie_stats["aborted_transactions"],
         replacement_records_in=replacement_stats["records_in"],
     )
-    _exactly_once(t, produced)
     assert zombie_stats["aborted_transactions"] >= 1
     assert t.versions == {version: t.results}
 
