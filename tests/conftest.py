@@ -4,8 +4,10 @@ the quieting of what jobs that tests cancelled leave behind (see :func:`pytest_c
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -125,6 +127,36 @@ def pytest_unconfigure(config):
     import atexit
 
     atexit.register(_quiet_worker_shutdown)
+    _exit_watchdog(int(getattr(config, "_ae_exitstatus", 0)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._ae_exitstatus = exitstatus
+
+
+EXIT_GRACE_S = float(os.environ.get("AE_TEST_EXIT_GRACE_S", "180"))
+
+
+def _exit_watchdog(status: int) -> None:
+    """A thread that never ends (a non-daemon thread stuck in a library call, a
+    ``concurrent.futures`` worker the interpreter joins at exit) must not hold the process
+    after the session: CI once waited an hour for one. After ``EXIT_GRACE_S`` the stacks of
+    every thread still running are printed, to name the culprit, and the process exits with
+    the session's status."""
+    import faulthandler
+
+    def watch() -> None:
+        time.sleep(EXIT_GRACE_S)
+        sys.stderr.write(
+            f"\nthe test process has not exited {EXIT_GRACE_S:g}s after the session ended "
+            "(a defect: a thread that never ends); the threads still running:\n"
+        )
+        sys.stderr.flush()
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(status)
+
+    threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()
 
 
 def _quiet_worker_shutdown() -> None:

@@ -3,6 +3,7 @@ else: a session of a few generated tests runs under a copy of it in a subprocess
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -105,3 +106,30 @@ def test_conftest_quiets_only_what_cancelled_jobs_leave(tmp_path: Path):
     # Printed at exit as before: other output, other tracebacks.
     assert "MARK other exit output" in run.stderr
     assert "ValueError: MARK real" in run.stderr
+
+
+STUCK = """
+import threading
+
+
+def test_passes_but_leaves_a_thread_that_never_ends():
+    threading.Thread(target=threading.Event().wait, name="never-ends").start()
+"""
+
+
+def test_a_thread_that_never_ends_does_not_hold_the_session(tmp_path: Path):
+    """The exit watchdog: the session's result stands, the stuck thread is named."""
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_stuck.py").write_text(STUCK)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "AE_TEST_EXIT_GRACE_S": "2"},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout
+    assert "has not exited 2s after the session ended" in run.stderr
+    assert "never-ends" in run.stderr or "in wait" in run.stderr, run.stderr

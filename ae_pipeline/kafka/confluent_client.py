@@ -5,9 +5,9 @@ Needs the ``[fast]`` extra (``pip install ae-pipeline[fast]``).
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -242,6 +242,34 @@ class Consumer(KafkaConsumerClient):
             raise KafkaClientError(f"{what} needs a consumer group: set group_id in the config")
 
 
+def call_with_deadline(call: Any, args: Sequence[Any], deadline_s: float, *, name: str) -> bool:
+    """Runs ``call(*args)`` in a daemon thread and waits at most ``deadline_s`` for it.
+
+    Returns True when the call returned (its exception, if any, is raised here), False when
+    it is still running: it then runs on, abandoned, in a daemon thread, which never keeps
+    the interpreter from exiting (a ``concurrent.futures`` worker would: the interpreter
+    joins those at exit, for ever when the call never returns).
+    """
+    outcome: list[BaseException | None] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            call(*args)
+            outcome.append(None)
+        except BaseException as err:  # handed to the waiting thread
+            outcome.append(err)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    if not done.wait(deadline_s):
+        return False
+    if outcome[0] is not None:
+        raise outcome[0]
+    return True
+
+
 class Producer(KafkaProducerClient):
     """A confluent-kafka ``Producer`` with ``acks=all`` (transactional with a
     ``transactional_id``)."""
@@ -268,7 +296,6 @@ class Producer(KafkaProducerClient):
             self._producer = ck.Producer(conf)
         self._queued = 0
         self._errors: list[tuple[str, int | None, str]] = []
-        self._txn_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._stuck = False  # a transactional call never returned: the producer is abandoned
 
     def _on_delivery(self, error: Any, message: Any) -> None:
@@ -347,8 +374,6 @@ class Producer(KafkaProducerClient):
         if not self._stuck:
             with scrubbed_errors(self._config, "close"):
                 self._producer.flush(0)
-        if self._txn_thread is not None:
-            self._txn_thread.shutdown(wait=False)
         self._producer = None  # librdkafka's producer stops when it is freed
 
     # -------------------------------------------------------------- transactions
@@ -394,21 +419,14 @@ class Producer(KafkaProducerClient):
         if not args or self._stuck:
             call(*args)
             return
-        if self._txn_thread is None:
-            self._txn_thread = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="ae-pipeline-txn"
-            )
-        future = self._txn_thread.submit(call, *args)
-        try:
-            future.result(timeout=float(args[-1]) + _TXN_GRACE_S)
-        except concurrent.futures.TimeoutError:
+        deadline_s = float(args[-1]) + _TXN_GRACE_S
+        if not call_with_deadline(call, args, deadline_s, name=f"ae-pipeline-txn-{what}"):
             self._stuck = True
-            self._txn_thread.shutdown(wait=False)
             raise TransactionError(
-                f"{what} did not return within {float(args[-1]) + _TXN_GRACE_S:g}s although "
-                "its timeout had passed (librdkafka #5456): this producer is abandoned",
+                f"{what} did not return within {deadline_s:g}s although its timeout had "
+                "passed (librdkafka #5456): this producer is abandoned",
                 fatal=True,
-            ) from None
+            )
 
     def init_transactions(self, timeout_s: float) -> None:
         self._transaction_step("init_transactions", self._producer.init_transactions, timeout_s)
