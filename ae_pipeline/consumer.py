@@ -12,12 +12,14 @@ uncommitted batches (duplicates, never losses); results carry the input
 ``topic``/``partition``/``offset`` so that consumers downstream can count or drop duplicates.
 Run N processes with the same group id to scale out (up to the number of partitions).
 
-With ``processing_guarantee="exactly_once"`` the same loop runs in Kafka transactions: batch
-k's results and dead letters are sent in a transaction, and when it is confirmed its offsets are
-sent into it (with the group metadata of the poll that read it: KIP-447 fencing) and it commits.
-Any failure aborts it, drops the batches scored past it and moves the partitions back to the
-committed offsets; the input is read with ``read_committed``. A ``read_committed`` reader of the
-outputs then sees every record once, whatever crashes, rebalances or zombies happen.
+With ``processing_guarantee="exactly_once"`` the same loop runs in Kafka transactions: each
+batch's results and dead letters are sent in the open transaction, followed by its offsets (with
+the group metadata of the poll that read it: KIP-447 fencing); the transaction commits once it
+has been open ``commit_interval_s`` (as Kafka Streams' ``commit.interval.ms``; several batches in
+one transaction), when the input goes quiet and when the run stops. Any failure aborts it, drops
+the batches scored past it and moves the partitions back to the committed offsets; the input is
+read with ``read_committed``. A ``read_committed`` reader of the outputs then sees every record
+once, whatever crashes, rebalances or zombies happen.
 
 Where the process may use 2 CPUs or more (affinity and cgroup quota), the scoring runs in a
 child process by default (:class:`~ae_pipeline.scoring_process.ScoringProcess`;
@@ -98,6 +100,9 @@ AT_LEAST_ONCE = "at_least_once"
 EXACTLY_ONCE = "exactly_once"
 PROCESSING_GUARANTEES = (AT_LEAST_ONCE, EXACTLY_ONCE)
 DEFAULT_TRANSACTION_TIMEOUT_S = 10.0
+# How long a transaction collects batches before it commits (Kafka Streams' commit.interval.ms
+# under exactly-once is 100 ms as well).
+DEFAULT_COMMIT_INTERVAL_S = 0.1
 # Aborted transactions in a row (no commit between them) before the run gives up.
 MAX_ABORTS_IN_A_ROW = 10
 
@@ -115,6 +120,8 @@ class ConsumerStats:
         batches: batches processed (each produced, flushed and committed).
         commit_failures: commits refused or lost (e.g. after a rebalance or a broker restart;
             the batch will be replayed unless a later commit covers it).
+        transactions: transactions committed (``exactly_once``; each holds the batches of
+            ``commit_interval_s``).
         aborted_transactions: transactions aborted and their batches read again
             (``exactly_once``; e.g. after a rebalance or a broker restart).
         producer_restarts: transactional producers replaced after a fatal error
@@ -132,6 +139,7 @@ class ConsumerStats:
     anomalies: int = 0
     batches: int = 0
     commit_failures: int = 0
+    transactions: int = 0
     aborted_transactions: int = 0
     producer_restarts: int = 0
     model_version: str | None = None
@@ -196,6 +204,10 @@ class ScoringConsumer:
         transaction_timeout_s: ``exactly_once`` only: how long the broker lets a transaction
             stay open before aborting it (what a crashed process costs its partitions'
             ``read_committed`` readers).
+        commit_interval_s: ``exactly_once`` only: a transaction takes the batches of this many
+            seconds, then commits (0: one transaction per batch). Longer: fewer commits, more
+            records per second; outputs reach ``read_committed`` readers at the commit, so
+            their latency grows by up to this much. Less than ``transaction_timeout_s``.
         scoring_process: score in a child process
             (:class:`~ae_pipeline.scoring_process.ScoringProcess`), so that scoring overlaps
             the Kafka I/O on another core (True), or in this process (False); None (default):
@@ -231,6 +243,7 @@ class ScoringConsumer:
         processing_guarantee: str = AT_LEAST_ONCE,
         transactional_id: str | None = None,
         transaction_timeout_s: float = DEFAULT_TRANSACTION_TIMEOUT_S,
+        commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
         scoring_process: bool | None = None,
         consumer: KafkaConsumerClient | None = None,
         producer: KafkaProducerClient | None = None,
@@ -251,7 +264,14 @@ class ScoringConsumer:
             wait_for_model_s=wait_for_model_s,
             assignment_timeout_s=assignment_timeout_s,
             transaction_timeout_s=transaction_timeout_s,
+            commit_interval_s=commit_interval_s,
         )
+        if commit_interval_s >= transaction_timeout_s:
+            raise ValueError(
+                f"commit_interval_s ({commit_interval_s:g}) must be less than "
+                f"transaction_timeout_s ({transaction_timeout_s:g}): the broker would abort "
+                "every transaction before it commits"
+            )
         self.exactly_once = check_processing_guarantee(processing_guarantee) == EXACTLY_ONCE
         if transactional_id is not None and (
             not self.exactly_once or not isinstance(transactional_id, str) or not transactional_id
@@ -265,6 +285,7 @@ class ScoringConsumer:
             f"ae-pipeline.{self.config.group_id}.{uuid.uuid4().hex[:12]}"
         )
         self.transaction_timeout_s = transaction_timeout_s
+        self.commit_interval_s = commit_interval_s
         self.passthrough = check_passthrough(passthrough, mode)
         self.max_message_bytes = check_max_message_bytes(max_message_bytes)
         self.message_key = check_message_key(message_key)
@@ -449,7 +470,7 @@ class ScoringConsumer:
         while not self._stop.is_set():
             # With a batch in the scorer, only take what is already buffered: waiting here
             # would hold back that batch's outputs.
-            records = consumer.poll(0 if scoring else self.poll_timeout_s, self.max_batch)
+            records = consumer.poll(self._poll_wait(scoring, in_flight), self.max_batch)
             if not records:
                 if scoring:
                     in_flight = self._drain(scoring, consumer, producer, in_flight)
@@ -494,6 +515,16 @@ class ScoringConsumer:
                 self._stop_reason = "max_records"
                 break
         return in_flight
+
+    def _poll_wait(self, scoring: deque[_Polled], in_flight: _Sent | None) -> float:
+        """How long the next poll may wait: not at all with a batch in the scorer (its outputs
+        would wait), no longer than the open transaction has left before it is due."""
+        if scoring:
+            return 0.0
+        if self.exactly_once and in_flight is not None:
+            left = in_flight.opened + self.commit_interval_s - time.monotonic()
+            return min(self.poll_timeout_s, max(0.0, left))
+        return self.poll_timeout_s
 
     def _new_producer(self) -> KafkaProducerClient:
         """The producer of the outputs; with ``exactly_once``, transactional and initialised
@@ -559,7 +590,7 @@ class ScoringConsumer:
             self._scorer.collect()
         if not err.fatal:
             try:
-                producer.abort_transaction(min(self.flush_timeout_s, self.transaction_timeout_s))
+                producer.abort_transaction(self._transaction_wait_s)
             except TransactionError as abort_err:
                 _log.warning("aborting failed too (%s): a new producer takes over", abort_err)
                 err = abort_err
@@ -637,21 +668,47 @@ class ScoringConsumer:
         in_flight: _Sent | None,
     ) -> _Sent:
         """Confirms the batch in flight, collects the oldest scored batch and sends its
-        outputs (in a new transaction with ``exactly_once``). Confirming first lets a scoring
-        process go on with the next batch while this one waits for the acknowledgements (a
-        flush sends at once, without lingering)."""
+        outputs. Confirming first lets a scoring process go on with the next batch while this
+        one waits for the acknowledgements (a flush sends at once, without lingering).
+
+        With ``exactly_once`` the outputs and then the offsets go into the open transaction
+        (begun here if none is), which is committed first if it is due
+        (``commit_interval_s``)."""
         assert self._scorer is not None
-        self._confirm(in_flight, consumer, producer)
-        scored: ScoredBatch = self._scorer.collect()
-        if self.exactly_once:
+        if not self.exactly_once:
+            self._confirm(in_flight, consumer, producer)
+            scored: ScoredBatch = self._scorer.collect()
+            self._send_outputs(producer, scored)
+            self._count(scored)
+            return _Sent(polled.offsets)
+        if in_flight is not None and time.monotonic() - in_flight.opened >= self.commit_interval_s:
+            self._confirm(in_flight, consumer, producer)
+            in_flight = None
+        scored = self._scorer.collect()
+        if in_flight is None:
             producer.begin_transaction()
+            in_flight = _Sent({}, opened=time.monotonic())
+        self._send_outputs(producer, scored)
+        # Each batch's offsets with the group generation it was read in (KIP-447): after a
+        # rebalance the broker refuses them and the transaction aborts, instead of committing
+        # offsets of partitions that another member now reads.
+        producer.send_offsets_to_transaction(
+            polled.offsets, polled.group_metadata, self._transaction_wait_s
+        )
+        in_flight.offsets.update(polled.offsets)
+        in_flight.scored.append(scored)  # counted at the commit
+        return in_flight
+
+    def _send_outputs(self, producer: KafkaProducerClient, scored: ScoredBatch) -> None:
         producer.send_many(self.output_topic, scored.outputs)
         if scored.letters:
             producer.send_many(self.dead_letter_topic, scored.letters)
-        if not self.exactly_once:
-            self._count(scored)
-            return _Sent(polled.offsets)
-        return _Sent(polled.offsets, polled.group_metadata, scored)  # counted at the commit
+
+    @property
+    def _transaction_wait_s(self) -> float:
+        """How long a transactional call may wait: longer would be in vain, the broker aborts
+        the transaction after ``transaction_timeout_s``."""
+        return min(self.flush_timeout_s, self.transaction_timeout_s)
 
     def _count(self, scored: ScoredBatch) -> None:
         stats = self.stats
@@ -675,20 +732,19 @@ class ScoringConsumer:
         """Waits until the outputs of ``sent`` are acknowledged, then commits its offsets
         (asynchronously in the loop: a later commit supersedes a lost one; synchronously at the
         end, so that a stopped consumer has committed everything it wrote). With
-        ``exactly_once``: sends the offsets into the batch's transaction and commits it
-        (raises :class:`~ae_pipeline.kafka.TransactionError` when that fails)."""
+        ``exactly_once``: commits the open transaction (its outputs and offsets were sent into
+        it by :meth:`_send`; raises :class:`~ae_pipeline.kafka.TransactionError` when that
+        fails)."""
         if sent is None:
             return
         if self.exactly_once:
-            # Longer than the transaction timeout would be in vain: the broker aborts it then.
-            wait_s = min(self.flush_timeout_s, self.transaction_timeout_s)
-            producer.send_offsets_to_transaction(sent.offsets, sent.group_metadata, wait_s)
-            producer.commit_transaction(wait_s)
+            producer.commit_transaction(self._transaction_wait_s)
             self._aborts_in_a_row = 0
             self._written.update(sent.offsets)
-            assert sent.scored is not None
-            self._count(sent.scored)
-            self.stats.batches += 1
+            for scored in sent.scored:
+                self._count(scored)
+            self.stats.batches += len(sent.scored)
+            self.stats.transactions += 1
             return
         self.stats.commit_failures = self._sync_commit_failures + getattr(
             consumer, "async_commit_failures", 0
@@ -790,11 +846,12 @@ class _Polled:
 
 @dataclass
 class _Sent:
-    """A batch whose outputs were sent but not yet confirmed and committed."""
+    """Outputs sent but not yet confirmed and committed: one batch (at least once), or the
+    batches of the open transaction (exactly once: ``scored``, counted at its commit)."""
 
     offsets: dict[TopicPartition, int]
-    group_metadata: Any = None
-    scored: ScoredBatch | None = None
+    scored: list[ScoredBatch] = field(default_factory=list)
+    opened: float = 0.0  # when the transaction began (monotonic seconds)
 
 
 def _abort_producer(producer: KafkaProducerClient) -> None:

@@ -26,6 +26,7 @@ import sys
 from ae_pipeline.beam.options import add_switch
 from ae_pipeline.consumer import (
     AT_LEAST_ONCE,
+    DEFAULT_COMMIT_INTERVAL_S,
     DEFAULT_TRANSACTION_TIMEOUT_S,
     PROCESSING_GUARANTEES,
     ScoringConsumer,
@@ -114,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TRANSACTION_TIMEOUT_S,
         help="exactly_once: the broker aborts a transaction open this long (what a crashed "
         "process holds up its partitions' read_committed readers)",
+    )
+    kafka.add_argument(
+        "--commit_interval_s",
+        type=float,
+        default=DEFAULT_COMMIT_INTERVAL_S,
+        help="exactly_once: a transaction takes the batches of this many seconds, then "
+        "commits (as Kafka Streams' commit.interval.ms; 0: one per batch). Longer: more "
+        "records/s, later visibility to read_committed readers",
     )
     model = parser.add_argument_group("model")
     model.add_argument("--mode", default="flag", choices=MODES)
@@ -229,6 +238,7 @@ def _consumer(args: argparse.Namespace, config: dict) -> ScoringConsumer:
         processing_guarantee=args.processing_guarantee,
         transactional_id=args.transactional_id,
         transaction_timeout_s=args.transaction_timeout_s,
+        commit_interval_s=args.commit_interval_s,
     )
 
 

@@ -343,3 +343,44 @@ def test_sigterm_commits_the_open_transaction(broker, model_root, kafka_config):
     assert t.records_in == sent and t.lost == 0 and t.duplicated == 0
     assert t.records_out == stats["records_in"] == kit.committed_total(bootstrap, inp, group)
     rel.report_fault("SIGTERM mid-stream", "plain consumer, exactly once (confluent)", t)
+
+
+@pytest.mark.parametrize("commit_interval_s", [0.0, 2.0])
+def test_a_transaction_takes_the_batches_of_its_commit_interval(
+    broker, model_root, commit_interval_s
+):
+    """``commit_interval_s=0``: one transaction per batch; longer: several batches in one
+    transaction (what makes exactly once fast), still every record once."""
+    pytest.importorskip("confluent_kafka")
+    root, _ = model_root
+    bootstrap = broker.bootstrap_servers
+    inp, out, dlq = kit.new_topics(bootstrap)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    produced = 1200
+    values = [kit.record(i, r) for i, r in enumerate(kit.normal_rows(produced, seed=3))]
+    kit.produce(bootstrap, inp, values)
+    consumer = ScoringConsumer(
+        {"bootstrap.servers": bootstrap, "group.id": group},
+        input_topic=inp,
+        output_topic=out,
+        dead_letter_topic=dlq,
+        mode="flag",
+        model_root=root,
+        device="cpu",
+        max_batch=50,
+        client="confluent",
+        scoring_process=False,
+        processing_guarantee="exactly_once",
+        commit_interval_s=commit_interval_s,
+    )
+    with consumer:
+        stats = consumer.run(idle_timeout_s=3)
+    assert stats.records_in == produced and stats.aborted_transactions == 0
+    assert stats.batches >= produced // 50
+    if commit_interval_s == 0:
+        assert stats.transactions == stats.batches
+    else:
+        assert stats.transactions < stats.batches / 2, stats
+    t = rel.tally(bootstrap, inp, out, dlq, group=group, isolation_level="read_committed")
+    _exactly_once(t, produced)
+    assert kit.committed_total(bootstrap, inp, group) == produced

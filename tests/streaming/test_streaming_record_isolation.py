@@ -271,6 +271,9 @@ def _consumer(**kwargs) -> ScoringConsumer:
         ("processing_guarantee", "exactly-once", "processing_guarantee must be one of"),
         ("transactional_id", "scorer-0", "only used with processing_guarantee='exactly_once'"),
         ("transaction_timeout_s", 0, "transaction_timeout_s must be greater than 0"),
+        ("commit_interval_s", -0.1, "commit_interval_s must be 0 or more"),
+        ("commit_interval_s", float("inf"), "commit_interval_s must be finite"),
+        ("commit_interval_s", 10.0, r"commit_interval_s \(10\) must be less than"),
     ],
 )
 def test_consumer_refuses_options_that_cannot_work(option, value, says):
@@ -293,6 +296,10 @@ def test_consumer_refuses_options_that_cannot_work(option, value, says):
         (
             ["--processing_guarantee=exactly_once", "--transaction_timeout_s=-1"],
             "transaction_timeout_s must be greater than 0",
+        ),
+        (
+            ["--processing_guarantee=exactly_once", "--commit_interval_s=20"],
+            "must be less than transaction_timeout_s",
         ),
     ],
 )
