@@ -191,6 +191,25 @@ SCHEMAS = {
         },
         ("apiVersion", "kind", "metadata", "spec"),
     ),
+    ("apps/v1", "StatefulSet"): obj(
+        {
+            "apiVersion": {},
+            "kind": {},
+            "metadata": META,
+            "spec": obj(
+                {
+                    "serviceName": NAME,
+                    "replicas": {"type": "integer", "minimum": 0},
+                    "podManagementPolicy": {"enum": ["OrderedReady", "Parallel"]},
+                    "selector": obj({"matchLabels": LABELS}, ("matchLabels",)),
+                    "template": POD_TEMPLATE,
+                    "updateStrategy": {"type": "object"},
+                },
+                ("selector", "template"),
+            ),
+        },
+        ("apiVersion", "kind", "metadata", "spec"),
+    ),
     ("v1", "Service"): obj(
         {
             "apiVersion": {},
@@ -357,7 +376,7 @@ def test_kubernetes_object_matches_its_schema(doc):
         spec = doc["spec"] if key[1] == "Job" else doc["spec"]["jobTemplate"]["spec"]
         restart = spec["template"]["spec"].get("restartPolicy")
         jsonschema.validate(restart, JOB_POD_RESTART)
-    if key[1] == "Deployment":
+    if key[1] in ("Deployment", "StatefulSet"):
         labels = doc["spec"]["template"]["metadata"]["labels"]
         selector = doc["spec"]["selector"]["matchLabels"]
         assert selector.items() <= labels.items(), "the selector must match the pod labels"
@@ -370,6 +389,7 @@ def test_every_kind_of_object_is_covered():
         ("batch/v1", "CronJob"),
         ("batch/v1", "Job"),
         ("apps/v1", "Deployment"),
+        ("apps/v1", "StatefulSet"),
         ("v1", "Service"),
     } <= kinds
 
@@ -412,3 +432,20 @@ def test_compose_file_matches_the_compose_schema():
     )
     assert listeners <= set(protocol_map), "every listener needs a security protocol"
     assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in listeners
+
+
+def test_the_exactly_once_scorer_takes_its_pod_name_as_transactional_id():
+    """A stable transactional id per pod (a restart fences its predecessor at once), never one
+    shared by two live pods: the StatefulSet's pod name, through the downward API."""
+    from pipelines.consume import build_parser
+
+    (path,) = deploy_files("consumer-statefulset.yaml")
+    (doc,) = yaml_docs(path)
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    args = build_parser().parse_args(container["args"][1:])
+    assert args.processing_guarantee == "exactly_once"
+    assert args.transactional_id == "$(POD_NAME)"
+    assert args.commit_interval_s < args.transaction_timeout_s
+    assert doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
