@@ -542,7 +542,7 @@ def load_artifact(
     Raises:
         ArtifactError: for a missing, corrupt, unsafe or mismatched artifact.
     """
-    from ae_pipeline.models.trainer import resolve_device
+    from ae_pipeline.models.device import resolve_device
 
     meta, tensors = verify_artifact(path)
     check_compatibility(

@@ -388,7 +388,7 @@ def train_stack_layer(
     job: TrainJob, index: int, shards: list[Shard], val: list[Shard], stats
 ) -> dict:
     """Greedy pretraining of stacked layer ``index`` on the previous layer's code shards."""
-    from ae_pipeline.models import stacked
+    from ae_pipeline.models import layerwise
 
     if stats is None:
         return _refusal(
@@ -402,7 +402,7 @@ def train_stack_layer(
     if reason:
         return _refusal(reason, shards, val, layer=index)
     scaler = Scaler.fit(job.scaler, stats) if index == 0 else None
-    layer, history = stacked.train_layer(
+    layer, history = layerwise.train_layer(
         model_cfg,
         index,
         shard_stream(shards, scaler, seed=train_cfg.seed),
@@ -422,7 +422,7 @@ class _EncodeShard(beam.DoFn):
 
     def process(self, shard: Shard, layer: dict, stats):
         from ae_pipeline.artifact import load_artifact
-        from ae_pipeline.models import stacked
+        from ae_pipeline.models import layerwise
 
         if layer.get("refused"):
             return
@@ -430,7 +430,7 @@ class _EncodeShard(beam.DoFn):
         x, y = read_shard(shard.path)
         if self.first:
             x = Scaler.fit(layer["scaler_kind"], stats).transform(x)
-        codes = stacked.encode_with_layer(model, x)
+        codes = layerwise.encode_with_layer(model, x)
         name = f"codes{self.index}/{uuid.uuid4().hex}.npz"
         yield write_shard(FileSystems.join(self.temp_dir, name), codes, y)
 
@@ -438,7 +438,7 @@ class _EncodeShard(beam.DoFn):
 def finetune_stack(job: TrainJob, layers: list[dict], train, val, stats) -> dict:
     """Assemble the pretrained layers and fine-tune end to end (supervised with labels)."""
     from ae_pipeline.artifact import load_artifact
-    from ae_pipeline.models import stacked
+    from ae_pipeline.models import layerwise
 
     layers = sorted(layers, key=lambda d: d["layer"])
     refused = [d for d in layers if d.get("refused")]
@@ -447,11 +447,11 @@ def finetune_stack(job: TrainJob, layers: list[dict], train, val, stats) -> dict
         return _refusal(f"layer {refused[0]['layer'] if refused else 0}: {reason}", train, val)
     scaler = Scaler.fit(job.scaler, stats)
     model_cfg, train_cfg = _configs(job, len(stats.mean), "finetune")
-    stack = stacked.assemble_stack(
+    stack = layerwise.assemble_stack(
         model_cfg, [load_artifact(d["model_path"]).model for d in layers]
     )
     supervised = model_cfg.num_classes is not None
-    history = stacked.fine_tune(
+    history = layerwise.fine_tune(
         stack,
         shard_stream(train, scaler, labels=supervised, seed=train_cfg.seed),
         train_cfg,

@@ -25,29 +25,29 @@ from ae_pipeline.models.config import (
 )
 from ae_pipeline.models.conv import ConvAutoencoder
 from ae_pipeline.models.corruption import corrupt
+from ae_pipeline.models.device import resolve_device
 from ae_pipeline.models.factory import (
     WeightsMismatchError,
     build_model,
     check_state_shapes,
     expected_shapes,
+    fit,
     load_weights,
     warm_start,
+)
+from ae_pipeline.models.layerwise import (
+    assemble_stack,
+    encode_with_layer,
+    fine_tune,
+    pretrain_stack,
+    train_layer,
 )
 from ae_pipeline.models.losses import bce_loss, get_loss, mse_loss, register_loss, total_variation
 from ae_pipeline.models.mlp import MLPAutoencoder
 from ae_pipeline.models.objective import ClassificationObjective, ReconstructionObjective
 from ae_pipeline.models.scoring import Scorer, ScoreResult
-from ae_pipeline.models.stacked import (
-    StackedAutoencoder,
-    assemble_stack,
-    encode_with_layer,
-    fine_tune,
-    layer_config,
-    n_layers,
-    pretrain_stack,
-    train_layer,
-)
-from ae_pipeline.models.trainer import EpochStats, History, Trainer, fit, resolve_device
+from ae_pipeline.models.stacked import StackedAutoencoder, layer_config, n_layers
+from ae_pipeline.models.trainer import EpochStats, History, Trainer
 from ae_pipeline.models.vae import VariationalAutoencoder
 
 __all__ = [

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from ae_pipeline.models.base import Autoencoder
-from ae_pipeline.models.config import ModelConfig
+from ae_pipeline.models.config import ModelConfig, TrainConfig
 from ae_pipeline.models.conv import ConvAutoencoder
 from ae_pipeline.models.mlp import MLPAutoencoder
 from ae_pipeline.models.stacked import StackedAutoencoder
+from ae_pipeline.models.trainer import History, Trainer
 from ae_pipeline.models.vae import VariationalAutoencoder
 
 _ARCHITECTURES: dict[str, type[Autoencoder]] = {
@@ -121,3 +122,20 @@ def load_weights(
 
 
 warm_start = load_weights
+
+
+def fit(
+    model_config: Any,
+    data: Any,
+    train_config: TrainConfig | None = None,
+    **fit_kwargs: Any,
+) -> tuple[nn.Module, History]:
+    """Builds a model from ``model_config`` (seeded by ``train_config.seed``) and trains it.
+
+    Returns:
+        ``(model, history)``.
+    """
+    train_config = train_config or TrainConfig()
+    model = build_model(model_config, seed=train_config.seed)
+    history = Trainer(train_config).fit(model, data, **fit_kwargs)
+    return model, history

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ae_pipeline.models.trainer import resolve_device
+from ae_pipeline.models.device import resolve_device
 
 
 @dataclass

@@ -16,30 +16,13 @@ from tqdm.auto import tqdm
 from ae_pipeline.models.budget import plan_budget
 from ae_pipeline.models.config import TrainConfig
 from ae_pipeline.models.data import BatchSource, as_source
+from ae_pipeline.models.device import resolve_device
 from ae_pipeline.models.losses import LossFn
 from ae_pipeline.models.objective import ClassificationObjective, Objective, ReconstructionObjective
 
 _EVAL_BATCH = 4096
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """Returns the torch device for ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
-
-    Raises:
-        RuntimeError: if CUDA is asked for but not available.
-    """
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {name!r} asked for but CUDA is not available; use 'cpu' or 'auto'"
-        )
-    return device
 
 
 @dataclass
@@ -431,22 +414,3 @@ def _check_width(model: nn.Module, x: torch.Tensor) -> None:
             f"batch of shape {tuple(x.shape)} has {width} features per row; the model expects "
             f"{expected}"
         )
-
-
-def fit(
-    model_config: Any,
-    data: Any,
-    train_config: TrainConfig | None = None,
-    **fit_kwargs: Any,
-) -> tuple[nn.Module, History]:
-    """Builds a model from ``model_config`` (seeded by ``train_config.seed``) and trains it.
-
-    Returns:
-        ``(model, history)``.
-    """
-    from ae_pipeline.models.factory import build_model
-
-    train_config = train_config or TrainConfig()
-    model = build_model(model_config, seed=train_config.seed)
-    history = Trainer(train_config).fit(model, data, **fit_kwargs)
-    return model, history

@@ -18,7 +18,7 @@ from ae_pipeline.models import (
     build_model,
     plan_budget,
 )
-from ae_pipeline.models.stacked import fine_tune, pretrain_stack
+from ae_pipeline.models.layerwise import fine_tune, pretrain_stack
 
 BUDGET = {"min_steps": 2000, "max_batch_fraction": 0.125}
 
