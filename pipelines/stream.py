@@ -6,8 +6,9 @@
         --model_root models/ --model_poll_interval_s 30 \\
         --runner PrismRunner --streaming [--prism_location ...]
 
-Reads the input topic with :class:`ae_pipeline.beam.kafka_io.ReadKafkaRecords` (a splittable
-DoFn over partitions; one list of records per poll), scores each poll's list with
+Runs :class:`ae_pipeline.beam.ScoreKafkaTopic`: reads the input topic with
+:class:`ae_pipeline.beam.kafka_io.ReadKafkaRecords` (a splittable DoFn over partitions; one
+list of records per poll), scores each poll's list with
 :class:`ae_pipeline.beam.transforms.ScoreRecords` (the same scoring as the plain consumer),
 and writes results and dead letters with :class:`~ae_pipeline.beam.kafka_io.WriteKafkaRecords`
 as the messages of :func:`ae_pipeline.serving.to_messages`. With ``--model_root`` it follows the
@@ -26,8 +27,6 @@ pipeline is built: a mistake is one line naming the option, and exit code 2.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import math
 import sys
@@ -37,7 +36,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
-from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords, message_size
+from ae_pipeline.beam.kafka_scoring import ScoreKafkaTopic
 from ae_pipeline.beam.options import (
     FLINK_JAVA_FLAGS,
     ModelLocationOptions,
@@ -49,8 +48,6 @@ from ae_pipeline.beam.options import (
     read_json_config,
     run_command,
 )
-from ae_pipeline.beam.transforms import ScoreRecords
-from ae_pipeline.features import TOO_LARGE
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT, KafkaConfig
 from ae_pipeline.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -60,7 +57,6 @@ from ae_pipeline.serving import (
     ServingError,
     check_max_message_bytes,
     check_passthrough,
-    to_messages,
 )
 
 PROG = "ae-pipeline stream"
@@ -283,74 +279,33 @@ def build(pipeline: beam.Pipeline, opts: StreamOptions) -> Any:
     """
     passthrough = check_options(opts)
     config = _checked_kafka_config(opts)
-    client = opts.kafka_client
-    records = pipeline | "Read" >> ReadKafkaRecords(
+    return pipeline | "ScoreKafkaTopic" >> ScoreKafkaTopic(
         opts.input_topic,
-        config,
-        client=client,
-        start=opts.start,
-        bounded=opts.bounded,
-        max_seconds=opts.max_seconds,
-        max_records_per_partition=opts.max_records_per_partition,
-        max_batch_size=opts.max_batch_size,
-        poll_timeout_s=opts.poll_timeout_s,
-        max_bundle_seconds=opts.max_bundle_seconds,
-    )
-    scored = records | "Score" >> ScoreRecords(
-        opts.mode,
+        output_topic=opts.output_topic,
+        dead_letter_topic=opts.dead_letter_topic,
+        kafka_config=config,
+        mode=opts.mode,
         model_root=opts.model_root,
         model_version_dir=opts.model_version_dir,
+        client=opts.kafka_client,
+        max_message_bytes=opts.max_message_bytes,
+        read_options={
+            "start": opts.start,
+            "bounded": opts.bounded,
+            "max_seconds": opts.max_seconds,
+            "max_records_per_partition": opts.max_records_per_partition,
+            "max_batch_size": opts.max_batch_size,
+            "poll_timeout_s": opts.poll_timeout_s,
+            "max_bundle_seconds": opts.max_bundle_seconds,
+        },
         poll_interval_s=opts.model_poll_interval_s,
         device=opts.device,
         threshold=opts.threshold,
         top_k=opts.top_k or None,
         passthrough=passthrough,
         torch_threads=opts.torch_threads or None,
-        emit_batches=True,
-        as_messages=True,
-        max_message_bytes=opts.max_message_bytes,
         message_key=opts.message_key,
     )
-    limit = opts.max_message_bytes
-    refused = [
-        pcoll
-        | f"Write{name}" >> WriteKafkaRecords(topic, config, client=client, max_message_bytes=limit)
-        for name, pcoll, topic in (
-            ("Results", scored.results, opts.output_topic),
-            ("DeadLetters", scored.dead_letters, opts.dead_letter_topic),
-        )
-    ]
-    # Messages over the limit (none when scoring made them: it bounds them already) are
-    # dead-lettered, cut to fit, rather than refused by the broker with their whole bundle.
-    _ = (
-        refused
-        | "Refused" >> beam.Flatten()
-        | "RefusedAsDeadLetters" >> beam.Map(_refused_as_dead_letter, limit)
-        | "WriteRefused"
-        >> WriteKafkaRecords(opts.dead_letter_topic, config, client=client, max_message_bytes=limit)
-    )
-    return scored
-
-
-def _refused_as_dead_letter(message: tuple, max_message_bytes: int) -> tuple:
-    """A ``too_large`` dead-letter message for a message the write refused as over
-    ``max_message_bytes``: its original value cut to fit, with its length and SHA-256."""
-    topic, key, value, headers = message
-    version = dict(headers).get("model_version") or b""
-    raw = value or b""
-    letter = {
-        "reason": TOO_LARGE,
-        "detail": f"a message of {message_size(message)} bytes for {topic} is over "
-        f"--max_message_bytes {max_message_bytes}",
-        "model_version": version.decode("utf-8", "replace"),
-        "key": None if key is None else key.decode("utf-8", "backslashreplace"),
-        "value_b64": base64.b64encode(raw).decode(),
-        "value_length": len(raw),
-        "value_sha256": hashlib.sha256(raw).hexdigest(),
-        "value_truncated": False,
-    }
-    (dead,) = to_messages([letter], keys=[key], max_message_bytes=max_message_bytes)
-    return dead
 
 
 def main(
