@@ -7,10 +7,10 @@
         --runner PrismRunner --streaming [--prism_location ...]
 
 Runs :class:`ae_pipeline.beam.ScoreKafkaTopic`: reads the input topic with
-:class:`ae_pipeline.beam.kafka_io.ReadKafkaRecords` (a splittable DoFn over partitions; one
+:class:`ae_pipeline.beam.kafka_read.ReadKafkaRecords` (a splittable DoFn over partitions; one
 list of records per poll), scores each poll's list with
 :class:`ae_pipeline.beam.transforms.ScoreRecords` (the same scoring as the plain consumer),
-and writes results and dead letters with :class:`~ae_pipeline.beam.kafka_io.WriteKafkaRecords`
+and writes results and dead letters with :class:`~ae_pipeline.beam.kafka_write.WriteKafkaRecords`
 as the messages of :func:`ae_pipeline.serving.to_messages`. With ``--model_root`` it follows the
 newest published version without a restart. The consumer group's offsets are committed by the
 read's bundle finalizer, once the runner has made the bundle's outputs durable.

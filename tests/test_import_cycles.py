@@ -138,3 +138,14 @@ def test_the_models_package_imports_no_other_layer(layer):
         if name == layer or name.startswith(layer + "."):
             outside = {m for m in imports_of(name, path, modules) if not m.startswith(layer)}
             assert not outside, f"{name} imports {sorted(outside)}"
+
+
+def test_production_code_never_imports_the_local_test_infrastructure():
+    """``ae_pipeline.local`` (the local broker, runners, jars: tests and demos) builds on the
+    library; the library never imports it."""
+    modules = _modules()
+    for name, path in modules.items():
+        if name.startswith("ae_pipeline.local"):
+            continue
+        local = {m for m in imports_of(name, path, modules) if m.startswith("ae_pipeline.local")}
+        assert not local, f"{name} imports {sorted(local)}"

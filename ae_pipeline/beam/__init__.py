@@ -31,8 +31,8 @@ _WHERE = {
     "Encode": "ae_pipeline.beam.transforms",
     "Denoise": "ae_pipeline.beam.transforms",
     "FlagAnomalies": "ae_pipeline.beam.transforms",
-    "ReadKafkaRecords": "ae_pipeline.beam.kafka_io",
-    "WriteKafkaRecords": "ae_pipeline.beam.kafka_io",
+    "ReadKafkaRecords": "ae_pipeline.beam.kafka_read",
+    "WriteKafkaRecords": "ae_pipeline.beam.kafka_write",
     "TrainAutoencoder": "ae_pipeline.beam.training",
     "TrainJob": "ae_pipeline.beam.training",
     "AutoencoderModelHandler": "ae_pipeline.beam.model_handler",
@@ -55,8 +55,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ae_pipeline.beam.anomaly import autoencoder_detector
-    from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords
+    from ae_pipeline.beam.kafka_read import ReadKafkaRecords
     from ae_pipeline.beam.kafka_scoring import ScoreKafkaTopic
+    from ae_pipeline.beam.kafka_write import WriteKafkaRecords
     from ae_pipeline.beam.model_handler import AutoencoderModelHandler
     from ae_pipeline.beam.training import TrainAutoencoder, TrainJob
     from ae_pipeline.beam.transforms import Denoise, Encode, FlagAnomalies, ScoreRecords

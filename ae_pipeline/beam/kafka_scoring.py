@@ -11,9 +11,9 @@
                                           "group.id": "scorers"},
                             mode="flag", model_root="gs://bucket/models")
 
-It reads with :class:`~ae_pipeline.beam.kafka_io.ReadKafkaRecords` (one list of records per
+It reads with :class:`~ae_pipeline.beam.kafka_read.ReadKafkaRecords` (one list of records per
 poll), scores each list with :class:`~ae_pipeline.beam.transforms.ScoreRecords` as Kafka
-messages, and writes them with :class:`~ae_pipeline.beam.kafka_io.WriteKafkaRecords`. A message
+messages, and writes them with :class:`~ae_pipeline.beam.kafka_write.WriteKafkaRecords`. A message
 the write refuses as too large (none that scoring made: it bounds them) becomes a ``too_large``
 dead letter, its value cut to fit. It returns the scoring outputs (``.results`` and
 ``.dead_letters``: PCollections of lists of messages), for a pipeline that also wants them.
@@ -28,7 +28,8 @@ from typing import Any
 
 import apache_beam as beam
 
-from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords, message_size
+from ae_pipeline.beam.kafka_read import ReadKafkaRecords
+from ae_pipeline.beam.kafka_write import WriteKafkaRecords, message_size
 from ae_pipeline.beam.transforms import ScoreRecords
 from ae_pipeline.features import TOO_LARGE
 from ae_pipeline.kafka import DEFAULT_CLIENT, KafkaConfig
@@ -57,7 +58,7 @@ class ScoreKafkaTopic(beam.PTransform):
         max_message_bytes: the most bytes of one output message (see
             :class:`~ae_pipeline.beam.transforms.ScoreRecords`).
         read_options: more arguments of
-            :class:`~ae_pipeline.beam.kafka_io.ReadKafkaRecords` (``start``, ``bounded``,
+            :class:`~ae_pipeline.beam.kafka_read.ReadKafkaRecords` (``start``, ``bounded``,
             ``max_seconds``, ``max_batch_size``, ...).
         **score_options: more arguments of
             :class:`~ae_pipeline.beam.transforms.ScoreRecords` (``device``, ``threshold``,

@@ -29,7 +29,10 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 
-from ae_pipeline.local.runners import STREAMING_JOB_SERVER_TIMEOUT_S
+# Beam's portable runner uses --job_server_timeout (default 60 s) as the deadline of the job's
+# state and message streams: a streaming job watched longer than that dies with its driver.
+# Streaming jobs get ten years (see keep_watching_streaming_jobs).
+STREAMING_JOB_SERVER_TIMEOUT_S = 10 * 365 * 24 * 3600
 
 
 class UsageError(ValueError):

@@ -4,7 +4,7 @@
 takes the mode as an argument) work on any PCollection of records: JSON ``bytes``/``str``,
 dicts, ``beam.Row``, :class:`ae_pipeline.kafka.KafkaRecord` objects, ``(key, value)`` tuples
 (what Beam's ``ReadFromKafka`` emits), or lists of those (what
-:class:`ae_pipeline.beam.kafka_io.ReadKafkaRecords` emits: one list per poll). The element type
+:class:`ae_pipeline.beam.kafka_read.ReadKafkaRecords` emits: one list per poll). The element type
 picks the path, as Beam's ``AnomalyDetection`` does: a PCollection of lists (its element type a
 ``list[...]``, or lists met at run time) is scored one list at a time, so
 ``ReadKafkaRecords(...) | FlagAnomalies(...)`` needs no flag (``prebatched=True`` still forces

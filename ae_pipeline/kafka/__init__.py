@@ -1,7 +1,7 @@
 """Kafka clients for ae-pipeline: one config, two clients, records, admin helpers.
 
-No Apache Beam here: the Beam transforms (``ae_pipeline.beam.kafka_io``) and the plain
-consumer build on this package.
+No Apache Beam here: the Beam transforms (``ae_pipeline.beam.kafka_read``, ``kafka_write``)
+and the plain consumer build on this package.
 
 * :class:`KafkaConfig` - connection settings for kafka-python, confluent-kafka and Java.
 * :func:`create_consumer`, :func:`create_producer` - clients behind one small interface.

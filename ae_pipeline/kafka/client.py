@@ -26,6 +26,8 @@ from ae_pipeline.kafka.errors import BrokerUnreachableError, KafkaClientError
 from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
 from ae_pipeline.kafka.redaction import guard_logs, scrub
 
+_log = logging.getLogger(__name__)
+
 CLIENTS = ("kafka-python", "confluent")
 DEFAULT_CLIENT = "kafka-python"
 
@@ -219,6 +221,27 @@ def _module(client: str):
     if client not in _MODULES:
         raise ValueError(f"unknown Kafka client {client!r}; choose one of {', '.join(CLIENTS)}")
     return importlib.import_module(_MODULES[client])
+
+
+def check_client(client: str) -> str:
+    """Returns ``client`` if it is one of :data:`CLIENTS` and its package is installed.
+
+    Raises:
+        ValueError: an unknown client, naming the choices.
+        ImportError: its package is missing, naming the extra that brings it.
+    """
+    _module(client)
+    return client
+
+
+def close_quietly(client: Any, what: str = "client") -> None:
+    """Closes a Kafka client (or None), logging instead of raising: closing is best effort."""
+    if client is None:
+        return
+    try:
+        client.close()
+    except Exception as err:
+        _log.warning("closing the Kafka %s failed: %s", what, err)
 
 
 def create_consumer(

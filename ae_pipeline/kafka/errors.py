@@ -64,3 +64,55 @@ class TransactionError(KafkaClientError):
         super().__init__(message)
         self.fatal = fatal
         self.fenced = fenced
+
+
+# --- what kind of failure an error is (both clients' wording) ------------------------------
+
+_TRANSIENT = (
+    "timed out",
+    "timeout",
+    "not acknowledged",
+    "expired",
+    "connection",
+    "transport",
+    "bootstrap",
+    "disconnect",
+    "notleader",
+    "not leader",
+    "leadernotavailable",
+    "leader not available",
+    "network",
+    "notenoughreplicas",
+    "not enough replicas",
+    "all brokers down",
+)
+"""What the errors of an unreachable or restarting broker say (either client), lower case."""
+
+
+def is_outage(error: Exception) -> bool:
+    """Whether an error may be the broker's or the network's (retried for as long as it
+    lasts) rather than one record's (given up on after a few tries at the same offset)."""
+    if isinstance(error, BrokerUnreachableError) or is_transient(error):
+        return True
+    text = str(error).lower()
+    return any(word in text for word in _OUTAGE_WORDS)
+
+
+_OUTAGE_WORDS = ("broker", "unreachable", "metadata", "coordinator", "leader", "connect", "auth")
+
+
+def is_too_large(error: KafkaClientError) -> bool:
+    """Whether a delivery failed because a message was over a broker's or producer's limit."""
+    reasons = [r for _, _, r in getattr(error, "errors", ())] or [str(error)]
+    return any(
+        word in reason.lower().replace("_", "")
+        for reason in reasons
+        for word in ("toolarge", "too large", "msgsizetoolarge", "messagesizetoolarge")
+    )
+
+
+def is_transient(error: KafkaClientError) -> bool:
+    """Whether sending again may help: every failure looks like an unreachable or restarting
+    broker (a record too large, a missing permission, ... fail the bundle at once)."""
+    reasons = [r for _, _, r in getattr(error, "errors", ())] or [str(error)]
+    return all(any(word in reason.lower() for word in _TRANSIENT) for reason in reasons)

@@ -19,12 +19,8 @@ Example:
 
 from __future__ import annotations
 
+from ae_pipeline.beam.options import STREAMING_JOB_SERVER_TIMEOUT_S
 from ae_pipeline.local.paths import launcher_jar, prism_binary
-
-# Beam's portable runner uses --job_server_timeout (default 60 s) as the deadline of the job's
-# state and message streams: a streaming job watched longer than that dies with its driver.
-# Streaming jobs get ten years (see ae_pipeline.beam.options.keep_watching_streaming_jobs).
-STREAMING_JOB_SERVER_TIMEOUT_S = 10 * 365 * 24 * 3600
 
 RUNNERS = ("fnapi", "prism", "flink")
 

@@ -8,7 +8,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from ae_pipeline.beam.kafka_io import ReadKafkaRecords
+from ae_pipeline.beam.kafka_read import ReadKafkaRecords
 from ae_pipeline.kafka import TopicPartition, committed_offsets, end_offsets
 
 pytestmark = pytest.mark.kafka
@@ -131,7 +131,7 @@ def test_kafka_records_get_their_own_coder():
     from apache_beam import coders
     from apache_beam.typehints import native_type_compatibility
 
-    from ae_pipeline.beam.kafka_io import KafkaRecordCoder
+    from ae_pipeline.beam.kafka_read import KafkaRecordCoder
     from ae_pipeline.kafka import KafkaRecord
 
     batch = [
@@ -165,7 +165,7 @@ def test_a_committing_read_on_prism_runs_without_finalizer_tracebacks(
 def test_the_read_gives_up_on_an_offset_it_keeps_failing_to_read_but_not_on_an_outage():
     """Pure logic: a read error that is not an outage, five times in a row at one offset,
     fails the bundle with the offset named; an outage is retried for as long as it lasts."""
-    from ae_pipeline.beam.kafka_io import _ReadPartitionsFn
+    from ae_pipeline.beam.kafka_read import _ReadPartitionsFn
     from ae_pipeline.kafka import BrokerUnreachableError, KafkaClientError, KafkaConfig
 
     fn = _ReadPartitionsFn(

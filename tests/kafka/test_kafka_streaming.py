@@ -12,7 +12,7 @@ import pytest
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms import window
 
-from ae_pipeline.beam.kafka_io import ReadKafkaRecords
+from ae_pipeline.beam.kafka_read import ReadKafkaRecords
 from ae_pipeline.kafka import committed_offsets, end_offsets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("quiet_abandoned_clients")]
@@ -65,7 +65,7 @@ def test_unbounded_read_sees_records_produced_while_it_runs(
 
     # Flink runs bundle finalizers (the offset commits) only when a checkpoint completes, and
     # needs --finish_bundle_before_checkpointing for the read's outputs to leave at checkpoints
-    # (see the module notes in ae_pipeline/beam/kafka_io.py).
+    # (see the module notes in ae_pipeline/beam/kafka_read.py).
     commit = True
     extra = (
         {"checkpointing_interval": 1000, "finish_bundle_before_checkpointing": True}

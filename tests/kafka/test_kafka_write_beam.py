@@ -8,7 +8,7 @@ import uuid
 import apache_beam as beam
 import pytest
 
-from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords
+from ae_pipeline.beam import ReadKafkaRecords, WriteKafkaRecords
 from ae_pipeline.kafka import KafkaRecord, TopicPartition, create_consumer, topic_partitions
 
 pytestmark = pytest.mark.kafka

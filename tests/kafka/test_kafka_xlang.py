@@ -7,13 +7,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from ae_pipeline.beam.kafka_io import (
-    JavaWorkerPool,
-    ReadKafkaRecords,
-    java_expansion_service,
-    java_read,
-    java_write,
-)
+from ae_pipeline.beam.kafka_read import ReadKafkaRecords
+from ae_pipeline.beam.kafka_xlang import java_read, java_write
+from ae_pipeline.local.java_xlang import JavaWorkerPool, java_expansion_service
 from ae_pipeline.local.paths import LocalToolMissing
 
 pytestmark = [pytest.mark.kafka, pytest.mark.prism, pytest.mark.slow]

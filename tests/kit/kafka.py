@@ -150,7 +150,7 @@ def copy_with_beam(options: Any, config: Any, source: str, copy: str, n: int = 1
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
 
-    from ae_pipeline.beam.kafka_io import ReadKafkaRecords, WriteKafkaRecords
+    from ae_pipeline.beam import ReadKafkaRecords, WriteKafkaRecords
     from ae_pipeline.kafka import TopicPartition
 
     create_topics(config, {source: 2, copy: 1})

@@ -9,7 +9,12 @@ import pytest
 
 # Loggers of the Kafka clients: kafka-python's, ours (librdkafka's logs included) and the Beam
 # read/write DoFns'.
-KAFKA_CLIENT_LOGGERS = ("kafka", "ae_pipeline.kafka", "ae_pipeline.beam.kafka_io")
+KAFKA_CLIENT_LOGGERS = (
+    "kafka",
+    "ae_pipeline.kafka",
+    "ae_pipeline.beam.kafka_read",
+    "ae_pipeline.beam.kafka_write",
+)
 
 
 @pytest.fixture

@@ -192,7 +192,7 @@ def test_beam_write_rides_out_a_broker_outage(broker, beam_options, client):
     import apache_beam as beam
     from apache_beam.metrics.metric import MetricsFilter
 
-    from ae_pipeline.beam.kafka_io import WriteKafkaRecords
+    from ae_pipeline.beam.kafka_write import WriteKafkaRecords
 
     bootstrap = broker.bootstrap_servers
     topic = kit.new_topics(bootstrap, partitions=1)[0]
@@ -218,7 +218,7 @@ def test_beam_write_rides_out_a_broker_outage(broker, beam_options, client):
 
     # The broker comes back once the write has met the outage (its first failed attempt is
     # logged as a warning before the retry), however long the pipeline took to get there.
-    failed = _FirstWarning("ae_pipeline.beam.kafka_io", "failed")
+    failed = _FirstWarning("ae_pipeline.beam.kafka_write", "failed")
     writer = threading.Thread(target=run, daemon=True)
     t0 = time.monotonic()
     writer.start()

@@ -42,7 +42,7 @@ def test_importing_the_options_does_not_load_the_transforms():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "ae_pipeline.beam.transforms" not in out.stdout
-    assert "ae_pipeline.beam.kafka_io" not in out.stdout
+    assert "ae_pipeline.beam.kafka_read" not in out.stdout
 
 
 @pytest.mark.parametrize(
