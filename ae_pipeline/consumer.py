@@ -72,6 +72,7 @@ from ae_pipeline.kafka import (
     KafkaProducerClient,
     TopicPartition,
     TransactionError,
+    close_quietly,
     create_consumer,
     create_producer,
     next_offsets,
@@ -442,9 +443,9 @@ class ScoringConsumer:
         finally:
             self.stats.seconds = time.monotonic() - start
             if self._consumer is None:
-                _close(consumer, "consumer")
+                close_quietly(consumer, "consumer")
             if self._producer is None and producer is not None:
-                _close(producer, "producer")
+                close_quietly(producer, "producer")
         _log.info("consumer stopped (%s): %s", self.stats.stopped_by, self.stats.to_dict())
         return self.stats
 
@@ -541,7 +542,7 @@ class ScoringConsumer:
         try:
             producer.init_transactions(self.flush_timeout_s)
         except BaseException:
-            _close(producer, "producer")
+            close_quietly(producer, "producer")
             raise
         return producer
 
@@ -860,13 +861,6 @@ def _abort_producer(producer: KafkaProducerClient) -> None:
         producer.abort()
     except Exception as err:
         _log.debug("dropping the failed producer: %s", err)
-
-
-def _close(client: Any, what: str) -> None:
-    try:
-        client.close()
-    except Exception as err:  # closing is best effort
-        _log.warning("closing the Kafka %s failed: %s", what, err)
 
 
 __all__ = [

@@ -25,6 +25,8 @@ from ae_pipeline.kafka.client import (
     DEFAULT_CLIENT,
     KafkaConsumerClient,
     KafkaProducerClient,
+    check_client,
+    close_quietly,
     create_consumer,
     create_producer,
 )
@@ -52,6 +54,8 @@ __all__ = [
     "KafkaRecord",
     "TopicPartition",
     "TransactionError",
+    "check_client",
+    "close_quietly",
     "committed_offsets",
     "create_consumer",
     "create_producer",
