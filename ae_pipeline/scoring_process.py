@@ -38,7 +38,6 @@ import logging
 import os
 import queue
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -50,13 +49,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on Windows
-    fcntl = None  # type: ignore[assignment]
-
+from ae_pipeline import scoring_protocol as protocol
 from ae_pipeline.hot_reload import FixedModel, ModelWatcher, open_model
 from ae_pipeline.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -246,40 +239,6 @@ class InlineScorer(_Scorer):
 
 # ------------------------------------------------------------------------------ the child
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder().decode
-_LENGTH = struct.Struct("!I")
-
-
-def _write_frame(stream: Any, payload: list[Any]) -> None:
-    data = _encode(payload)
-    stream.write(_LENGTH.pack(len(data)))
-    stream.write(data)
-    stream.flush()
-
-
-def _widen_pipe(stream: Any, size: int = 1 << 20) -> None:
-    """Raises a pipe's capacity (Linux, up to ``/proc/sys/fs/pipe-max-size``; 1 MiB by
-    default) so that a batch's frame is written in one go: through a 64 KiB pipe, each chunk
-    waits for the reader's thread to get the interpreter lock (milliseconds per chunk)."""
-    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
-    if setpipe is None:
-        return
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(stream.fileno(), setpipe, size)
-
-
-def _read_frame(stream: Any) -> list[Any]:
-    """The next frame; raises EOFError when the other end has closed the pipe."""
-    head = stream.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
-        raise EOFError("pipe closed")
-    size = _LENGTH.unpack(head)[0]
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError("pipe closed in a frame")
-    return _decode(data)
-
 
 class _ForwardHandler(logging.Handler):
     """The child's log handler: keeps ``[level, logger name, message]`` rows for the next reply
@@ -288,25 +247,25 @@ class _ForwardHandler(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[list[Any]] = []
+        self.rows: list[tuple[int, str, str]] = []
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.rows.append([record.levelno, record.name, self.format(record)])
+            self.rows.append((record.levelno, record.name, self.format(record)))
         except Exception:  # pragma: no cover - logging must not break scoring
             self.handleError(record)
 
-    def take(self) -> list[list[Any]]:
+    def take(self) -> list[protocol.LogRow]:
         rows, self.rows = self.rows, []
-        return rows
+        return rows  # type: ignore[return-value]
 
     def flush_to_stderr(self) -> None:
         for level, name, message in self.take():
             print(f"{logging.getLevelName(level)} {name}: {message}", file=sys.stderr)
 
 
-def _emit_child_logs(rows: list[list[Any]], pid: int | None) -> None:
+def _emit_child_logs(rows: list[protocol.LogRow], pid: int | None) -> None:
     """Emits the child's log rows through this process's loggers (same names and levels)."""
     for level, name, message in rows:
         logger = logging.getLogger(name)
@@ -325,23 +284,28 @@ def _child_main() -> None:
     os.dup2(2, 1)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    settings = _read_frame(requests)[1]
+    settings = protocol.read_frame(requests, protocol.decode_request)
+    if not isinstance(settings, protocol.Settings):
+        raise SystemExit(f"the first frame must be the settings, got {type(settings).__name__}")
     # Log records travel to the parent with the next reply and are emitted there, through the
     # parent's own logging configuration (handlers, format, level).
     forward = _ForwardHandler()
     root = logging.getLogger()
     root.handlers[:] = [forward]
-    root.setLevel(settings["log_level"])
-    model_args, mode, passthrough = settings["model"], settings["mode"], settings["passthrough"]
-    options = settings["options"]
+    root.setLevel(settings.log_level)
+    model_args, mode, passthrough = settings.model, settings.mode, settings.passthrough
+    options = settings.options
     # A reader thread keeps stdin drained: the parent may be writing the next batch while this
     # process writes a reply, and two processes each blocked on a full pipe would deadlock.
-    inbox: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+    inbox: queue.SimpleQueue[protocol.Request | Exception | None] = queue.SimpleQueue()
 
     def read() -> None:
         try:
             while True:
-                inbox.put(_read_frame(requests))
+                try:
+                    inbox.put(protocol.read_frame(requests, protocol.decode_request))
+                except protocol.DecodeError as err:  # answered, in order, as a failure
+                    inbox.put(err)
         except (EOFError, OSError):  # the parent closed the pipe or died
             inbox.put(None)
 
@@ -352,42 +316,54 @@ def _child_main() -> None:
         request = inbox.get()
         if request is None:
             return
+        reply: protocol.Reply
         try:
-            if request[0] == "close":
+            if isinstance(request, Exception):
+                raise request
+            if isinstance(request, protocol.Close):
                 return
             if provider is None:
                 provider = open_model(**model_args)
                 # This process only scores: its long-lived objects (torch, the model) need not
                 # be traced by every collection the per-record result dicts trigger.
                 gc.freeze()
-            if request[0] == "open":
-                reply: list[Any] = ["ready", provider.current().version]
-            elif request[0] == "refresh":
-                reply = ["refreshed", *refresh(provider)]
-            else:
-                _, values, topics, partitions, offsets, keys, timestamps = request
-                sources = list(map(Source, topics, partitions, offsets, keys, timestamps))
-                scored = score_batch(
-                    provider, values, mode, passthrough, sources=sources, **options
+            if isinstance(request, protocol.Open):
+                reply = protocol.Ready(provider.current().version)
+            elif isinstance(request, protocol.Refresh):
+                reply = protocol.Refreshed(*refresh(provider))
+            elif isinstance(request, protocol.Score):
+                sources = list(
+                    map(
+                        Source,
+                        request.topics,
+                        request.partitions,
+                        request.offsets,
+                        request.keys,
+                        request.timestamps,
+                    )
                 )
-                reply = [
-                    "scored",
-                    [m[0] for m in scored.outputs],
-                    [m[1] for m in scored.outputs],
-                    [m[0] for m in scored.letters],
-                    [m[1] for m in scored.letters],
-                    scored.dead_reasons,
-                    scored.anomalies,
-                    scored.version,
-                    scored.swaps,
-                ]
+                scored = score_batch(
+                    provider, request.values, mode, passthrough, sources=sources, **options
+                )
+                reply = protocol.Scored(
+                    keys=[m[0] for m in scored.outputs],
+                    values=[m[1] for m in scored.outputs],
+                    dead_keys=[m[0] for m in scored.letters],
+                    dead_values=[m[1] for m in scored.letters],
+                    reasons=scored.dead_reasons,
+                    anomalies=scored.anomalies,
+                    version=scored.version,
+                    swaps=scored.swaps,
+                )
+            else:
+                raise TypeError(f"unexpected request {type(request).__name__}")
         except NoModelError as err:
-            reply = ["no_model", str(err)]
+            reply = protocol.NoModel(str(err))
         except Exception as err:
-            reply = ["error", f"{type(err).__name__}: {err}", traceback.format_exc()]
-        reply.append(forward.take())
+            reply = protocol.Failed(f"{type(err).__name__}: {err}", traceback.format_exc())
+        reply.logs = forward.take()
         try:
-            _write_frame(replies, reply)
+            protocol.write_frame(replies, reply)
         except (BrokenPipeError, OSError):
             return
 
@@ -429,37 +405,43 @@ class ScoringProcess(_Scorer):
         )
         self._process = process
         for stream in (process.stdin, process.stdout):
-            _widen_pipe(stream)
-        settings = {
-            "model": self.model_args,
-            "mode": self.mode,
-            "passthrough": self.passthrough,
-            "options": self._options(),
-            "log_level": logging.getLogger().getEffectiveLevel(),
-        }
-        self._request(["settings", settings])
+            protocol.widen_pipe(stream)
+        settings = protocol.Settings(
+            model=self.model_args,
+            mode=self.mode,
+            passthrough=list(self.passthrough),
+            options=self._options(),
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        self._request(settings)
         _log.info("scoring process started (pid %d)", process.pid)
         return process
 
-    def _request(self, request: list[Any]) -> None:
+    def _request(self, request: protocol.Request) -> None:
         process = self._process or self._start()
         try:
-            _write_frame(process.stdin, request)
+            protocol.write_frame(process.stdin, request)
         except (BrokenPipeError, OSError, ValueError) as err:
             raise ScoringProcessError(self._died(f"cannot send to it ({err})")) from None
 
-    def _reply(self) -> list[Any]:
+    def _reply(self, expected: type[protocol.Reply]) -> Any:
         assert self._process is not None
         try:
-            *reply, logs = _read_frame(self._process.stdout)
+            reply = protocol.read_frame(self._process.stdout, protocol.decode_reply)
         except (EOFError, OSError, ValueError):
             raise ScoringProcessError(self._died("it closed the pipe")) from None
-        _emit_child_logs(logs, self._process.pid)
-        if reply[0] == "no_model":
-            raise NoModelError(reply[1])
-        if reply[0] == "error":
-            _log.error("scoring process failed:\n%s", reply[2])
-            raise ScoringProcessError(f"the scoring process failed: {reply[1]}")
+        except protocol.DecodeError as err:
+            raise ScoringProcessError(f"the scoring process sent a bad reply: {err}") from None
+        _emit_child_logs(reply.logs, self._process.pid)
+        if isinstance(reply, protocol.NoModel):
+            raise NoModelError(reply.message)
+        if isinstance(reply, protocol.Failed):
+            _log.error("scoring process failed:\n%s", reply.traceback)
+            raise ScoringProcessError(f"the scoring process failed: {reply.message}")
+        if not isinstance(reply, expected):
+            raise ScoringProcessError(
+                f"the scoring process answered {type(reply).__name__}, expected {expected.__name__}"
+            )
         return reply
 
     def _died(self, what: str) -> str:
@@ -477,30 +459,29 @@ class ScoringProcess(_Scorer):
             NoModelError: nothing is published under the model root yet (ask again later).
             ScoringProcessError: the child failed (e.g. the model is corrupt) or died.
         """
-        self._request(["open"])
-        return self._reply()[1]
+        self._request(protocol.Open())
+        return self._reply(protocol.Ready).version
 
     def refresh(self) -> tuple[str | None, int]:
         """Has the child check for a new model version (see :func:`refresh`); only between
         batches (none submitted and not collected). Returns ``(version, swaps)``."""
         if self._submitted:
             raise RuntimeError("refresh() with batches in the scoring process")
-        self._request(["refresh"])
-        _, version, swaps = self._reply()
-        return version, swaps
+        self._request(protocol.Refresh())
+        reply = self._reply(protocol.Refreshed)
+        return reply.version, reply.swaps
 
     def submit(self, records: Sequence[Any]) -> None:
         """Sends a batch of Kafka records (``KafkaRecord`` or anything with its attributes)."""
         self._request(
-            [
-                "score",
-                [r.value for r in records],
-                [r.topic for r in records],
-                [r.partition for r in records],
-                [r.offset for r in records],
-                [r.key for r in records],
-                [r.timestamp_ms for r in records],
-            ]
+            protocol.Score(
+                values=[r.value for r in records],
+                topics=[r.topic for r in records],
+                partitions=[r.partition for r in records],
+                offsets=[r.offset for r in records],
+                keys=[r.key for r in records],
+                timestamps=[r.timestamp_ms for r in records],
+            )
         )
         self._submitted += 1
 
@@ -513,14 +494,16 @@ class ScoringProcess(_Scorer):
         if not self._submitted:
             raise RuntimeError("collect() without a submitted batch")
         self._submitted -= 1
-        _, keys, values, dead_keys, dead_values, reasons, anomalies, version, swaps = self._reply()
+        reply: protocol.Scored = self._reply(protocol.Scored)
+        version = reply.version
         headers = self._header(version, None)
-        outputs = list(zip(keys, values, repeat(headers, len(values)), strict=True))
+        values = reply.values
+        outputs = list(zip(reply.keys, values, repeat(headers, len(values)), strict=True))
         letters = [
             (k, v, self._header(version, reason))
-            for k, v, reason in zip(dead_keys, dead_values, reasons, strict=True)
+            for k, v, reason in zip(reply.dead_keys, reply.dead_values, reply.reasons, strict=True)
         ]
-        return ScoredBatch(outputs, letters, reasons, anomalies, version, swaps)
+        return ScoredBatch(outputs, letters, reply.reasons, reply.anomalies, version, reply.swaps)
 
     def _header(self, version: str | None, reason: str | None) -> list[tuple[str, bytes]]:
         """:func:`~ae_pipeline.serving.message_headers`, one shared list per version and
@@ -537,7 +520,7 @@ class ScoringProcess(_Scorer):
         if process is None:
             return
         with contextlib.suppress(BrokenPipeError, OSError, ValueError):
-            _write_frame(process.stdin, ["close"])
+            protocol.write_frame(process.stdin, protocol.Close())
         for stream in (process.stdin, process.stdout):
             with contextlib.suppress(OSError):
                 stream.close()
