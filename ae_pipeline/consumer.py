@@ -13,8 +13,9 @@ uncommitted batches (duplicates, never losses); results carry the input
 Run N processes with the same group id to scale out (up to the number of partitions).
 
 With ``processing_guarantee="exactly_once"`` the same loop runs in Kafka transactions: each
-batch's results and dead letters are sent in the open transaction, followed by its offsets (with
-the group metadata of the poll that read it: KIP-447 fencing); the transaction commits once it
+batch's results and dead letters are sent in the open transaction; its offsets go in at the
+commit (with the group metadata of the transaction's first poll: KIP-447 fencing, so a
+rebalance during the transaction makes it abort); the transaction commits once it
 has been open ``commit_interval_s`` (as Kafka Streams' ``commit.interval.ms``; several batches in
 one transaction), when the input goes quiet and when the run stops. Any failure aborts it, drops
 the batches scored past it and moves the partitions back to the committed offsets; the input is
@@ -672,9 +673,8 @@ class ScoringConsumer:
         outputs. Confirming first lets a scoring process go on with the next batch while this
         one waits for the acknowledgements (a flush sends at once, without lingering).
 
-        With ``exactly_once`` the outputs and then the offsets go into the open transaction
-        (begun here if none is), which is committed first if it is due
-        (``commit_interval_s``)."""
+        With ``exactly_once`` the outputs go into the open transaction (begun here if none is),
+        which is committed first if it is due (``commit_interval_s``)."""
         assert self._scorer is not None
         if not self.exactly_once:
             self._confirm(in_flight, consumer, producer)
@@ -688,14 +688,12 @@ class ScoringConsumer:
         scored = self._scorer.collect()
         if in_flight is None:
             producer.begin_transaction()
-            in_flight = _Sent({}, opened=time.monotonic())
+            # The offsets go in at the commit, with the group generation of the transaction's
+            # first poll (KIP-447): after a rebalance during the transaction the broker refuses
+            # them and it aborts, instead of committing offsets of partitions that another
+            # member reads now. One round trip per transaction, not per batch.
+            in_flight = _Sent({}, group_metadata=polled.group_metadata, opened=time.monotonic())
         self._send_outputs(producer, scored)
-        # Each batch's offsets with the group generation it was read in (KIP-447): after a
-        # rebalance the broker refuses them and the transaction aborts, instead of committing
-        # offsets of partitions that another member now reads.
-        producer.send_offsets_to_transaction(
-            polled.offsets, polled.group_metadata, self._transaction_wait_s
-        )
         in_flight.offsets.update(polled.offsets)
         in_flight.scored.append(scored)  # counted at the commit
         return in_flight
@@ -733,13 +731,15 @@ class ScoringConsumer:
         """Waits until the outputs of ``sent`` are acknowledged, then commits its offsets
         (asynchronously in the loop: a later commit supersedes a lost one; synchronously at the
         end, so that a stopped consumer has committed everything it wrote). With
-        ``exactly_once``: commits the open transaction (its outputs and offsets were sent into
-        it by :meth:`_send`; raises :class:`~ae_pipeline.kafka.TransactionError` when that
-        fails)."""
+        ``exactly_once``: sends the transaction's offsets into it (with the group metadata of
+        its first poll) and commits it (raises :class:`~ae_pipeline.kafka.TransactionError`
+        when that fails)."""
         if sent is None:
             return
         if self.exactly_once:
-            producer.commit_transaction(self._transaction_wait_s)
+            wait_s = self._transaction_wait_s
+            producer.send_offsets_to_transaction(sent.offsets, sent.group_metadata, wait_s)
+            producer.commit_transaction(wait_s)
             self._aborts_in_a_row = 0
             self._written.update(sent.offsets)
             for scored in sent.scored:
@@ -852,6 +852,7 @@ class _Sent:
 
     offsets: dict[TopicPartition, int]
     scored: list[ScoredBatch] = field(default_factory=list)
+    group_metadata: Any = None  # of the transaction's first poll
     opened: float = 0.0  # when the transaction began (monotonic seconds)
 
 

@@ -289,6 +289,13 @@ class Producer(KafkaProducerClient):
         if transactional_id is not None:
             conf["transactional.id"] = transactional_id
             conf["transaction.timeout.ms"] = int(transaction_timeout_s * 1000)
+            # A transaction's first send after a commit is refused with
+            # CONCURRENT_TRANSACTIONS while the broker still writes the previous one's
+            # markers, and retried after retry.backoff.ms (100 ms by default): a pause per
+            # transaction. The Java producer retries that case after 20 ms (KAFKA-5477).
+            # Measured here (a probe, 2 runs each, noisy): exactly once at 0.80x of at least
+            # once with 100 ms, 1.03x with 10 ms, 0.86x with 20 ms.
+            conf.setdefault("retry.backoff.ms", 20)
         if config.compression_type is not None:
             conf.setdefault("compression.type", config.compression_type)
         conf.setdefault("logger", _LIBRDKAFKA_LOG)

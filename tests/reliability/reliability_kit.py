@@ -286,6 +286,9 @@ def freeze_mid_batch(
         if not caught():
             continue
         proc.send_signal(signal.SIGSTOP)
+        # Requests the process sent before it stopped (a transaction's commit, an offset
+        # commit) still complete on the broker: let them, then look.
+        time.sleep(0.3)
         last = None
         for _ in range(20):
             now = (progress.committed(), progress.written())

@@ -122,8 +122,10 @@ def test_kill_9_mid_transaction_then_restart(broker, model_root, kafka_config, c
     bootstrap = broker.bootstrap_servers
     topics = inp, out, dlq = kit.new_topics(bootstrap)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    produced = 4000
-    kit.produce(bootstrap, inp, kit.stream_values(0, produced))
+    # Records keep arriving (a backlog would be done in a few transactions, before the kill
+    # could catch one open).
+    feeder = rel.Feeder(bootstrap, inp, rate=1000.0)
+    feeder.start()
     progress = rel.Progress(bootstrap, inp, out, dlq, group)
     try:
         proc = _start(bootstrap, root, topics, group, kafka_config, client)
@@ -134,6 +136,7 @@ def test_kill_9_mid_transaction_then_restart(broker, model_root, kafka_config, c
         )
         rel.kill_mid_batch(proc, progress, transactional=True)
     finally:
+        produced = feeder.finish()
         progress.close()
     written_uncommitted = _written_past_commit(bootstrap, inp, out, dlq, group)
     assert written_uncommitted > 0, "the kill did not catch a transaction open"
