@@ -331,8 +331,11 @@ def test_unreadable_or_unknown_scheme_kafka_config_is_a_clear_error(tmp_path):
 def test_streaming_jobs_are_watched_longer_than_beams_60s_default():
     from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
 
-    from ae_pipeline.beam.options import keep_watching_streaming_jobs
-    from ae_pipeline.local.runners import STREAMING_JOB_SERVER_TIMEOUT_S, runner_args
+    from ae_pipeline.beam.options import (
+        STREAMING_JOB_SERVER_TIMEOUT_S,
+        keep_watching_streaming_jobs,
+    )
+    from ae_pipeline.local.runners import runner_args
 
     streaming = PipelineOptions(["--streaming"])
     keep_watching_streaming_jobs(streaming)

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-from ae_pipeline.beam.options import STREAMING_JOB_SERVER_TIMEOUT_S
 from ae_pipeline.local.paths import launcher_jar, prism_binary
 
 RUNNERS = ("fnapi", "prism", "flink")
@@ -64,6 +63,10 @@ def runner_args(name: str, *, streaming: bool = False, parallelism: int = 1) -> 
         raise ValueError(f"unknown runner {name!r}; choose one of {', '.join(RUNNERS)}")
     if not streaming:
         return args
+    # Imported here: this module stays importable without loading Beam (the test session's
+    # conftest imports it).
+    from ae_pipeline.beam.options import STREAMING_JOB_SERVER_TIMEOUT_S
+
     return [*args, "--streaming", f"--job_server_timeout={STREAMING_JOB_SERVER_TIMEOUT_S}"]
 
 
