@@ -67,6 +67,23 @@ def _start(bootstrap, root, topics, group, config, client, *extra):
     )
 
 
+def _in_process(bootstrap, root, topics, group, client, **options) -> ScoringConsumer:
+    """An exactly-once consumer in this process (flag mode, CPU) on ``topics``."""
+    inp, out, dlq = topics
+    return ScoringConsumer(
+        {"bootstrap.servers": bootstrap, "group.id": group},
+        input_topic=inp,
+        output_topic=out,
+        dead_letter_topic=dlq,
+        mode="flag",
+        model_root=root,
+        device="cpu",
+        client=client,
+        processing_guarantee="exactly_once",
+        **options,
+    )
+
+
 def _finish(proc, timeout_s: float = 60) -> dict:
     """Stops a consumer (SIGTERM: it commits the transaction in hand) and returns its stats."""
     if proc.poll() is None:
@@ -170,18 +187,7 @@ def test_broker_restart_mid_stream(broker, model_root, client):
     bootstrap = broker.bootstrap_servers
     inp, out, dlq = kit.new_topics(bootstrap)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    consumer = ScoringConsumer(
-        {"bootstrap.servers": bootstrap, "group.id": group},
-        input_topic=inp,
-        output_topic=out,
-        dead_letter_topic=dlq,
-        mode="flag",
-        model_root=root,
-        device="cpu",
-        max_batch=100,
-        client=client,
-        processing_guarantee="exactly_once",
-    )
+    consumer = _in_process(bootstrap, root, (inp, out, dlq), group, client, max_batch=100)
     thread = rel.ConsumerThread(consumer)
     thread.start()
     feeder = rel.Feeder(bootstrap, inp, rate=250.0)
@@ -362,18 +368,14 @@ def test_a_transaction_takes_the_batches_of_its_commit_interval(
     produced = 1200
     values = [kit.record(i, r) for i, r in enumerate(kit.normal_rows(produced, seed=3))]
     kit.produce(bootstrap, inp, values)
-    consumer = ScoringConsumer(
-        {"bootstrap.servers": bootstrap, "group.id": group},
-        input_topic=inp,
-        output_topic=out,
-        dead_letter_topic=dlq,
-        mode="flag",
-        model_root=root,
-        device="cpu",
+    consumer = _in_process(
+        bootstrap,
+        root,
+        (inp, out, dlq),
+        group,
+        "confluent",
         max_batch=50,
-        client="confluent",
         scoring_process=False,
-        processing_guarantee="exactly_once",
         commit_interval_s=commit_interval_s,
     )
     with consumer:
