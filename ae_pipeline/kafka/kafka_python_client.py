@@ -149,6 +149,7 @@ class Consumer(KafkaConsumerClient):
         self._watch = BrokerWatch(
             config, lambda: _connected(getattr(self._consumer, "_client", None))
         )
+        self._failing_since: float | None = None  # first of consecutive retriable poll errors
 
     def partitions(self, topic: str, timeout_s: float = 10.0) -> list[int]:
         deadline = time.monotonic() + timeout_s
@@ -175,7 +176,26 @@ class Consumer(KafkaConsumerClient):
 
     def poll(self, timeout_s: float, max_records: int) -> list[KafkaRecord]:
         with scrubbed_errors(self._config, "poll"):
-            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+            try:
+                batches = self._consumer.poll(
+                    timeout_ms=int(timeout_s * 1000), max_records=max_records
+                )
+            except _errors.KafkaError as err:
+                # kafka-python 3 lets a refused connection out of poll() while the broker
+                # restarts (2.x retried it inside): a retriable error is an empty poll, and
+                # the watch below raises BrokerUnreachableError once the outage outlasts
+                # ``unreachable_timeout_s``; so does one that keeps coming that long.
+                now = time.monotonic()
+                if self._failing_since is None:
+                    self._failing_since = now
+                too_long = now - self._failing_since > self._config.unreachable_timeout_s
+                if not getattr(err, "retriable", False) or too_long:
+                    raise
+                _log.debug("poll: %s (retried)", type(err).__name__)
+                time.sleep(min(timeout_s, 0.1))  # a refused connection fails at once
+                batches = {}
+            else:
+                self._failing_since = None
         if not batches:
             self._watch.check()  # records prove a connection: only an empty poll asks
         else:

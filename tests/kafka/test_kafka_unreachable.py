@@ -150,3 +150,44 @@ def test_broker_that_goes_away_is_an_error_for_both_clients_and_idle_is_not(own_
         for consumer in consumers.values():
             with contextlib.suppress(KafkaClientError):  # the broker is gone: may fail
                 consumer.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_short_outage_is_no_error_and_reading_resumes(client):
+    """A broker restart shorter than ``unreachable_timeout_s``: every poll during it returns
+    (kafka-python 3 raised KafkaConnectionError out of poll() here), and the records sent
+    after the restart are read."""
+    broker = KafkaBroker().start()
+    try:
+        config = KafkaConfig(broker.bootstrap_servers, unreachable_timeout_s=120)
+        topic = f"blip-{uuid.uuid4().hex[:8]}"
+        create_topics(config, {topic: 1})
+        consumer = create_consumer(config.with_group(f"g-{uuid.uuid4().hex[:6]}"), client)
+        try:
+            consumer.subscribe([topic])
+            got = []
+            with create_producer(config, "confluent") as producer:
+                producer.send(topic, b"before")
+                producer.flush(30)
+            deadline = time.monotonic() + 60
+            while not got and time.monotonic() < deadline:
+                got += consumer.poll(0.2, 10)
+            assert [r.value for r in got] == [b"before"]
+            broker.stop(remove_data=False)
+            down_until = time.monotonic() + 6
+            while time.monotonic() < down_until:
+                assert consumer.poll(0.2, 10) == []
+            broker.start()
+            with create_producer(config, "confluent") as producer:
+                producer.send(topic, b"after")
+                producer.flush(60)
+            deadline = time.monotonic() + 90
+            while len(got) < 2 and time.monotonic() < deadline:
+                got += consumer.poll(0.2, 10)
+            assert [r.value for r in got] == [b"before", b"after"]
+        finally:
+            with contextlib.suppress(KafkaClientError):
+                consumer.close()
+    finally:
+        broker.stop()
