@@ -34,7 +34,7 @@ import hashlib
 import json
 import platform
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ae_pipeline.calibration import check_histogram
 from ae_pipeline.models.config import ConfigError, ModelConfig, TrainConfig
 from ae_pipeline.models.factory import (
     WeightsMismatchError,
@@ -68,6 +69,7 @@ REFUSAL_REASONS = (
     "corrupt",
     "unsafe",
     "threshold",
+    "calibration",
     "weights",
     "scaler",
     "features",
@@ -621,10 +623,15 @@ def features_of(loaded: LoadedArtifact) -> list[str] | int:
     return [str(c) for c in columns] if columns else loaded.input_dim
 
 
+SERVING_NEEDS = ("threshold", "calibration")
+"""What a serving mode may need a version to have (``OutputMode.needs``): a calibrated anomaly
+threshold, or the calibration histogram of scores kept with it."""
+
+
 def check_servable(
     loaded: LoadedArtifact,
     *,
-    mode: str | None = None,
+    needs: Collection[str] | None = None,
     expect_features: Sequence[str] | int | None = None,
     threshold: float | None = None,
 ) -> None:
@@ -633,9 +640,11 @@ def check_servable(
 
     Checks, each refused with its ``reason``:
 
-    * ``threshold``: in ``flag`` mode a threshold must exist; whenever one exists (and the
-      mode is not ``encode``/``denoise``) it must be a finite number (NaN never flags, -inf
-      flags everything, +inf nothing);
+    * ``threshold``: with ``"threshold"`` in ``needs`` (the ``flag`` mode) a threshold must
+      exist; whenever one exists and ``needs`` is None (the use is unknown) it must be a
+      finite number (NaN never flags, -inf flags everything, +inf nothing);
+    * ``calibration``: with ``"calibration"`` in ``needs`` (the ``explain`` mode) the
+      calibration histogram must exist and be well formed;
     * ``weights``: every floating-point parameter and buffer is finite;
     * ``scaler``: offsets finite, divisors finite and above :data:`MIN_SCALE`, one per feature;
     * ``features``: with ``expect_features`` (the served version's :func:`features_of`), the
@@ -643,26 +652,48 @@ def check_servable(
 
     Args:
         loaded: the version (:func:`load_artifact`).
-        mode: the serving mode (``"flag"``, ``"encode"``, ``"denoise"``), None when unknown.
+        needs: what the serving mode needs (see :data:`SERVING_NEEDS`; ``OutputMode.needs``),
+            None when the mode is unknown.
         expect_features: the column names (or width) the version must read, or None.
         threshold: the threshold the caller will use instead of the calibrated one (as
             ``ServingModel.load(threshold=...)``); None: the artifact's own.
     """
     where = loaded.path
-    if mode not in ("encode", "denoise"):
+    unknown = sorted(set(needs or ()) - set(SERVING_NEEDS))
+    if unknown:
+        raise ValueError(f"unknown serving needs {unknown}; known: {', '.join(SERVING_NEEDS)}")
+    if needs is None or "threshold" in needs:
         if threshold is None:
             threshold = _artifact_threshold(where, loaded.threshold)
-        _check_threshold(where, threshold, mode)
+        _check_threshold(where, threshold, required=needs is not None)
+    if needs is not None and "calibration" in needs:
+        _check_calibration(where, loaded.threshold)
     _check_weights(where, loaded.model)
     _check_scaler(where, loaded.scaler, loaded.input_dim, loaded.feature_columns)
     if expect_features is not None:
         _check_features(where, features_of(loaded), expect_features)
 
 
+def _check_calibration(where: str, threshold: Any) -> None:
+    histogram = threshold.get("histogram") if isinstance(threshold, Mapping) else None
+    if histogram is None:
+        raise ArtifactError(
+            f"{where}: no calibration histogram (threshold is null), so it cannot rank scores; "
+            "calibrate on more validation rows",
+            reason="calibration",
+        )
+    try:
+        check_histogram(histogram)
+    except ValueError as err:
+        raise ArtifactError(
+            f"{where}: invalid calibration histogram: {err}", reason="calibration"
+        ) from None
+
+
 def verify_servable(
     path: str,
     *,
-    mode: str | None = None,
+    needs: Collection[str] | None = None,
     expect_features: Sequence[str] | int | None = None,
     threshold: float | None = None,
     device: str = "cpu",
@@ -674,7 +705,7 @@ def verify_servable(
         ArtifactError: the version is missing, corrupt or unsafe, or cannot serve.
     """
     loaded = load_artifact(path, device=device)
-    check_servable(loaded, mode=mode, expect_features=expect_features, threshold=threshold)
+    check_servable(loaded, needs=needs, expect_features=expect_features, threshold=threshold)
     return loaded
 
 
@@ -689,9 +720,9 @@ def _artifact_threshold(where: str, threshold: Any) -> Any:
     return threshold["value"]
 
 
-def _check_threshold(where: str, value: Any, mode: str | None) -> None:
+def _check_threshold(where: str, value: Any, *, required: bool) -> None:
     if value is None:
-        if mode == "flag":
+        if required:
             raise ArtifactError(
                 f"{where}: no calibrated threshold (threshold is null), so it cannot flag; "
                 "calibrate on more validation rows, or serve it with an explicit threshold",

@@ -133,3 +133,54 @@ def calibrate(
         "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
         "quantiles": {str(k): float(np.quantile(errors, k)) for k in (0.5, 0.9, 0.95, 0.99, 0.999)},
     }
+
+
+class ScoreRanks:
+    """Ranks scores against the calibration histogram (``calibrate(...)["histogram"]``): the
+    fraction of calibration records that scored at or below each score, read off the
+    histogram's cumulative counts (linear inside a bin, so as fine as its bins).
+
+    The histogram stops at the calibration errors' 0.999 quantile (higher errors fall into the
+    last bin): a score past its last edge ranks 1.0, one below its first edge 0.0.
+
+    Example:
+        >>> ranks = ScoreRanks(calibrate(np.arange(1000.0))["histogram"])
+        >>> ranks.rank(np.array([-1.0, 250.0, 500.0, 5000.0])).round(2).tolist()
+        [0.0, 0.25, 0.5, 1.0]
+
+    Raises:
+        ValueError: the histogram is malformed (see :func:`check_histogram`).
+    """
+
+    def __init__(self, histogram: Any) -> None:
+        self.edges, counts = check_histogram(histogram)
+        self.cdf = np.concatenate([[0.0], np.cumsum(counts) / counts.sum()])
+
+    def rank(self, scores: np.ndarray) -> np.ndarray:
+        """Each score's rank in [0, 1] (NaN for a NaN score)."""
+        return np.interp(np.asarray(scores, dtype=np.float64), self.edges, self.cdf)
+
+
+def check_histogram(histogram: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(edges, counts)`` arrays of a calibration histogram, or a ValueError naming what is
+    wrong: ``{"edges": [...], "counts": [...]}`` with finite increasing edges, one count fewer
+    than edges, counts finite, not negative, and not all zero."""
+    if not isinstance(histogram, dict) or not {"edges", "counts"} <= set(histogram):
+        raise ValueError(f"a histogram is an object with 'edges' and 'counts', got {histogram!r}")
+    try:
+        edges = np.asarray(histogram["edges"], dtype=np.float64)
+        counts = np.asarray(histogram["counts"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("the histogram's edges and counts must be lists of numbers") from None
+    if edges.ndim != 1 or edges.size < 2 or counts.shape != (edges.size - 1,):
+        raise ValueError(
+            f"a histogram needs at least 2 edges and one count fewer, got {edges.size} edges "
+            f"and {counts.size} counts"
+        )
+    if not (np.isfinite(edges).all() and np.isfinite(counts).all()):
+        raise ValueError("the histogram's edges and counts must be finite")
+    if (np.diff(edges) <= 0).any():
+        raise ValueError("the histogram's edges must increase")
+    if (counts < 0).any() or counts.sum() <= 0:
+        raise ValueError("the histogram's counts must not be negative, nor all zero")
+    return edges, counts

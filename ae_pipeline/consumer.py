@@ -90,6 +90,7 @@ from ae_pipeline.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MESSAGE_KEY,
     NoModelError,
+    OutputMode,
     check_max_message_bytes,
     check_message_key,
     check_mode,
@@ -168,7 +169,9 @@ class ScoringConsumer:
         input_topic: the topic to score.
         output_topic: where results go.
         dead_letter_topic: where rejected records go.
-        mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+        mode: an output mode by name (``"encode"``, ``"denoise"``, ``"flag"``, ``"explain"``)
+            or an :class:`~ae_pipeline.serving.modes.OutputMode` (the scoring process gets
+            its name: a mode of your own must be registered when its module is imported).
         model_root: follow the newest version published under this root (hot reload).
         model_version_dir: or score with this one version.
         model_poll_interval_s: seconds between registry checks (with ``model_root``).
@@ -226,7 +229,7 @@ class ScoringConsumer:
         input_topic: str,
         output_topic: str,
         dead_letter_topic: str,
-        mode: str = "flag",
+        mode: str | OutputMode = "flag",
         model_root: str | None = None,
         model_version_dir: str | None = None,
         model_poll_interval_s: float = 30.0,

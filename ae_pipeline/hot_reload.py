@@ -9,9 +9,10 @@ What the watcher guarantees:
 * **Only a version that can serve is served.** Before a swap, a version must have a valid
   ``_PUBLISHED`` marker, no symbolic link or special file inside its directory, files no larger
   than recorded, matching checksums and safetensors weights, and pass
-  :func:`ae_pipeline.artifact.check_servable` (a finite threshold, required in ``flag`` mode;
-  finite weights; a sane scaler; the same features as the version being served unless
-  ``allow_feature_change``). Anything else is refused: logged with its reason, counted in
+  :func:`ae_pipeline.artifact.check_servable` (what the mode needs: a finite threshold to
+  ``flag``, the calibration histogram to ``explain``; finite weights; a sane scaler; the same
+  features as the version being served unless ``allow_feature_change``). Anything else is
+  refused: logged with its reason, counted in
   :attr:`ModelWatcher.refusals` by reason, and the current version keeps serving.
 * **Newest by publish time.** Versions are ordered by the time their marker records
   (:class:`ae_pipeline.registry.Published`), not by name alone; one dated more than
@@ -49,6 +50,7 @@ from ae_pipeline.registry import (
     RegistryError,
 )
 from ae_pipeline.serving import NoModelError, ServingModel
+from ae_pipeline.serving.modes import OutputMode, get_mode
 
 _log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ _MIN_BACKGROUND_INTERVAL_S = 0.05
 def check_model(
     model: Any,
     *,
-    mode: str | None = None,
+    mode: str | OutputMode | None = None,
     expect_features: list[str] | int | None = None,
 ) -> None:
     """:func:`~ae_pipeline.artifact.check_servable` on a loaded :class:`ServingModel` (its
@@ -75,10 +77,15 @@ def check_model(
         return
     check_servable(
         artifact,
-        mode=mode,
+        needs=_needs(mode),
         expect_features=expect_features,
         threshold=getattr(model, "threshold", None),
     )
+
+
+def _needs(mode: str | OutputMode | None) -> frozenset[str] | None:
+    """What a version must have to serve ``mode`` (None: the mode is not known)."""
+    return None if mode is None else get_mode(mode).needs
 
 
 def _reason(err: BaseException) -> str:
@@ -133,8 +140,10 @@ class ModelWatcher:
     Args:
         root: the model root the training job publishes to.
         interval_s: seconds between two registry polls.
-        mode: the serving mode (``"flag"``, ``"encode"``, ``"denoise"``); ``"flag"`` refuses
-            versions without a threshold. None: any present threshold must still be finite.
+        mode: the serving mode (a name or an :class:`~ae_pipeline.serving.modes.OutputMode`);
+            versions without what it ``needs`` are refused (``flag``: a threshold,
+            ``explain``: the calibration histogram). None: any present threshold must still
+            be finite.
         allow_feature_change: serve a newer version whose features (column names or width)
             differ from the served one's; by default it is refused (reason ``features``).
         background: poll in a daemon thread every ``interval_s`` even when :meth:`current` is
@@ -163,7 +172,7 @@ class ModelWatcher:
         root: str,
         *,
         interval_s: float = 30.0,
-        mode: str | None = None,
+        mode: str | OutputMode | None = None,
         allow_feature_change: bool = False,
         background: bool = False,
         retry_base_s: float = 60.0,
@@ -176,7 +185,7 @@ class ModelWatcher:
     ) -> None:
         self.registry = ModelRegistry(root)
         self.interval_s = float(interval_s)
-        self.mode = mode
+        self.mode = None if mode is None else get_mode(mode)
         self.allow_feature_change = allow_feature_change
         self.retry_base_s = float(retry_base_s)
         self.retry_max_s = float(retry_max_s)
@@ -356,7 +365,7 @@ class ModelWatcher:
         path = self.registry.path(entry.name)
         try:
             checked = verify_servable(
-                path, mode=self.mode, expect_features=expect, threshold=self._threshold
+                path, needs=_needs(self.mode), expect_features=expect, threshold=self._threshold
             )
             model = self._loader(path)
         except Exception as err:
@@ -406,7 +415,7 @@ def open_model(
     version_dir: str | None = None,
     root: str | None = None,
     interval_s: float = 30.0,
-    mode: str | None = None,
+    mode: str | OutputMode | None = None,
     background: bool = False,
     allow_feature_change: bool = False,
     **load_kwargs: Any,

@@ -38,7 +38,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 MARKER = "_PUBLISHED"
@@ -204,7 +204,7 @@ class ModelRegistry:
         *,
         metadata: dict | None = None,
         name: str | None = None,
-        mode: str | None = "flag",
+        needs: Collection[str] | None = ("threshold",),
         check: bool = True,
     ) -> str:
         """Write a new version with ``write(directory)``, check that it can serve, then mark it
@@ -218,8 +218,10 @@ class ModelRegistry:
             write: writes every file of the version into the directory it is given.
             metadata: small JSON stored in the marker (e.g. metrics, who published).
             name: the version name (default :meth:`new_version_name`).
-            mode: the serving mode the version must serve (``"flag"`` needs a finite
-                threshold); None for a version meant only to encode or denoise.
+            needs: what the version must have to serve (``OutputMode.needs``; see
+                :func:`ae_pipeline.artifact.check_servable`): by default a finite threshold
+                (the ``flag`` mode); ``()`` for a version meant only to encode or denoise;
+                None when unknown (a threshold, if any, must be finite).
             check: verify the written version with
                 :func:`ae_pipeline.artifact.verify_servable` before marking it (False only to
                 publish something that is not a model artifact, or a fault on purpose).
@@ -245,7 +247,7 @@ class ModelRegistry:
             from ae_pipeline.artifact import ArtifactError, verify_servable
 
             try:
-                verify_servable(directory, mode=mode)
+                verify_servable(directory, needs=needs)
             except ArtifactError as err:
                 raise PublishRefused(
                     f"refused to publish model version {name} (left unpublished in "

@@ -55,6 +55,7 @@ from ae_pipeline.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MESSAGE_KEY,
     NoModelError,
+    OutputMode,
     Source,
     check_max_message_bytes,
     check_message_key,
@@ -131,7 +132,7 @@ class ScoredBatch:
 def score_batch(
     provider: FixedModel | ModelWatcher,
     records: Sequence[Any],
-    mode: str,
+    mode: str | OutputMode,
     passthrough: Sequence[str] = (),
     sources: Sequence[Any] | None = None,
     *,
@@ -184,7 +185,7 @@ class _Scorer:
         self,
         model_args: dict[str, Any],
         *,
-        mode: str,
+        mode: str | OutputMode,
         passthrough: Sequence[str] = (),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         message_key: str = DEFAULT_MESSAGE_KEY,
@@ -378,7 +379,8 @@ class ScoringProcess(_Scorer):
     Args:
         model_args: :func:`ae_pipeline.hot_reload.open_model` arguments (``version_dir`` or
             ``root``, ``interval_s``, ``device``, ``top_k``, ``torch_threads``...).
-        mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+        mode: an output mode, by name or as an :class:`~ae_pipeline.serving.modes.OutputMode`
+            (the child gets its name).
         passthrough: record fields copied into each result.
     """
 

@@ -38,7 +38,8 @@ from ae_pipeline.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MESSAGE_KEY,
     MESSAGE_KEYS,
-    MODES,
+    describe_modes,
+    mode_names,
 )
 
 _log = logging.getLogger("pipelines.consume")
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "records/s, later visibility to read_committed readers",
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--mode", default="flag", choices=MODES)
+    model.add_argument("--mode", default="flag", choices=mode_names(), help=describe_modes())
     where = model.add_mutually_exclusive_group(required=True)
     where.add_argument("--model_root", help="follow the newest version published here")
     where.add_argument("--model_version_dir", help="score with this one version")

@@ -53,10 +53,11 @@ from ae_pipeline.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MESSAGE_KEY,
     MESSAGE_KEYS,
-    MODES,
     ServingError,
     check_max_message_bytes,
     check_passthrough,
+    describe_modes,
+    mode_names,
 )
 
 PROG = "ae-pipeline stream"
@@ -72,9 +73,8 @@ class StreamOptions(ScoringOptions, ModelLocationOptions, PipelineOptions):
         g.add_argument(
             "--mode",
             default="flag",
-            choices=MODES,
-            help="encode: latent vectors; denoise: reconstructions in original units; "
-            "flag: score, threshold, is_anomaly, per-feature contributions",
+            choices=mode_names(),
+            help=describe_modes(),
         )
         g.add_argument(
             "--model_poll_interval_s",

@@ -379,10 +379,10 @@ def _servable(tmp_path, *, threshold=0.5, scaler=GOOD_SCALER, columns=("a", "b",
 
 def test_a_good_version_can_serve_in_every_mode(tmp_path):
     loaded = _servable(tmp_path)
-    for mode in (None, "flag", "encode", "denoise"):
-        check_servable(loaded, mode=mode, expect_features=["a", "b", "c"])
+    for needs in (None, ("threshold",), ()):
+        check_servable(loaded, needs=needs, expect_features=["a", "b", "c"])
     assert features_of(loaded) == ["a", "b", "c"]
-    assert verify_servable(loaded.path, mode="flag").threshold["value"] == 0.5
+    assert verify_servable(loaded.path, needs=("threshold",)).threshold["value"] == 0.5
 
 
 def _refused(loaded, reason, match, **kwargs):
@@ -394,10 +394,42 @@ def _refused(loaded, reason, match, **kwargs):
 
 def test_no_threshold_cannot_flag_but_can_encode(tmp_path):
     loaded = _servable(tmp_path, threshold=None)
-    _refused(loaded, "threshold", "no calibrated threshold", mode="flag")
-    check_servable(loaded, mode="encode")
-    check_servable(loaded)  # mode unknown: a missing threshold is not an error
-    check_servable(loaded, mode="flag", threshold=0.7)  # an explicit threshold serves
+    _refused(loaded, "threshold", "no calibrated threshold", needs=("threshold",))
+    check_servable(loaded, needs=())
+    check_servable(loaded)  # use unknown: a missing threshold is not an error
+    check_servable(loaded, needs=("threshold",), threshold=0.7)  # an explicit threshold serves
+
+
+def _with_histogram(tmp_path, histogram):
+    model = build_model(SMALL, seed=0)
+    path = str(tmp_path / "calibrated")
+    threshold = {"value": 0.5, "method": "quantile"}
+    if histogram is not None:
+        threshold["histogram"] = histogram
+    save_artifact(path, model, SMALL, feature_columns=["a", "b", "c"], threshold=threshold)
+    return load_artifact(path)
+
+
+def test_explaining_needs_a_well_formed_calibration_histogram(tmp_path):
+    good = _with_histogram(tmp_path / "good", {"edges": [0.0, 1.0, 2.0], "counts": [3, 1]})
+    check_servable(good, needs=("calibration",))
+    _refused(
+        _with_histogram(tmp_path / "none", None),
+        "calibration",
+        "no calibration histogram",
+        needs=("calibration",),
+    )
+    for histogram, match in [
+        ({"edges": [0.0, 1.0], "counts": [1, 2]}, "one count fewer"),
+        ({"edges": [1.0, 0.0], "counts": [1]}, "edges must increase"),
+        ({"edges": [0.0, 1.0], "counts": [0]}, "nor all zero"),
+        ({"edges": [0.0, 1.0]}, "'edges' and 'counts'"),
+    ]:
+        bad = _with_histogram(tmp_path / match.replace(" ", "_").replace("'", ""), histogram)
+        _refused(bad, "calibration", match, needs=("calibration",))
+        check_servable(bad, needs=("threshold",))  # flagging never reads the histogram
+    with pytest.raises(ValueError, match="unknown serving needs"):
+        check_servable(good, needs=("thresold",))
 
 
 @pytest.mark.parametrize(
@@ -412,10 +444,10 @@ def test_no_threshold_cannot_flag_but_can_encode(tmp_path):
 )
 def test_a_threshold_that_is_not_a_finite_number_is_refused(tmp_path, value, match):
     loaded = _servable(tmp_path, threshold=value)  # saved and reloaded through JSON
-    for mode in ("flag", None):
-        _refused(loaded, "threshold", match, mode=mode)
-    check_servable(loaded, mode="denoise")  # denoising never reads the threshold
-    _refused(loaded, "threshold", "threshold is nan", mode="flag", threshold=float("nan"))
+    for needs in (("threshold",), None):
+        _refused(loaded, "threshold", match, needs=needs)
+    check_servable(loaded, needs=())  # denoising never reads the threshold
+    _refused(loaded, "threshold", "threshold is nan", needs=("threshold",), threshold=float("nan"))
 
 
 @pytest.mark.parametrize("how", ["all-nan", "one-inf"])
@@ -429,7 +461,7 @@ def test_non_finite_weights_are_refused(tmp_path, how):
         else:
             weight.view(-1)[1] = float("inf")
     loaded = _servable(tmp_path, model=model)
-    err = _refused(loaded, "weights", "non-finite values", mode="encode")
+    err = _refused(loaded, "weights", "non-finite values", needs=())
     bad = "6 non-finite values" if how == "all-nan" else "1 non-finite values"
     assert f"'encoder.0.linear.weight' has {bad}" in str(err)
 
@@ -450,7 +482,7 @@ def test_a_scaler_that_would_turn_records_into_nan_or_inf_is_refused(
     tmp_path, offset, scale, match
 ):
     loaded = _servable(tmp_path, scaler={"kind": "standard", "offset": offset, "scale": scale})
-    _refused(loaded, "scaler", match, mode="encode")
+    _refused(loaded, "scaler", match, needs=())
 
 
 def test_a_version_with_other_features_is_refused(tmp_path):

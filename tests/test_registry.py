@@ -175,10 +175,10 @@ def test_publish_refuses_a_version_that_cannot_serve(tmp_path, kind, write, reas
 
 def test_a_model_without_threshold_publishes_for_encoding_only(tmp_path):
     reg = ModelRegistry(str(tmp_path))
-    v = reg.publish(_artifact(None), mode="encode")
+    v = reg.publish(_artifact(None), needs=())
     assert reg.versions() == [v]
     with pytest.raises(PublishRefused, match="threshold is nan"):
-        reg.publish(_artifact(math.nan), mode=None)  # a broken threshold is never published
+        reg.publish(_artifact(math.nan), needs=None)  # a broken threshold is never published
 
 
 # ----------------------------------------------------------------- the marker

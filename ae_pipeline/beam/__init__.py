@@ -7,7 +7,9 @@ The public API, importable from here (each name is loaded on first use, so that
 * :class:`ScoreKafkaTopic`: read a topic, score it, write results and dead letters (the
   streaming job in one transform);
 * :class:`ScoreRecords` and its modes :class:`Encode`, :class:`Denoise`,
-  :class:`FlagAnomalies`: score a PCollection of records (dicts, JSON, Kafka records);
+  :class:`FlagAnomalies`, :class:`ExplainScores`: score a PCollection of records (dicts, JSON,
+  Kafka records); ``ScoreRecords(mode)`` takes any registered
+  :class:`~ae_pipeline.serving.modes.OutputMode`;
 * :class:`ReadKafkaRecords`, :class:`WriteKafkaRecords`: Kafka in and out, in Python;
 * :class:`TrainAutoencoder` (with :class:`TrainJob`): train on Parquet and publish a version;
 * :class:`AutoencoderModelHandler`: for Beam's ``RunInference``;
@@ -30,6 +32,7 @@ _WHERE = {
     "ScoreRecords": "ae_pipeline.beam.transforms",
     "Encode": "ae_pipeline.beam.transforms",
     "Denoise": "ae_pipeline.beam.transforms",
+    "ExplainScores": "ae_pipeline.beam.transforms",
     "FlagAnomalies": "ae_pipeline.beam.transforms",
     "ReadKafkaRecords": "ae_pipeline.beam.kafka_read",
     "WriteKafkaRecords": "ae_pipeline.beam.kafka_write",
@@ -43,6 +46,7 @@ __all__ = [
     "AutoencoderModelHandler",
     "Denoise",
     "Encode",
+    "ExplainScores",
     "FlagAnomalies",
     "ReadKafkaRecords",
     "ScoreKafkaTopic",
@@ -60,7 +64,13 @@ if TYPE_CHECKING:
     from ae_pipeline.beam.kafka_write import WriteKafkaRecords
     from ae_pipeline.beam.model_handler import AutoencoderModelHandler
     from ae_pipeline.beam.training import TrainAutoencoder, TrainJob
-    from ae_pipeline.beam.transforms import Denoise, Encode, FlagAnomalies, ScoreRecords
+    from ae_pipeline.beam.transforms import (
+        Denoise,
+        Encode,
+        ExplainScores,
+        FlagAnomalies,
+        ScoreRecords,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -12,6 +12,9 @@ them in one pass, and each block gets one ``PredictionResult`` whose ``inference
 * ``denoise``: the ``N x D`` reconstruction in original units;
 * ``flag``: a dict of ``score`` (N), ``is_anomaly`` (N), ``contributions`` (N x D) and
   ``threshold``;
+* ``explain``: a dict of ``score`` (N), ``rank`` (N) and ``feature_errors`` (N x D);
+* any other :class:`~ae_pipeline.serving.modes.OutputMode`: its one array, or the dict of its
+  arrays (:meth:`OutputMode.compute`);
 
 and whose ``model_id`` is the model's version name.
 
@@ -42,8 +45,9 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from ae_pipeline.artifact import verify_artifact
 from ae_pipeline.features import FeatureSpec
+from ae_pipeline.hot_reload import check_model
 from ae_pipeline.registry import MARKER, ModelRegistry, version_of_marker
-from ae_pipeline.serving import ServingModel, check_mode
+from ae_pipeline.serving import OutputMode, ServingModel, get_mode
 
 _log = logging.getLogger(__name__)
 
@@ -64,7 +68,9 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
 
     Args:
         model_path: a version directory (or its ``_PUBLISHED`` marker path).
-        mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+        mode: an output mode by name (``"encode"``, ``"denoise"``, ``"flag"``, ``"explain"``)
+            or an :class:`~ae_pipeline.serving.modes.OutputMode`; a version that cannot
+            serve it (``flag`` without a threshold) is refused when it is loaded.
         device: ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         min_batch_size: fewest blocks ``BatchElements`` groups into one inference call.
         max_batch_size: most blocks per inference call.
@@ -83,7 +89,7 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
         self,
         model_path: str,
         *,
-        mode: str = "flag",
+        mode: str | OutputMode = "flag",
         device: str = "auto",
         min_batch_size: int = 1,
         max_batch_size: int = 64,
@@ -98,7 +104,7 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
         super().__init__()
         self._env_vars = dict(env_vars or {})
         self._model_path = _version_dir(model_path)
-        self._mode = check_mode(mode)
+        self._mode = get_mode(mode)
         self._device = device
         self._spec = spec.to_dict() if isinstance(spec, FeatureSpec) else spec
         self._threshold = threshold
@@ -137,8 +143,9 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
         return self._model_path
 
     def load_model(self) -> ServingModel:
-        """Loads and verifies the current version directory."""
-        return ServingModel.load(
+        """Loads and verifies the current version directory; refuses one that cannot serve
+        the handler's mode (:func:`~ae_pipeline.hot_reload.check_model`)."""
+        model = ServingModel.load(
             self._model_path,
             device=self._device,
             spec=FeatureSpec.from_dict(self._spec) if self._spec is not None else None,
@@ -147,6 +154,8 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
             top_k=None,
             torch_threads=self._torch_threads,
         )
+        check_model(model, mode=self._mode)
+        return model
 
     def update_model_path(self, model_path: str | None = None) -> None:
         """Switch to a new version (a directory or a ``_PUBLISHED`` marker path).
@@ -201,10 +210,12 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
             part = {k: v[start:stop] for k, v in scores.items()}
             if block.ndim == 1:
                 part = {k: v[0] for k, v in part.items()}
-            if self._mode == "flag":
-                inference: Any = {**part, "threshold": model.threshold}
-            else:
+            if len(part) == 1:  # encode, denoise: the one array itself
                 (inference,) = part.values()
+            else:
+                inference = dict(part)
+                if self._mode.flags:
+                    inference["threshold"] = model.threshold
             results.append(PredictionResult(block, inference, model.version))
             start = stop
         return results
@@ -223,7 +234,7 @@ class AutoencoderModelHandler(ModelHandler[np.ndarray, PredictionResult, Serving
         return self._large_model
 
     def __repr__(self) -> str:
-        return f"AutoencoderModelHandler({self._model_path!r}, mode={self._mode!r})"
+        return f"AutoencoderModelHandler({self._model_path!r}, mode={self._mode.name!r})"
 
 
 __all__ = ["NAMESPACE", "AutoencoderModelHandler"]

@@ -67,14 +67,15 @@ from ae_pipeline.hot_reload import FixedModel, ModelWatcher, open_model
 from ae_pipeline.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MESSAGE_KEY,
+    OutputMode,
     ServingError,
     ServingModel,
     as_input,
     as_inputs,
     check_max_message_bytes,
     check_message_key,
-    check_mode,
     check_passthrough,
+    get_mode,
     to_messages,
 )
 
@@ -180,7 +181,8 @@ class ScoreBatchesFn(beam.DoFn):
     :data:`DEAD_LETTERS`.
 
     Args:
-        mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+        mode: an output mode by name (``"encode"``, ``"denoise"``, ``"flag"``, ``"explain"``)
+            or an :class:`~ae_pipeline.serving.modes.OutputMode`.
         source: where the model comes from.
         passthrough: record fields copied into each result.
         emit_batches: see :class:`OutputForm` (or pass ``form``).
@@ -189,13 +191,13 @@ class ScoreBatchesFn(beam.DoFn):
 
     def __init__(
         self,
-        mode: str,
+        mode: str | OutputMode,
         source: ModelSource,
         passthrough: Sequence[str] = (),
         emit_batches: bool = False,
         form: OutputForm | None = None,
     ) -> None:
-        self._mode = check_mode(mode)
+        self._mode = get_mode(mode)
         self._source = source
         self._passthrough = check_passthrough(tuple(passthrough), mode)
         self._form = form or OutputForm(emit_batches=emit_batches)
@@ -297,7 +299,7 @@ class ScoreBatchesFn(beam.DoFn):
         results, dead = model.score_records(
             values, self._mode, sources=sources, passthrough=self._passthrough
         )
-        anomalies = sum(map(_IS_ANOMALY, results)) if self._mode == "flag" else 0
+        anomalies = sum(map(_IS_ANOMALY, results)) if self._mode.flags else 0
         return _Scored(results, dead, [d["reason"] for d in dead], anomalies)
 
     def _score_one_by_one(self, model: ServingModel, items: list[Any], first: Exception) -> _Scored:
@@ -435,7 +437,7 @@ class BatchAndScoreFn(ScoreBatchesFn):
 
     def __init__(
         self,
-        mode: str,
+        mode: str | OutputMode,
         source: ModelSource,
         passthrough: Sequence[str] = (),
         emit_batches: bool = False,
@@ -489,7 +491,8 @@ class ScoreRecords(beam.PTransform):
     """Scores records in ``mode`` (see the module docstring); returns results and dead letters.
 
     Args:
-        mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+        mode: an output mode by name (``"encode"``, ``"denoise"``, ``"flag"``, ``"explain"``)
+            or an :class:`~ae_pipeline.serving.modes.OutputMode`.
         model_version_dir: score with this version directory.
         model_root: follow the newest version published under this registry root.
         poll_interval_s: seconds between registry checks (with ``model_root``).
@@ -530,7 +533,7 @@ class ScoreRecords(beam.PTransform):
 
     def __init__(
         self,
-        mode: str,
+        mode: str | OutputMode,
         *,
         model_version_dir: str | None = None,
         model_root: str | None = None,
@@ -551,7 +554,7 @@ class ScoreRecords(beam.PTransform):
         message_key: str = DEFAULT_MESSAGE_KEY,
     ) -> None:
         super().__init__()
-        self._mode = check_mode(mode)
+        self._mode = get_mode(mode)
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError(
                 "need 1 <= min_batch_size <= max_batch_size, got "
@@ -630,6 +633,15 @@ class FlagAnomalies(ScoreRecords):
         super().__init__("flag", **kwargs)
 
 
+class ExplainScores(ScoreRecords):
+    """``score``, ``rank`` (the fraction of calibration records that scored at or below it)
+    and ``feature_errors`` (every feature's squared error) of each record; see
+    :class:`ScoreRecords` for the arguments."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("explain", **kwargs)
+
+
 __all__ = [
     "DEAD_LETTERS",
     "NAMESPACE",
@@ -637,6 +649,7 @@ __all__ = [
     "BatchAndScoreFn",
     "Denoise",
     "Encode",
+    "ExplainScores",
     "FlagAnomalies",
     "ModelSource",
     "OutputForm",

@@ -5,7 +5,8 @@ records into results: the :class:`~ae_pipeline.features.FeatureSpec` the model w
 its :class:`~ae_pipeline.features.Scaler`, its anomaly threshold and its version name.
 :meth:`ServingModel.score_records` takes a batch of records (JSON bytes, dicts, ``beam.Row``,
 Kafka records) and returns one result per usable record and one dead letter per rejected one,
-so ``len(results) + len(dead_letters) == len(records)`` always holds. Three modes:
+so ``len(results) + len(dead_letters) == len(records)`` always holds. Four output modes, each an
+:class:`~ae_pipeline.serving.modes.OutputMode` (add one with :func:`register_mode`):
 
 * ``encode``: ``latent`` (list of floats);
 * ``denoise``: ``reconstruction`` in the records' original units (the scaler is inverted), keyed
@@ -14,7 +15,10 @@ so ``len(results) + len(dead_letters) == len(records)`` always holds. Three mode
   :class:`~ae_pipeline.models.Scorer` computes offline), ``threshold``, ``is_anomaly``
   (``score > threshold``) and ``contributions``: the ``top_k`` features with the largest
   squared errors, ``{feature: squared error}`` in descending order (over all features they sum
-  to ``score * D``).
+  to ``score * D``);
+* ``explain``: ``score``, ``rank`` (the fraction of calibration records that scored at or
+  below it, from the histogram kept with the model) and ``feature_errors`` (every feature's
+  squared error, keyed by name).
 
 Every result and dead letter carries ``model_version`` and the record's ``key``; when the
 record came from Kafka, ``topic``, ``partition`` and ``offset`` too. A dead letter has the
@@ -68,7 +72,17 @@ from ae_pipeline.serving.messages import (
     to_messages,
 )
 from ae_pipeline.serving.model import ServingModel, version_name
-from ae_pipeline.serving.modes import MODES, check_mode, check_passthrough, result_fields
+from ae_pipeline.serving.modes import (
+    MODES,
+    OutputMode,
+    check_mode,
+    check_passthrough,
+    describe_modes,
+    get_mode,
+    mode_names,
+    register_mode,
+    result_fields,
+)
 from ae_pipeline.serving.threads import set_torch_threads
 
 __all__ = [
@@ -79,6 +93,7 @@ __all__ = [
     "MODES",
     "Message",
     "NoModelError",
+    "OutputMode",
     "ScoredMessages",
     "ServingError",
     "ServingModel",
@@ -89,7 +104,11 @@ __all__ = [
     "check_message_key",
     "check_mode",
     "check_passthrough",
+    "describe_modes",
+    "get_mode",
     "message_headers",
+    "mode_names",
+    "register_mode",
     "result_fields",
     "set_torch_threads",
     "to_json",

@@ -4,13 +4,13 @@ records in every mode."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from ae_pipeline.artifact import ArtifactError, LoadedArtifact, load_artifact
+from ae_pipeline.calibration import ScoreRanks
 from ae_pipeline.features import (
     INTERNAL,
     NON_FINITE,
@@ -34,12 +34,10 @@ from ae_pipeline.serving.messages import (
     check_max_message_bytes,
     check_message_key,
 )
-from ae_pipeline.serving.modes import _checked_passthrough, check_mode
+from ae_pipeline.serving.modes import OutputMode, _checked_passthrough, get_mode
 from ae_pipeline.serving.threads import _torch_threads_here, set_torch_threads
 
 _log = logging.getLogger(__name__)
-
-_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 
 
 def _drop_unscalable(batch: DecodedBatch, scaler: Scaler) -> DecodedBatch:
@@ -64,6 +62,16 @@ def _drop_unscalable(batch: DecodedBatch, scaler: Scaler) -> DecodedBatch:
     return DecodedBatch(
         batch.matrix[ok], kept(batch.index), kept(batch.keys), errors, kept(batch.records)
     )
+
+
+def _score_ranks(artifact: LoadedArtifact) -> ScoreRanks | None:
+    """The version's calibration histogram as :class:`ScoreRanks` (None without a usable one;
+    :func:`~ae_pipeline.artifact.check_servable` refuses it where a mode needs it)."""
+    histogram = (artifact.threshold or {}).get("histogram")
+    try:
+        return ScoreRanks(histogram) if histogram is not None else None
+    except ValueError:
+        return None
 
 
 def version_name(version_dir: str) -> str:
@@ -111,6 +119,7 @@ class ServingModel:
         self.input_dim = artifact.input_dim
         self.feature_names: list[str] | None = list(spec.columns) or None
         self._names_array: np.ndarray | None = None  # feature names as objects (contributions)
+        self.score_ranks = _score_ranks(artifact)
 
     @classmethod
     def load(
@@ -188,19 +197,20 @@ class ServingModel:
 
     # ------------------------------------------------------------------ matrices
 
-    def score_matrix(self, x: np.ndarray, mode: str) -> dict[str, np.ndarray]:
+    def score_matrix(self, x: np.ndarray, mode: str | OutputMode) -> dict[str, np.ndarray]:
         """Scores an ``N x D`` block of features in original units.
 
         Returns:
-            ``encode``: ``{"latent": N x L}``; ``denoise``: ``{"reconstruction": N x D}`` in
-            original units; ``flag``: ``{"score": N, "is_anomaly": N (bool),
-            "contributions": N x D}``.
+            the mode's arrays (:meth:`OutputMode.compute`), e.g. ``encode``:
+            ``{"latent": N x L}``; ``denoise``: ``{"reconstruction": N x D}`` in original
+            units; ``flag``: ``{"score": N, "is_anomaly": N (bool), "contributions": N x D}``;
+            ``explain``: ``{"score": N, "rank": N, "feature_errors": N x D}``.
 
         Raises:
-            ServingError: for an unknown mode, a block of the wrong width, or ``flag`` without
-                a threshold.
+            ServingError: for an unknown mode, a block of the wrong width, or a mode the
+                model cannot serve (``flag`` without a threshold).
         """
-        check_mode(mode)
+        mode = get_mode(mode)
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == 1:
             x = x.reshape(1, -1)
@@ -210,27 +220,14 @@ class ServingModel:
             )
         scaled = self.scaler.transform(x)
         _torch_threads_here(self.torch_threads)
-        if mode == "encode":
-            return {"latent": self.scorer.encode(scaled)}
-        if mode == "denoise":
-            return {"reconstruction": self.scaler.inverse(self.scorer.reconstruct(scaled))}
-        if self.threshold is None:
-            raise ServingError(
-                f"model {self.version} has no calibrated threshold; pass threshold=... to flag"
-            )
-        result = self.scorer.score(scaled, latent=False, reconstruction=False)
-        return {
-            "score": result.error,
-            "is_anomaly": result.error > self.threshold,
-            "contributions": result.contributions,
-        }
+        return mode.compute(self, scaled)
 
     # ------------------------------------------------------------------ records
 
     def score_records(
         self,
         values: Sequence[Any],
-        mode: str,
+        mode: str | OutputMode,
         *,
         sources: Sequence[Any] | None = None,
         passthrough: Sequence[str] = (),
@@ -246,7 +243,8 @@ class ServingModel:
             values: JSON bytes/str, mappings or ``beam.Row``-like records. Elements that are
                 Kafka records or ``(key, value)`` tuples are unpacked with :func:`as_input`
                 unless ``sources`` is given.
-            mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+            mode: a mode's name (``"encode"``, ``"denoise"``, ``"flag"``, ``"explain"``) or
+                an :class:`~ae_pipeline.serving.modes.OutputMode`.
             sources: Kafka coordinates per value (same length; :class:`Source` objects or
                 anything with the same attributes, such as ``KafkaRecord``), copied into the
                 outputs.
@@ -260,14 +258,14 @@ class ServingModel:
                 field, or the model cannot serve the mode (``flag`` without a threshold): not
                 the records' fault.
         """
-        values, sources = self._inputs(values, mode, sources, passthrough)
+        mode, values, sources = self._inputs(values, mode, sources, passthrough)
         results, _, dead, _ = self._score_isolated(values, sources, mode, passthrough)
         return results, dead
 
     def score_messages(
         self,
         values: Sequence[Any],
-        mode: str,
+        mode: str | OutputMode,
         *,
         sources: Sequence[Any] | None = None,
         passthrough: Sequence[str] = (),
@@ -295,7 +293,7 @@ class ServingModel:
         """
         check_message_key(message_key)
         check_max_message_bytes(max_message_bytes)
-        values, sources = self._inputs(values, mode, sources, passthrough)
+        mode, values, sources = self._inputs(values, mode, sources, passthrough)
         results, index, dead, dead_index = self._score_isolated(values, sources, mode, passthrough)
         keys = None
         if message_key == "input":
@@ -318,7 +316,7 @@ class ServingModel:
                 dead_index = [dead_index[k] for k in order]
         dead_keys = [_raw_key(sources[i]) for i in dead_index]
         letters, _ = _serialise(dead, dead_keys, max_message_bytes)
-        anomalies = sum(map(_IS_ANOMALY, results)) if mode == "flag" else 0
+        anomalies = sum(map(_IS_ANOMALY, results)) if mode.flags else 0
         return ScoredMessages(
             messages, letters, [d["reason"] for d in dead], anomalies, self.version
         )
@@ -326,21 +324,25 @@ class ServingModel:
     def _inputs(
         self,
         values: Sequence[Any],
-        mode: str,
+        mode: str | OutputMode,
         sources: Sequence[Any] | None,
         passthrough: Sequence[str],
-    ) -> tuple[Sequence[Any], Sequence[Any]]:
-        """Checks the mode and passthrough fields; the values and their sources."""
-        check_mode(mode)
+    ) -> tuple[OutputMode, Sequence[Any], Sequence[Any]]:
+        """Checks the mode and passthrough fields; the mode, the values and their sources."""
+        mode = get_mode(mode)
         _checked_passthrough(tuple(passthrough), mode)
         if sources is None:
-            return as_inputs(values)
+            return (mode, *as_inputs(values))
         if len(sources) != len(values):
             raise ValueError(f"{len(values)} values but {len(sources)} sources")
-        return values, sources
+        return mode, values, sources
 
     def _score_isolated(
-        self, values: Sequence[Any], sources: Sequence[Any], mode: str, passthrough: Sequence[str]
+        self,
+        values: Sequence[Any],
+        sources: Sequence[Any],
+        mode: OutputMode,
+        passthrough: Sequence[str],
     ) -> tuple[list[dict], list[int], list[dict], list[int]]:
         """:meth:`_score_batch` of the whole batch; if it raises (anything but a
         :class:`ServingError`), of each record alone, a record that still fails becoming an
@@ -384,7 +386,11 @@ class ServingModel:
         return results, index, dead, dead_index
 
     def _score_batch(
-        self, values: Sequence[Any], sources: Sequence[Any], mode: str, passthrough: Sequence[str]
+        self,
+        values: Sequence[Any],
+        sources: Sequence[Any],
+        mode: OutputMode,
+        passthrough: Sequence[str],
     ) -> tuple[list[dict], list[int], list[dict], list[int]]:
         """Scores a batch: ``(results, their input indices, dead letters, their indices)``."""
         batch = _drop_unscalable(decode_records(values, self.spec, fields=passthrough), self.scaler)
@@ -399,58 +405,16 @@ class ServingModel:
         return self._results(batch, sources, mode, passthrough), batch.index, dead, dead_index
 
     def _results(
-        self, batch: DecodedBatch, sources: Sequence[Any], mode: str, passthrough: Sequence[str]
+        self,
+        batch: DecodedBatch,
+        sources: Sequence[Any],
+        mode: OutputMode,
+        passthrough: Sequence[str],
     ) -> list[dict[str, Any]]:
         """The results of a batch's usable records."""
-        scores = self.score_matrix(batch.matrix, mode)
+        arrays = self.score_matrix(batch.matrix, mode)
         keys, extras = self._keys_and_extras(batch, sources, passthrough)
-        version = self.version
-        # One dict display per result (sized once): the hot path of every scoring step.
-        # ``extras`` (coordinates, passthrough fields) are None for bare records.
-        if mode != "flag" and extras is None:
-            extras = [_NO_FIELDS] * len(keys)
-        if mode == "encode":
-            rows = zip(keys, extras, scores["latent"].tolist(), strict=True)
-            return [{"key": k, "model_version": version, **e, "latent": z} for k, e, z in rows]
-        if mode == "denoise":
-            names = self.feature_names
-            recon = scores["reconstruction"].tolist()
-            values_out = [dict(zip(names, r, strict=True)) for r in recon] if names else recon
-            rows = zip(keys, extras, values_out, strict=True)
-            return [
-                {"key": k, "model_version": version, **e, "reconstruction": r} for k, e, r in rows
-            ]
-        threshold = float(self.threshold)  # type: ignore[arg-type]
-        columns = (
-            scores["score"].tolist(),
-            scores["is_anomaly"].tolist(),
-            *self._top_contributions(scores["contributions"]),
-        )
-        if extras is None:  # bare records: the same dicts without merging empty extras
-            return [
-                {
-                    "key": k,
-                    "model_version": version,
-                    "score": s,
-                    "threshold": threshold,
-                    "is_anomaly": a,
-                    "contributions": dict(zip(n, c)),  # noqa: B905 (equal by construction)
-                }
-                for k, s, a, n, c in zip(keys, *columns, strict=True)
-            ]
-        rows = zip(keys, extras, *columns, strict=True)
-        return [
-            {
-                "key": k,
-                "model_version": version,
-                **e,
-                "score": s,
-                "threshold": threshold,
-                "is_anomaly": a,
-                "contributions": dict(zip(n, c)),  # noqa: B905 (equal by construction)
-            }
-            for k, e, s, a, n, c in rows
-        ]
+        return mode.results(self, keys, extras, arrays)
 
     @staticmethod
     def _keys_and_extras(
@@ -519,9 +483,9 @@ class ServingModel:
             scores[np.asarray(batch.index)] = error
         return scores, reasons
 
-    def _top_contributions(self, contributions: np.ndarray) -> tuple[Iterator, Iterator]:
+    def top_contributions(self, contributions: np.ndarray) -> tuple[Iterator, Iterator]:
         """Per row, the names and values of the ``top_k`` largest per-feature contributions,
-        largest first (two iterators of tuples, one per row)."""
+        largest first (two iterators of tuples, one per row; the ``flag`` mode's)."""
         dim = contributions.shape[1]
         k = dim if self.top_k is None else min(self.top_k, dim)
         if k < dim:

@@ -194,7 +194,7 @@ def test_matrix_width_unknown_mode_and_missing_threshold_are_errors(model, tmp_p
     with pytest.raises(ServingError, match="N x 6"):
         model.score_matrix(np.zeros((2, 5)), "encode")
     with pytest.raises(ServingError, match="mode"):
-        model.score_records([], "explain")
+        model.score_records([], "explane")
     cfg = ModelConfig(2, hidden_dims=[], latent_dim=1)
     path = save_artifact(
         str(tmp_path / "v"), build_model(cfg, seed=0), cfg, feature_columns=["a", "b"]
