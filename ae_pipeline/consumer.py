@@ -757,11 +757,10 @@ class ScoringConsumer:
         self._written.update(sent.offsets)
         try:
             # The last commit covers every partition written to, in case an earlier
-            # asynchronous one was lost. Asynchronous only with confluent-kafka: kafka-python's
-            # failed asynchronous commits resurface as errors of later polls (broker restarts).
+            # asynchronous one was lost. Asynchronous only where the client says it works.
             consumer.commit(
                 dict(self._written) if final else sent.offsets,
-                asynchronous=not final and self.client == "confluent",
+                asynchronous=not final and consumer.async_commits,
             )
         except KafkaClientError as err:  # e.g. the group rebalanced: the batch is replayed
             self._sync_commit_failures += 1

@@ -38,7 +38,17 @@ _MODULES = {
 
 
 class KafkaConsumerClient(abc.ABC):
-    """A consumer with manual partition assignment (or a group subscription)."""
+    """A consumer with manual partition assignment (or a group subscription).
+
+    What a client supports is declared here, so callers ask the client, never its name:
+
+    Attributes:
+        async_commits: whether ``commit(..., asynchronous=True)`` is worth using: its failures
+            are counted in ``async_commit_failures`` and never resurface elsewhere (False:
+            callers commit synchronously).
+    """
+
+    async_commits: bool = False
 
     @abc.abstractmethod
     def partitions(self, topic: str) -> list[int]:

@@ -73,6 +73,8 @@ def _brokers_up(stats: str) -> bool | None:
 class Consumer(KafkaConsumerClient):
     """A confluent-kafka ``Consumer``; auto-commit off."""
 
+    async_commits = True  # librdkafka reports a failed commit to on_commit, nowhere else
+
     def __init__(
         self,
         config: KafkaConfig,

@@ -122,6 +122,9 @@ class Consumer(KafkaConsumerClient):
             ``unreachable_timeout_s``.
     """
 
+    # A failed commit_async resurfaces as an error of a later poll (a broker restart): no.
+    async_commits = False
+
     def __init__(
         self,
         config: KafkaConfig,
