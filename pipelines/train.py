@@ -43,15 +43,10 @@ from ae_pipeline.beam.options import (
     require,
     run_command,
 )
-from ae_pipeline.beam.training import (
-    JOB_BUDGET_DEFAULTS,
-    TrainAutoencoder,
-    TrainJob,
-    summarize,
-    to_json,
-)
+from ae_pipeline.beam.training import TrainAutoencoder
 from ae_pipeline.calibration import DEFAULT_PARAMS, METHODS, check_threshold, describe_param
 from ae_pipeline.features import FeatureSpec
+from ae_pipeline.training import JOB_BUDGET_DEFAULTS, TrainJob, summarize, to_json
 
 PROG = "ae-pipeline train"
 log = logging.getLogger(__name__)
@@ -523,7 +518,7 @@ def run(argv: list[str] | None = None) -> dict:
     result_path = FileSystems.join(transform.job.temp_dir, "result.json")
     with beam.Pipeline(options=options) as p:
         out = p | "TrainAutoencoder" >> transform
-        out | "WriteResult" >> beam.Map(_write_result, result_path)
+        out[TrainAutoencoder.RESULT] | "WriteResult" >> beam.Map(_write_result, result_path)
     with FileSystems.open(result_path) as f:
         text = f.read().decode()
     result = json.loads(text)

@@ -149,3 +149,22 @@ def test_production_code_never_imports_the_local_test_infrastructure():
             continue
         local = {m for m in imports_of(name, path, modules) if m.startswith("ae_pipeline.local")}
         assert not local, f"{name} imports {sorted(local)}"
+
+
+@pytest.mark.parametrize(
+    ("layer", "forbidden"),
+    [
+        ("ae_pipeline.training", ("ae_pipeline.beam", "ae_pipeline.serving", "ae_pipeline.kafka")),
+        ("ae_pipeline.serving", ("ae_pipeline.beam", "ae_pipeline.kafka", "ae_pipeline.consumer")),
+        ("ae_pipeline.kafka", ("ae_pipeline.beam", "ae_pipeline.serving", "ae_pipeline.models")),
+    ],
+)
+def test_a_layer_never_imports_the_layers_above_it(layer, forbidden):
+    """training/ and serving/ run without a runtime: usable and tested without Beam's runners
+    (the artifact and registry read files through Beam's FileSystems only); kafka/ knows
+    nothing of Beam, serving or models."""
+    modules = _modules()
+    for name, path in modules.items():
+        if name == layer or name.startswith(layer + "."):
+            above = {m for m in imports_of(name, path, modules) if m.startswith(forbidden)}
+            assert not above, f"{name} imports {sorted(above)}"

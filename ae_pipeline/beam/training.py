@@ -25,7 +25,12 @@ by default at least ``min_steps=2000`` optimiser steps and a batch size of at mo
 training rows, so that small data is not trained with a handful of steps; big data trains the
 epochs asked for. The job's result carries a ``summary`` (epochs and steps per stage, best
 epoch, early stop, rows, threshold and the false-positive rate it targets, warnings) that
-:func:`summarize` prints for people.
+:func:`~ae_pipeline.training.summarize` prints for people.
+
+The settings (:class:`~ae_pipeline.training.TrainJob`), the typed records between the stages
+(:class:`~ae_pipeline.training.TrainedModel`, :class:`~ae_pipeline.training.TrainedLayer`) and
+the last step, :func:`~ae_pipeline.training.publish` (calibration, the "no worse model" gate,
+artifact writing), live in :mod:`ae_pipeline.training`, without Beam.
 """
 
 from __future__ import annotations
@@ -33,10 +38,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
@@ -44,144 +47,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from ae_pipeline.beam.parquet import NAMESPACE, REJECTED, Block, ReadFeatureBlocks, validation_mask
-from ae_pipeline.calibration import METHODS, calibrate
-from ae_pipeline.features import SCALERS, ColumnStats, FeatureSpec, Scaler, fingerprint
-from ae_pipeline.models.config import ConfigError
+from ae_pipeline.features import ColumnStats, FeatureSpec, Scaler, fingerprint
+from ae_pipeline.training import (
+    DataCounts,
+    TrainedLayer,
+    TrainedModel,
+    TrainJob,
+    publish,
+    train_dict,
+)
 
 log = logging.getLogger(__name__)
-
-#: Each threshold method's default parameter (quantile q; target false-positive rate;
-#: expected contamination).
-THRESHOLD_DEFAULTS = {"quantile": 0.99, "fpr": 0.01, "contamination": 0.01}
-#: The training budget of a job unless its ``train_config`` sets these keys.
-JOB_BUDGET_DEFAULTS = {"min_steps": 2000, "max_batch_fraction": 0.125}
-#: Below this many validation rows the threshold's quantile is poorly estimated: warn.
-SMALL_CALIBRATION_ROWS = 100
-
-
-@dataclass
-class TrainJob:
-    """Everything the training stages need; JSON-friendly so it travels to workers cheaply.
-
-    Attributes:
-        model_root: where versions are published.
-        temp_dir: scratch space for shards and intermediate models (any Beam filesystem).
-        model_config: :class:`~ae_pipeline.models.ModelConfig` as a dict (input_dim is filled
-            in from the data).
-        train_config: :class:`~ae_pipeline.models.TrainConfig` as a dict.
-        scaler: ``none``, ``standard`` or ``minmax``.
-        validation_fraction: share of rows (by key hash) held out for validation/calibration.
-        threshold_method / threshold_param: see :func:`ae_pipeline.calibration.calibrate`.
-        warm_start: start from the newest published version's weights when compatible.
-        max_val_loss_increase: refuse to publish when the new validation loss exceeds the
-            current version's by more than this fraction, or when there is no validation loss
-            to compare (None: always publish).
-        finetune_config: training settings of the stacked model's fine-tuning (default: same).
-        report: write loss curves, score histogram and metrics into the version.
-        pretrain_epochs: epochs of each stacked layer's greedy pretraining (None: the train
-            config's ``epochs``).
-        finetune_epochs: epochs of the stacked model's end-to-end fine-tuning (None: the
-            fine-tuning config's ``epochs``).
-
-    ``threshold_param=None`` takes the method's default (:data:`THRESHOLD_DEFAULTS`). Unless
-    ``train_config`` sets them, training uses :data:`JOB_BUDGET_DEFAULTS` (``"min_steps": None``
-    turns the step budget off).
-
-    Raises:
-        ConfigError: when built with settings that cannot train (see :func:`validate_job`);
-            nothing has been read yet.
-    """
-
-    model_root: str
-    temp_dir: str
-    model_config: dict[str, Any]
-    train_config: dict[str, Any] = field(default_factory=dict)
-    scaler: str = "standard"
-    validation_fraction: float = 0.2
-    threshold_method: str = "quantile"
-    threshold_param: float | None = None
-    warm_start: bool = False
-    max_val_loss_increase: float | None = None
-    finetune_config: dict[str, Any] | None = None
-    report: bool = True
-    pretrain_epochs: int | None = None
-    finetune_epochs: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.threshold_param is None and self.threshold_method in THRESHOLD_DEFAULTS:
-            self.threshold_param = THRESHOLD_DEFAULTS[self.threshold_method]
-        validate_job(self)
-
-
-def _number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def validate_job(job: TrainJob) -> None:
-    """Checks every setting of ``job`` that can be checked without the data.
-
-    Raises:
-        ConfigError: one line naming the setting and what to change.
-    """
-    from ae_pipeline.models import ModelConfig, TrainConfig
-
-    if job.scaler not in SCALERS:
-        raise ConfigError(f"scaler {job.scaler!r} is not one of {', '.join(SCALERS)}")
-    if not (_number(job.validation_fraction) and 0.0 < job.validation_fraction < 1.0):
-        raise ConfigError(
-            f"validation_fraction must be in (0, 1), got {job.validation_fraction!r}: the "
-            "validation rows calibrate the threshold (try 0.2)"
-        )
-    if job.threshold_method not in METHODS:
-        raise ConfigError(
-            f"threshold_method {job.threshold_method!r} is not one of {', '.join(METHODS)}"
-        )
-    if not (_number(job.threshold_param) and 0.0 < job.threshold_param < 1.0):
-        raise ConfigError(
-            f"threshold_param for {job.threshold_method!r} must be in (0, 1), got "
-            f"{job.threshold_param!r} (default {THRESHOLD_DEFAULTS[job.threshold_method]})"
-        )
-    if job.max_val_loss_increase is not None and not (
-        _number(job.max_val_loss_increase) and job.max_val_loss_increase >= 0
-    ):
-        raise ConfigError(
-            f"max_val_loss_increase must be a number >= 0 (e.g. 0.1 for 10%), got "
-            f"{job.max_val_loss_increase!r}"
-        )
-    for name in ("pretrain_epochs", "finetune_epochs"):
-        value = getattr(job, name)
-        if value is not None and not (
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        ):
-            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    shape = job.model_config.get("input_shape")
-    placeholder = job.model_config.get("input_dim") or (None if shape else 1)
-    model = ModelConfig.from_dict({**job.model_config, "input_dim": placeholder})
-    TrainConfig.from_dict(_train_dict(job))
-    if job.finetune_config:
-        TrainConfig.from_dict({**JOB_BUDGET_DEFAULTS, **job.finetune_config})
-    if model.loss == "bce" and job.scaler == "standard":
-        raise ConfigError(
-            "loss 'bce' needs data in [0, 1], but scaler 'standard' centres it around 0: use "
-            "--scaler minmax (or --loss mse)"
-        )
-
-
-def _train_dict(job: TrainJob, stage: str = "train") -> dict[str, Any]:
-    """The TrainConfig dict of a stage (``train``, ``pretrain``, ``finetune``)."""
-    base = job.train_config
-    if stage == "finetune" and job.finetune_config:
-        base = job.finetune_config
-    out = {**JOB_BUDGET_DEFAULTS, **base}
-    epochs = {"pretrain": job.pretrain_epochs, "finetune": job.finetune_epochs}.get(stage)
-    if epochs is not None:
-        out["epochs"] = epochs
-    return out
-
 
 # ------------------------------------------------------------------------------------------
 # Shards: blocks on disk, streamed back for training
@@ -282,7 +158,7 @@ def _configs(job: TrainJob, input_dim: int, stage: str = "train"):
     from ae_pipeline.models import ModelConfig, TrainConfig
 
     model_cfg = ModelConfig.from_dict({**job.model_config, "input_dim": input_dim})
-    train_cfg = TrainConfig.from_dict(_train_dict(job, stage))
+    train_cfg = TrainConfig.from_dict(train_dict(job, stage))
     return model_cfg, train_cfg
 
 
@@ -300,9 +176,9 @@ def _rows(shards: list[Shard]) -> int:
     return sum(s.rows for s in shards)
 
 
-def _refusal(reason: str, train: list[Shard], val: list[Shard], **extra) -> dict:
+def _refusal(reason: str, train: list[Shard], val: list[Shard]) -> TrainedModel:
     """What a training step returns instead of a model when it cannot train."""
-    return {"refused": reason, "rows_train": _rows(train), "rows_validation": _rows(val), **extra}
+    return TrainedModel.refusal(reason, rows_train=_rows(train), rows_validation=_rows(val))
 
 
 def _cannot_train(job: TrainJob, model_cfg, train: list[Shard], stats) -> str | None:
@@ -348,7 +224,9 @@ def _warm_start_weights(job: TrainJob, model_cfg):
     return current.model.state_dict()
 
 
-def train_single(job: TrainJob, train: list[Shard], val: list[Shard], stats: ColumnStats) -> dict:
+def train_single(
+    job: TrainJob, train: list[Shard], val: list[Shard], stats: ColumnStats
+) -> TrainedModel:
     """Train a (non-stacked) model from shard streams; returns the temp model path + history."""
     from ae_pipeline.models import Trainer, build_model
     from ae_pipeline.models.factory import load_weights
@@ -374,33 +252,30 @@ def train_single(job: TrainJob, train: list[Shard], val: list[Shard], stats: Col
         n_rows=_rows(train),
     )
     path = _save_temp_model(job.temp_dir, "model", model, model_cfg)
-    return {
-        "model_path": path,
-        "scaler": scaler.to_dict(),
-        "history": _history(history),
-        "warm_start": init is not None,
-        "rows_train": _rows(train),
-        "rows_validation": _rows(val),
-    }
+    return TrainedModel(
+        model_path=path,
+        scaler=scaler.to_dict(),
+        history=_history(history),
+        warm_start=init is not None,
+        rows_train=_rows(train),
+        rows_validation=_rows(val),
+    )
 
 
 def train_stack_layer(
     job: TrainJob, index: int, shards: list[Shard], val: list[Shard], stats
-) -> dict:
+) -> TrainedLayer:
     """Greedy pretraining of stacked layer ``index`` on the previous layer's code shards."""
     from ae_pipeline.models import layerwise
 
+    rows = {"rows_train": _rows(shards), "rows_validation": _rows(val)}
     if stats is None:
-        return _refusal(
-            "no training rows left after the validation split and rejections",
-            shards,
-            val,
-            layer=index,
-        )
+        reason = "no training rows left after the validation split and rejections"
+        return TrainedLayer(index, scaler_kind=job.scaler, refused=reason, **rows)
     model_cfg, train_cfg = _configs(job, len(stats.mean), "pretrain")
     reason = _cannot_train(job, model_cfg, shards, stats)
     if reason:
-        return _refusal(reason, shards, val, layer=index)
+        return TrainedLayer(index, scaler_kind=job.scaler, refused=reason, **rows)
     scaler = Scaler.fit(job.scaler, stats) if index == 0 else None
     layer, history = layerwise.train_layer(
         model_cfg,
@@ -411,7 +286,7 @@ def train_stack_layer(
         n_rows=_rows(shards),
     )
     path = _save_temp_model(job.temp_dir, f"layer{index}", layer, layer.config)
-    return {"model_path": path, "history": _history(history), "layer": index}
+    return TrainedLayer(index, path, _history(history), job.scaler, **rows)
 
 
 class _EncodeShard(beam.DoFn):
@@ -420,36 +295,34 @@ class _EncodeShard(beam.DoFn):
     def __init__(self, temp_dir: str, index: int, first: bool):
         self.temp_dir, self.index, self.first = temp_dir, index, first
 
-    def process(self, shard: Shard, layer: dict, stats):
+    def process(self, shard: Shard, layer: TrainedLayer, stats):
         from ae_pipeline.artifact import load_artifact
         from ae_pipeline.models import layerwise
 
-        if layer.get("refused"):
+        if layer.refused:
             return
-        model = load_artifact(layer["model_path"]).model
+        model = load_artifact(layer.model_path).model
         x, y = read_shard(shard.path)
         if self.first:
-            x = Scaler.fit(layer["scaler_kind"], stats).transform(x)
+            x = Scaler.fit(layer.scaler_kind, stats).transform(x)
         codes = layerwise.encode_with_layer(model, x)
         name = f"codes{self.index}/{uuid.uuid4().hex}.npz"
         yield write_shard(FileSystems.join(self.temp_dir, name), codes, y)
 
 
-def finetune_stack(job: TrainJob, layers: list[dict], train, val, stats) -> dict:
+def finetune_stack(job: TrainJob, layers: list[TrainedLayer], train, val, stats) -> TrainedModel:
     """Assemble the pretrained layers and fine-tune end to end (supervised with labels)."""
     from ae_pipeline.artifact import load_artifact
     from ae_pipeline.models import layerwise
 
-    layers = sorted(layers, key=lambda d: d["layer"])
-    refused = [d for d in layers if d.get("refused")]
+    layers = sorted(layers, key=lambda d: d.layer)
+    refused = [d for d in layers if d.refused]
     if refused or stats is None:
-        reason = refused[0]["refused"] if refused else "no training rows"
-        return _refusal(f"layer {refused[0]['layer'] if refused else 0}: {reason}", train, val)
+        reason = refused[0].refused if refused else "no training rows"
+        return _refusal(f"layer {refused[0].layer if refused else 0}: {reason}", train, val)
     scaler = Scaler.fit(job.scaler, stats)
     model_cfg, train_cfg = _configs(job, len(stats.mean), "finetune")
-    stack = layerwise.assemble_stack(
-        model_cfg, [load_artifact(d["model_path"]).model for d in layers]
-    )
+    stack = layerwise.assemble_stack(model_cfg, [load_artifact(d.model_path).model for d in layers])
     supervised = model_cfg.num_classes is not None
     history = layerwise.fine_tune(
         stack,
@@ -460,225 +333,35 @@ def finetune_stack(job: TrainJob, layers: list[dict], train, val, stats) -> dict
         n_rows=_rows(train),
     )
     path = _save_temp_model(job.temp_dir, "stack", stack, model_cfg)
-    return {
-        "model_path": path,
-        "scaler": scaler.to_dict(),
-        "history": _history(history),
-        "layers": [{"layer": d["layer"], "history": d["history"]} for d in layers],
-        "warm_start": False,
-        "rows_train": _rows(train),
-        "rows_validation": _rows(val),
-    }
+    return TrainedModel(
+        model_path=path,
+        scaler=scaler.to_dict(),
+        history=_history(history),
+        layers=[{"layer": d.layer, "history": d.history} for d in layers],
+        warm_start=False,
+        rows_train=_rows(train),
+        rows_validation=_rows(val),
+    )
 
 
 class _ScoreShard(beam.DoFn):
     """Reconstruction errors of one validation shard (the same Scorer as streaming)."""
 
-    def process(self, shard: Shard, trained: dict):
+    def process(self, shard: Shard, trained: TrainedModel):
         from ae_pipeline.artifact import load_artifact
         from ae_pipeline.models.scoring import Scorer
 
-        if trained.get("refused"):
+        if trained.refused:
             return
-        model = load_artifact(trained["model_path"]).model
+        model = load_artifact(trained.model_path).model
         x, _ = read_shard(shard.path)
-        x = Scaler.from_dict(trained["scaler"]).transform(x)
+        x = Scaler.from_dict(trained.scaler).transform(x)
         yield Scorer(model).errors(x)
 
 
 def _concat(arrays) -> np.ndarray:
     arrays = [a for a in arrays if len(a)]
     return np.concatenate(arrays) if arrays else np.empty(0, np.float32)
-
-
-def target_fpr(method: str, param: float) -> float:
-    """The share of normal (validation) records the threshold flags by construction."""
-    return 1.0 - float(param) if method == "quantile" else float(param)
-
-
-def _stage(name: str, history: dict) -> dict:
-    """One stage of the summary from a history dict."""
-    return {
-        "name": name,
-        "epochs": len(history.get("train_losses") or []),
-        "epochs_planned": history.get("epochs_planned"),
-        "steps": history.get("steps"),
-        "batch_size": history.get("batch_size"),
-        "best_epoch": history.get("best_epoch"),
-        "stopped_early": bool(history.get("stopped_early")),
-        "note": history.get("budget_note"),
-    }
-
-
-def _summary(trained: dict, metrics: dict, threshold: dict | None, warnings: list[str]) -> dict:
-    """The ``summary`` of a job result (see :func:`summarize`)."""
-    stages = [
-        _stage(f"pretrain layer {d['layer']}", d["history"]) for d in trained.get("layers") or []
-    ]
-    if trained.get("history"):
-        stages.append(_stage("fine-tune" if stages else "train", trained["history"]))
-    return {
-        "rows": {
-            "train": trained.get("rows_train"),
-            "validation": trained.get("rows_validation"),
-            "rejected": metrics.get("rows_rejected"),
-        },
-        "stages": stages,
-        "val_loss": metrics.get("val_loss"),
-        "threshold": None
-        if threshold is None
-        else {
-            "value": threshold["value"],
-            "method": threshold["method"],
-            "param": threshold["param"],
-            "target_fpr": target_fpr(threshold["method"], threshold["param"]),
-            "n_calibration": threshold.get("n_calibration"),
-        },
-        "warnings": warnings,
-    }
-
-
-def _refused(reason: str, summary: dict, metrics: dict, current: str | None = None) -> dict:
-    log.warning(reason)
-    return {
-        "published": None,
-        "refused": reason,
-        "current": current,
-        "metrics": metrics,
-        "summary": {"published": None, "refused": reason, **summary},
-    }
-
-
-def _calibrate(job: TrainJob, errors: np.ndarray) -> tuple[dict | None, str | None]:
-    """The threshold, or None and why not."""
-    if not len(errors):
-        return None, (
-            "no validation rows to calibrate the threshold on (validation_fraction="
-            f"{job.validation_fraction}); give more data or a larger --validation_fraction"
-        )
-    try:
-        return calibrate(errors, job.threshold_method, job.threshold_param), None
-    except ValueError as err:
-        return None, f"cannot calibrate a threshold: {err}"
-
-
-def _val_loss_guard(
-    job: TrainJob, registry, val_loss: float | None
-) -> tuple[str | None, str | None]:
-    """``(reason to refuse or None, current version)`` of ``--max_val_loss_increase``."""
-    from ae_pipeline.artifact import load_artifact
-
-    current = registry.latest()
-    if current is None or job.max_val_loss_increase is None:
-        return None, current
-    if val_loss is None:
-        return (
-            "refused to publish: --max_val_loss_increase is set but this run has no "
-            "validation loss to compare with the current version's",
-            current,
-        )
-    prev = load_artifact(registry.path(current)).metrics.get("val_loss")
-    if prev is not None and val_loss > prev * (1.0 + job.max_val_loss_increase):
-        return (
-            f"refused to publish: validation loss {val_loss:.6g} is worse than current "
-            f"version {current}'s {prev:.6g} by more than {job.max_val_loss_increase:.0%}",
-            current,
-        )
-    return None, current
-
-
-def publish(
-    job: TrainJob, spec: FeatureSpec, trained: dict, errors: np.ndarray, counts: dict
-) -> dict:
-    """Calibrate, compare with the current version, and publish (or refuse, saying why).
-
-    Guarantees: a version is published only with a finite calibrated threshold and a
-    validation loss; otherwise the result has ``published: None`` and ``refused``, the reason.
-    Every result carries ``summary`` (see :func:`summarize`).
-    """
-    from ae_pipeline.artifact import load_artifact, save_artifact
-    from ae_pipeline.models import TrainConfig
-    from ae_pipeline.registry import ModelRegistry
-
-    history = trained.get("history") or {}
-    val_losses = [v for v in history.get("val_losses", []) if v is not None]
-    val_loss = float(min(val_losses)) if val_losses else None
-    metrics = {
-        "val_loss": val_loss,
-        "val_error_mean": float(np.mean(errors)) if len(errors) else None,
-        "train_loss": (history.get("train_losses") or [None])[-1],
-        "epochs": len(history.get("train_losses", [])),
-        "steps": history.get("steps"),
-        "history": history,
-        "layers": trained.get("layers"),
-        "warm_start": trained.get("warm_start", False),
-        **{k: v for k, v in counts.items() if k not in ("data", "rejected_examples")},
-    }
-    warnings: list[str] = []
-    if trained.get("refused"):
-        reason = f"refused to publish: {trained['refused']}"
-        rejected = counts.get("rows_rejected") or 0
-        if rejected:
-            examples = "; ".join(counts.get("rejected_examples") or [])
-            reason += f" ({rejected} rows were rejected{', e.g. ' + examples if examples else ''})"
-        return _refused(reason, _summary(trained, metrics, None, warnings), metrics)
-    threshold, why = _calibrate(job, errors)
-    if threshold is None:
-        reason = f"refused to publish: {why}"
-        return _refused(reason, _summary(trained, metrics, None, warnings), metrics)
-    if threshold["n_calibration"] < SMALL_CALIBRATION_ROWS:
-        warnings.append(
-            f"only {threshold['n_calibration']} validation rows calibrate the threshold: its "
-            f"{threshold['method']} {threshold['param']:g} is poorly estimated (give more data "
-            f"or a larger --validation_fraction)"
-        )
-        log.warning(warnings[-1])
-    summary = _summary(trained, metrics, threshold, warnings)
-    registry = ModelRegistry(job.model_root)
-    reason, current = _val_loss_guard(job, registry, val_loss)
-    if reason:
-        return _refused(reason, summary, metrics, current)
-    loaded = load_artifact(trained["model_path"])
-
-    def write(directory: str) -> None:
-        save_artifact(
-            directory,
-            loaded.model,
-            loaded.model_config,
-            feature_columns=list(spec.columns),
-            scaler=trained["scaler"],
-            threshold=threshold,
-            metrics=metrics,
-            train_config=TrainConfig.from_dict(_train_dict(job)),
-            data_fingerprint=counts.get("data"),
-            extra={
-                "feature_spec": spec.to_dict(),
-                "job": {
-                    "scaler": job.scaler,
-                    "validation_fraction": job.validation_fraction,
-                },
-                "summary": summary,
-            },
-        )
-        if job.report:
-            from ae_pipeline.report import write_training_report
-
-            write_training_report(FileSystems.join(directory, "report"), metrics, threshold, errors)
-
-    from ae_pipeline.registry import PublishRefused
-
-    try:
-        version = registry.publish(write, metadata={"val_loss": val_loss})
-    except PublishRefused as err:  # the registry's own check that the version can serve
-        return _refused(str(err), summary, metrics, current)
-    log.info("published model version %s under %s", version, job.model_root)
-    return {
-        "published": version,
-        "path": registry.path(version),
-        "metrics": metrics,
-        "threshold": threshold,
-        "summary": {"published": version, "refused": None, **summary},
-    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -695,17 +378,23 @@ class TrainAutoencoder(beam.PTransform):
         job: training settings.
         block_rows: rows per block read from Parquet.
 
-    Output: a PCollection with one dict, ``{"published": version or None, "refused": reason?,
-    "metrics": {...}, "threshold": {...}}``; ``self.rejected`` is the PCollection of rejected
-    rows after expansion.
+    Output: a dict of two PCollections: ``"result"``, one dict ``{"published": version or
+    None, "refused": reason?, "metrics": {...}, "threshold": {...}, "summary": {...}}``, and
+    ``"rejected"``, the rows the read rejected (``{"file", "row", "reason", "detail"}``).
+
+    Example:
+        >>> outputs = pipeline | TrainAutoencoder("data/", spec, job)  # doctest: +SKIP
+        >>> outputs["result"] | beam.Map(print)  # doctest: +SKIP
     """
+
+    RESULT = "result"
+    REJECTED = REJECTED
 
     def __init__(self, location: str, spec: FeatureSpec, job: TrainJob, *, block_rows: int = 65536):
         super().__init__()
         self.read = ReadFeatureBlocks(location, spec, block_rows=block_rows)
         self.spec = self.read.resolved_spec
         self.job = job
-        self.rejected = None
         from ae_pipeline.models import ModelConfig
 
         # Fail before the pipeline runs when the options do not make a valid model.
@@ -717,7 +406,7 @@ class TrainAutoencoder(beam.PTransform):
 
         job, spec = self.job, self.spec
         read = pbegin | "Read" >> self.read
-        self.rejected = read[REJECTED]
+        rejected = read[REJECTED]
         blocks = read["blocks"]
         split = blocks | "Split" >> beam.ParDo(
             _SplitAndWrite(job.temp_dir, job.validation_fraction)
@@ -752,10 +441,7 @@ class TrainAutoencoder(beam.PTransform):
             codes, val_codes, layers = train, val, []
             for k in range(n_layers(model_cfg)):
                 layer = once(f"Layer{k}") | f"TrainLayer{k}" >> beam.Map(
-                    lambda _, s, v, st, k=k: {
-                        **train_stack_layer(job, k, s, v, st),
-                        "scaler_kind": job.scaler,
-                    },
+                    lambda _, s, v, st, k=k: train_stack_layer(job, k, s, v, st),
                     beam.pvalue.AsList(codes),
                     beam.pvalue.AsList(val_codes),
                     stats,
@@ -786,9 +472,9 @@ class TrainAutoencoder(beam.PTransform):
             | "Calibrate" >> beam.ParDo(_ScoreShard(), beam.pvalue.AsSingleton(trained))
             | "AllErrors" >> beam.CombineGlobally(_ConcatFn())
         )
-        rejected_count = self.rejected | "CountRejected" >> beam.combiners.Count.Globally()
+        rejected_count = rejected | "CountRejected" >> beam.combiners.Count.Globally()
         rejected_examples = (
-            self.rejected
+            rejected
             | "SampleRejected" >> beam.combiners.Sample.FixedSizeGlobally(3)
             | "DescribeRejected"
             >> beam.Map(lambda rows: [f"{r['file']} row {r['row']}: {r['detail']}" for r in rows])
@@ -798,14 +484,13 @@ class TrainAutoencoder(beam.PTransform):
             "location_files": len(files),
             "fingerprint": fingerprint([json.dumps(spec.to_dict(), sort_keys=True), *files]),
         }
-        return trained | "Publish" >> beam.Map(
-            lambda t, e, r, ex: publish(
-                job, spec, t, e, {"rows_rejected": r, "rejected_examples": ex, "data": data}
-            ),
+        result = trained | "Publish" >> beam.Map(
+            lambda t, e, r, ex: publish(job, spec, t, e, DataCounts(r, ex, data)),
             beam.pvalue.AsSingleton(errors),
             beam.pvalue.AsSingleton(rejected_count),
             beam.pvalue.AsSingleton(rejected_examples),
         )
+        return {self.RESULT: result, self.REJECTED: rejected}
 
 
 class _ConcatFn(beam.CombineFn):
@@ -823,59 +508,15 @@ class _ConcatFn(beam.CombineFn):
         return _concat(acc)
 
 
-def _fmt(value: Any, spec: str = ".4g") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _stage_line(stage: dict) -> str:
-    planned = stage.get("epochs_planned")
-    epochs = f"{stage['epochs']}" + (f" of {planned}" if planned else "")
-    stop = "early stop" if stage.get("stopped_early") else "no early stop"
-    return (
-        f"  {stage['name']}: {epochs} epochs, {_fmt(stage.get('steps'), ',')} steps, batch "
-        f"{_fmt(stage.get('batch_size'), 'd')}; best epoch {_fmt(stage.get('best_epoch'), 'd')}; "
-        f"{stop}"
-    )
-
-
-def summarize(result: dict) -> str:
-    """A short block for people: the version (or the refusal and why), rows, per-stage epochs
-    and steps, best epoch, early stop, the training budget, validation loss, the threshold and
-    the false-positive rate it targets, and warnings."""
-    summary = result.get("summary") or {}
-    if result.get("published"):
-        lines = [
-            f"published {result['published']}"
-            + (f" at {result['path']}" if result.get("path") else "")
-        ]
-    else:
-        lines = [str(result.get("refused") or "not published")]
-    rows = summary.get("rows") or {}
-    if rows:
-        lines.append(
-            f"  rows: {_fmt(rows.get('train'), ',')} train, {_fmt(rows.get('validation'), ',')} "
-            f"validation, {_fmt(rows.get('rejected'), ',')} rejected"
-        )
-    for stage in summary.get("stages") or []:
-        lines.append(_stage_line(stage))
-        if stage.get("note"):
-            lines.append(f"    budget: {stage['note']}")
-    if summary.get("val_loss") is not None:
-        lines.append(f"  validation loss: {summary['val_loss']:.6g}")
-    t = summary.get("threshold")
-    if t:
-        target = (
-            f"flags {t['target_fpr']:.2%} of the records, the expected contamination"
-            if t["method"] == "contamination"
-            else f"flags {t['target_fpr']:.2%} of normal records"
-        )
-        lines.append(
-            f"  threshold: {t['value']:.6g} ({t['method']} {t['param']:g}: {target}; "
-            f"calibrated on {_fmt(t.get('n_calibration'), ',')} validation rows)"
-        )
-    lines += [f"  warning: {w}" for w in summary.get("warnings") or []]
-    return "\n".join(lines)
-
-
-def to_json(result: dict) -> str:
-    return json.dumps(result, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+__all__ = [
+    "ColumnStatsFn",
+    "Shard",
+    "TrainAutoencoder",
+    "TrainJob",
+    "finetune_stack",
+    "read_shard",
+    "shard_stream",
+    "train_single",
+    "train_stack_layer",
+    "write_shard",
+]

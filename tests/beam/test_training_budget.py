@@ -10,12 +10,12 @@ import pytest
 
 from ae_pipeline.artifact import load_artifact, save_artifact
 from ae_pipeline.beam.parquet import Block, validation_mask
-from ae_pipeline.beam.training import TrainJob, publish, summarize
 from ae_pipeline.calibration import calibrate
 from ae_pipeline.features import FeatureSpec
 from ae_pipeline.local.runners import runner_args
 from ae_pipeline.models import ConfigError, ModelConfig, build_model
 from ae_pipeline.registry import ModelRegistry
+from ae_pipeline.training import TrainedModel, TrainJob, publish, summarize
 from pipelines import train as train_job
 
 D = 12
@@ -128,15 +128,14 @@ def test_max_val_loss_increase_without_a_validation_loss_refuses(tmp_path):
     job = TrainJob(
         str(root), str(tmp_path / "work"), cfg.to_dict(), max_val_loss_increase=0.1, report=False
     )
-    trained = {
-        "model_path": str(trained_dir),
-        "scaler": None,
-        "history": {"train_losses": [1.0], "val_losses": [None]},
-        "rows_train": 10,
-        "rows_validation": 200,
-    }
+    trained = TrainedModel(
+        model_path=str(trained_dir),
+        history={"train_losses": [1.0], "val_losses": [None]},
+        rows_train=10,
+        rows_validation=200,
+    )
     spec = FeatureSpec(columns=["a", "b", "c"])
-    result = publish(job, spec, trained, errors, {"rows_rejected": 0})
+    result = publish(job, spec, trained, errors)  # no Beam: the last step on its own
     assert result["published"] is None
     assert "--max_val_loss_increase is set but this run has no validation loss" in result["refused"]
     assert registry.versions() == before
@@ -146,7 +145,10 @@ def test_max_val_loss_increase_without_a_validation_loss_refuses(tmp_path):
     ("kwargs", "words"),
     [
         ({"validation_fraction": 0.0}, "validation_fraction must be in (0, 1)"),
-        ({"threshold_method": "fpr", "threshold_param": 1.5}, "threshold_param for 'fpr'"),
+        (
+            {"threshold_method": "fpr", "threshold_param": 1.5},
+            "threshold_param 1.5 is out of range for 'fpr'",
+        ),
         ({"max_val_loss_increase": -1.0}, "max_val_loss_increase must be a number >= 0"),
         ({"pretrain_epochs": 0}, "pretrain_epochs must be an integer >= 1"),
         ({"train_config": {"epochs": -3}}, "epochs must be an integer >= 1"),
