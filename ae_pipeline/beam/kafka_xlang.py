@@ -16,6 +16,57 @@ import apache_beam as beam
 
 from ae_pipeline.kafka import KafkaConfig
 
+_JAAS_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+def java_properties(config: KafkaConfig) -> dict[str, str]:
+    """The Java Kafka client's translation of a :class:`KafkaConfig` (for Beam's
+    cross-language KafkaIO), the ``java`` section last.
+
+    Raises:
+        ValueError: for mutual TLS with separate certificate and key files (Java reads one
+            PEM key store; pass ``ssl.keystore.*`` in the ``java`` section instead).
+    """
+    props = {
+        "bootstrap.servers": config.bootstrap_servers,
+        "client.id": config.client_id,
+        "security.protocol": config.security_protocol,
+    }
+    if config.group_id is not None:
+        props["group.id"] = config.group_id
+    if config.uses_sasl:
+        props["sasl.mechanism"] = config.sasl_mechanism or ""
+        module = _JAAS_MODULES.get(config.sasl_mechanism or "")
+        if module and config.sasl_username is not None:
+            props["sasl.jaas.config"] = (
+                f'{module} required username="{config.sasl_username}" '
+                f'password="{config.sasl_password or ""}";'
+            )
+    if config.uses_ssl:
+        if not config.ssl_check_hostname:
+            props["ssl.endpoint.identification.algorithm"] = ""
+        if config.ssl_cafile:
+            props["ssl.truststore.type"] = "PEM"
+            props["ssl.truststore.location"] = config.ssl_cafile
+        if config.ssl_certfile or config.ssl_keyfile:
+            if config.ssl_certfile != config.ssl_keyfile:
+                raise ValueError(
+                    "Java KafkaIO reads the client certificate and key from one PEM file; "
+                    "set ssl_certfile == ssl_keyfile or pass ssl.keystore.* in 'java'"
+                )
+            props["ssl.keystore.type"] = "PEM"
+            props["ssl.keystore.location"] = config.ssl_certfile or ""
+            if config.ssl_key_password:
+                props["ssl.key.password"] = config.ssl_key_password
+    if config.compression_type is not None:
+        props["compression.type"] = config.compression_type
+    props.update({k: str(v) for k, v in config.java.items()})
+    return props
+
 
 def java_read(
     topics: str | Sequence[str],
@@ -47,7 +98,7 @@ def java_read(
 
     config = KafkaConfig.from_dict(config)
     return ReadFromKafka(
-        consumer_config={**config.java_properties(), "auto.offset.reset": start},
+        consumer_config={**java_properties(config), "auto.offset.reset": start},
         topics=[topics] if isinstance(topics, str) else list(topics),
         max_num_records=max_num_records,
         commit_offset_in_finalize=commit_offsets,
@@ -63,7 +114,7 @@ def java_write(
     ``.with_output_types(tuple[bytes, bytes])`` on the input). See :func:`java_read`."""
     from apache_beam.io.kafka import WriteToKafka
 
-    properties = KafkaConfig.from_dict(config).with_group(None).java_properties()
+    properties = java_properties(KafkaConfig.from_dict(config).with_group(None))
     return WriteToKafka(
         producer_config=properties, topic=topic, expansion_service=expansion_service
     )

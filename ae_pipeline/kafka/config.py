@@ -1,10 +1,11 @@
 """One Kafka configuration for both clients, with secrets that never show.
 
 :class:`KafkaConfig` holds what every Kafka connection needs (bootstrap servers, group,
-security) under one set of names and translates it for kafka-python (keyword arguments),
-confluent-kafka (librdkafka properties) and Beam's Java KafkaIO (Java client properties).
-Client-specific settings pass through unchanged in the ``kafka_python``, ``confluent`` and
-``java`` sections.
+security) under one set of names; each client translates it itself (kafka-python's keyword
+arguments: :func:`ae_pipeline.kafka.kafka_python_client.settings`; librdkafka properties:
+:func:`ae_pipeline.kafka.confluent_client.settings`; Beam's Java KafkaIO:
+:func:`ae_pipeline.beam.kafka_xlang.java_properties`). Client-specific settings pass through
+unchanged in the ``kafka_python``, ``confluent`` and ``java`` sections.
 
 Example:
     >>> cfg = KafkaConfig.from_dict({
@@ -15,7 +16,7 @@ Example:
     ... })
     >>> "hunter2" in repr(cfg)
     False
-    >>> cfg.confluent_config()["sasl.password"]
+    >>> cfg.sasl_password
     'hunter2'
 """
 
@@ -59,12 +60,6 @@ _ALIASES = {
     "kafka_python": "kafka_python",
     "confluent": "confluent",
     "java": "java",
-}
-
-_JAAS_MODULES = {
-    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
-    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
-    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
 }
 
 
@@ -203,100 +198,3 @@ class KafkaConfig:
         return "KafkaConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     __str__ = __repr__
-
-    def kafka_python_config(self) -> dict[str, Any]:
-        """Keyword arguments common to kafka-python's consumer, producer and admin client
-        (``group_id`` and the ``kafka_python`` section are added by the client wrapper)."""
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers.split(","),
-            "client_id": self.client_id,
-            "security_protocol": self.security_protocol,
-        }
-        if self.uses_sasl:
-            kwargs["sasl_mechanism"] = self.sasl_mechanism
-            if self.sasl_username is not None:
-                kwargs["sasl_plain_username"] = self.sasl_username
-                kwargs["sasl_plain_password"] = self.sasl_password or ""
-        if self.uses_ssl:
-            kwargs["ssl_check_hostname"] = self.ssl_check_hostname
-            for key, value in (
-                ("ssl_cafile", self.ssl_cafile),
-                ("ssl_certfile", self.ssl_certfile),
-                ("ssl_keyfile", self.ssl_keyfile),
-                ("ssl_password", self.ssl_key_password),
-            ):
-                if value is not None:
-                    kwargs[key] = value
-        return kwargs
-
-    def confluent_config(self) -> dict[str, Any]:
-        """librdkafka properties, the ``confluent`` section applied last."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "client.id": self.client_id,
-            "security.protocol": self.security_protocol,
-        }
-        if self.group_id is not None:
-            conf["group.id"] = self.group_id
-        if self.uses_sasl:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-            if self.sasl_username is not None:
-                conf["sasl.username"] = self.sasl_username
-                conf["sasl.password"] = self.sasl_password or ""
-        if self.uses_ssl:
-            conf["ssl.endpoint.identification.algorithm"] = (
-                "https" if self.ssl_check_hostname else "none"
-            )
-            for key, value in (
-                ("ssl.ca.location", self.ssl_cafile),
-                ("ssl.certificate.location", self.ssl_certfile),
-                ("ssl.key.location", self.ssl_keyfile),
-                ("ssl.key.password", self.ssl_key_password),
-            ):
-                if value is not None:
-                    conf[key] = value
-        conf.update(self.confluent)
-        return conf
-
-    def java_properties(self) -> dict[str, str]:
-        """Java Kafka client properties (for Beam's cross-language KafkaIO), ``java`` last.
-
-        Raises:
-            ValueError: for mutual TLS with separate certificate and key files (Java reads one
-                PEM key store; pass ``ssl.keystore.*`` in the ``java`` section instead).
-        """
-        props = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "client.id": self.client_id,
-            "security.protocol": self.security_protocol,
-        }
-        if self.group_id is not None:
-            props["group.id"] = self.group_id
-        if self.uses_sasl:
-            props["sasl.mechanism"] = self.sasl_mechanism or ""
-            module = _JAAS_MODULES.get(self.sasl_mechanism or "")
-            if module and self.sasl_username is not None:
-                props["sasl.jaas.config"] = (
-                    f'{module} required username="{self.sasl_username}" '
-                    f'password="{self.sasl_password or ""}";'
-                )
-        if self.uses_ssl:
-            if not self.ssl_check_hostname:
-                props["ssl.endpoint.identification.algorithm"] = ""
-            if self.ssl_cafile:
-                props["ssl.truststore.type"] = "PEM"
-                props["ssl.truststore.location"] = self.ssl_cafile
-            if self.ssl_certfile or self.ssl_keyfile:
-                if self.ssl_certfile != self.ssl_keyfile:
-                    raise ValueError(
-                        "Java KafkaIO reads the client certificate and key from one PEM file; "
-                        "set ssl_certfile == ssl_keyfile or pass ssl.keystore.* in 'java'"
-                    )
-                props["ssl.keystore.type"] = "PEM"
-                props["ssl.keystore.location"] = self.ssl_certfile or ""
-                if self.ssl_key_password:
-                    props["ssl.key.password"] = self.ssl_key_password
-        if self.compression_type is not None:
-            props["compression.type"] = self.compression_type
-        props.update({k: str(v) for k, v in self.java.items()})
-        return props

@@ -70,6 +70,37 @@ def _brokers_up(stats: str) -> bool | None:
     )
 
 
+def settings(config: KafkaConfig) -> dict[str, Any]:
+    """confluent-kafka's translation of a :class:`KafkaConfig`: librdkafka properties, the
+    ``confluent`` section applied last."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": config.bootstrap_servers,
+        "client.id": config.client_id,
+        "security.protocol": config.security_protocol,
+    }
+    if config.group_id is not None:
+        conf["group.id"] = config.group_id
+    if config.uses_sasl:
+        conf["sasl.mechanism"] = config.sasl_mechanism
+        if config.sasl_username is not None:
+            conf["sasl.username"] = config.sasl_username
+            conf["sasl.password"] = config.sasl_password or ""
+    if config.uses_ssl:
+        conf["ssl.endpoint.identification.algorithm"] = (
+            "https" if config.ssl_check_hostname else "none"
+        )
+        for key, value in (
+            ("ssl.ca.location", config.ssl_cafile),
+            ("ssl.certificate.location", config.ssl_certfile),
+            ("ssl.key.location", config.ssl_keyfile),
+            ("ssl.key.password", config.ssl_key_password),
+        ):
+            if value is not None:
+                conf[key] = value
+    conf.update(config.confluent)
+    return conf
+
+
 class Consumer(KafkaConsumerClient):
     """A confluent-kafka ``Consumer``; auto-commit off."""
 
@@ -84,7 +115,7 @@ class Consumer(KafkaConsumerClient):
         isolation_level: str | None = None,
     ):
         self._config = config
-        conf = config.confluent_config()
+        conf = settings(config)
         if isolation_level is not None:
             conf["isolation.level"] = isolation_level
         conf.setdefault("group.id", UNSET_GROUP)
@@ -284,7 +315,7 @@ class Producer(KafkaProducerClient):
         transaction_timeout_s: float = 60.0,
     ):
         self._config = config
-        conf = config.confluent_config()
+        conf = settings(config)
         if "group.id" not in config.confluent:
             conf.pop("group.id", None)  # a consumer property
         conf.setdefault("acks", "all")

@@ -83,6 +83,33 @@ def _build(config: KafkaConfig, cls: type, kwargs: dict[str, Any], what: str) ->
             raise unreachable(config, time.monotonic() - start) from None
 
 
+def settings(config: KafkaConfig) -> dict[str, Any]:
+    """kafka-python's translation of a :class:`KafkaConfig`: keyword arguments common to its
+    consumer, producer and admin client (``group_id`` and the ``kafka_python`` section are
+    added by :func:`client_kwargs`)."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": config.bootstrap_servers.split(","),
+        "client_id": config.client_id,
+        "security_protocol": config.security_protocol,
+    }
+    if config.uses_sasl:
+        kwargs["sasl_mechanism"] = config.sasl_mechanism
+        if config.sasl_username is not None:
+            kwargs["sasl_plain_username"] = config.sasl_username
+            kwargs["sasl_plain_password"] = config.sasl_password or ""
+    if config.uses_ssl:
+        kwargs["ssl_check_hostname"] = config.ssl_check_hostname
+        for key, value in (
+            ("ssl_cafile", config.ssl_cafile),
+            ("ssl_certfile", config.ssl_certfile),
+            ("ssl_keyfile", config.ssl_keyfile),
+            ("ssl_password", config.ssl_key_password),
+        ):
+            if value is not None:
+                kwargs[key] = value
+    return kwargs
+
+
 def client_kwargs(config: KafkaConfig, cls: type, **defaults: Any) -> dict[str, Any]:
     """Keyword arguments for the kafka-python class ``cls``: the common settings, then
     ``defaults``, then the ``kafka_python`` section's keys that ``cls`` accepts.
@@ -93,7 +120,7 @@ def client_kwargs(config: KafkaConfig, cls: type, **defaults: Any) -> dict[str, 
     unknown = sorted(set(config.kafka_python) - _KNOWN)
     if unknown:
         raise ValueError(f"kafka-python accepts no setting named {unknown}")
-    kwargs = config.kafka_python_config()
+    kwargs = settings(config)
     if "bootstrap_timeout_ms" in cls.DEFAULT_CONFIG:  # kafka-python >= 3
         kwargs["bootstrap_timeout_ms"] = int(config.unreachable_timeout_s * 1000)
     kwargs.update(defaults)

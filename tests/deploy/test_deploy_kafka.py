@@ -16,6 +16,8 @@ from apply_topics import TopicFileError, load_topics, parse_topics
 from deploy_kit import DEPLOY, REPO, SASL_PASSWORD, SASL_USER, all_invocations
 
 from ae_pipeline.kafka import KafkaConfig
+from ae_pipeline.kafka.confluent_client import settings as confluent_settings
+from ae_pipeline.kafka.kafka_python_client import settings as kafka_python_settings
 
 pytestmark = pytest.mark.kafka
 
@@ -212,8 +214,8 @@ def test_sample_client_settings_are_valid_and_hold_no_secrets(name):
     settings = json.loads((DEPLOY / "kafka" / name).read_text())
     config = KafkaConfig.from_dict({**settings, "bootstrap.servers": "broker:9093"})
     assert config.security_protocol in ("SASL_SSL", "SSL")
-    config.kafka_python_config()
-    config.confluent_config()
+    kafka_python_settings(config)
+    confluent_settings(config)
     for secret in config.secrets():
         assert secret.startswith("<") and secret.endswith(">"), "samples hold placeholders only"
     assert all(s not in repr(config) for s in config.secrets())

@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 
+from ae_pipeline.beam.kafka_xlang import java_properties
 from ae_pipeline.kafka import (
     COMPRESSION_TYPES,
     KafkaConfig,
@@ -125,8 +126,8 @@ def test_kafka_python_has_every_codec_installed():
 def test_compression_type_is_checked_and_translated_for_every_client():
     config = KafkaConfig.from_dict({"bootstrap.servers": "b:9092", "compression.type": "LZ4"})
     assert config.compression_type == "lz4"
-    assert config.java_properties()["compression.type"] == "lz4"
-    assert "compression.type" not in KafkaConfig("b:9092").java_properties()
+    assert java_properties(config)["compression.type"] == "lz4"
+    assert "compression.type" not in java_properties(KafkaConfig("b:9092"))
     assert set(COMPRESSION_TYPES) == {"none", *CODECS}
     with pytest.raises(ValueError, match="compression_type must be one of none, gzip"):
         KafkaConfig("b:9092", compression_type="brotli")

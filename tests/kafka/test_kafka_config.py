@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+from ae_pipeline.beam.kafka_xlang import java_properties
 from ae_pipeline.kafka import KafkaConfig
+from ae_pipeline.kafka.confluent_client import settings as confluent_settings
 from ae_pipeline.kafka.kafka_python_client import client_kwargs
+from ae_pipeline.kafka.kafka_python_client import settings as kafka_python_settings
 
 
 def test_plaintext_minimal():
     config = KafkaConfig.from_dict({"bootstrap_servers": "a:1,b:2"})
-    assert config.kafka_python_config() == {
+    assert kafka_python_settings(config) == {
         "bootstrap_servers": ["a:1", "b:2"],
         "client_id": "ae-pipeline",
         "security_protocol": "PLAINTEXT",
     }
-    assert config.confluent_config() == {
+    assert confluent_settings(config) == {
         "bootstrap.servers": "a:1,b:2",
         "client.id": "ae-pipeline",
         "security.protocol": "PLAINTEXT",
@@ -42,19 +45,19 @@ def test_sasl_ssl_in_any_spelling(spelling):
             **spelling,
         }
     )
-    kp = config.kafka_python_config()
+    kp = kafka_python_settings(config)
     assert kp["sasl_mechanism"] == "SCRAM-SHA-512"
     assert (kp["sasl_plain_username"], kp["sasl_plain_password"]) == ("u", "p")
     assert kp["ssl_cafile"] == "/ca.pem"
     assert kp["ssl_check_hostname"] is False
-    ck = config.confluent_config()
+    ck = confluent_settings(config)
     assert ck["security.protocol"] == "SASL_SSL"
     assert ck["sasl.mechanism"] == "SCRAM-SHA-512"
     assert (ck["sasl.username"], ck["sasl.password"]) == ("u", "p")
     assert ck["ssl.ca.location"] == "/ca.pem"
     assert ck["ssl.endpoint.identification.algorithm"] == "none"
     assert ck["group.id"] == "g"
-    java = config.java_properties()
+    java = java_properties(config)
     assert java["sasl.jaas.config"] == (
         "org.apache.kafka.common.security.scram.ScramLoginModule required "
         'username="u" password="p";'
@@ -66,7 +69,7 @@ def test_sasl_ssl_in_any_spelling(spelling):
 def test_sasl_plaintext_defaults_to_plain_mechanism():
     config = KafkaConfig("b:1", security_protocol="SASL_PLAINTEXT", sasl_username="u")
     assert config.sasl_mechanism == "PLAIN"
-    assert "ssl.ca.location" not in config.confluent_config()
+    assert "ssl.ca.location" not in confluent_settings(config)
 
 
 def test_mutual_tls_files():
@@ -77,17 +80,17 @@ def test_mutual_tls_files():
         ssl_keyfile="/k.pem",
         ssl_key_password="kp",
     )
-    kp = config.kafka_python_config()
+    kp = kafka_python_settings(config)
     assert (kp["ssl_certfile"], kp["ssl_keyfile"], kp["ssl_password"]) == (
         "/c.pem",
         "/k.pem",
         "kp",
     )
-    ck = config.confluent_config()
+    ck = confluent_settings(config)
     assert (ck["ssl.certificate.location"], ck["ssl.key.location"]) == ("/c.pem", "/k.pem")
     assert ck["ssl.key.password"] == "kp"
     with pytest.raises(ValueError, match="one PEM file"):
-        config.java_properties()
+        java_properties(config)
 
 
 @pytest.mark.parametrize(
@@ -119,8 +122,8 @@ def test_client_sections_pass_through():
     assert consumer["fetch_max_wait_ms"] == 50
     assert "linger_ms" not in consumer  # a producer setting: not given to the consumer
     assert client_kwargs(config, KafkaProducer)["linger_ms"] == 7
-    assert config.confluent_config()["fetch.wait.max.ms"] == 50
-    assert config.java_properties()["max.poll.records"] == "100"
+    assert confluent_settings(config)["fetch.wait.max.ms"] == 50
+    assert java_properties(config)["max.poll.records"] == "100"
     with pytest.raises(ValueError, match="no_such_setting"):
         client_kwargs(KafkaConfig("b:1", kafka_python={"no_such_setting": 1}), KafkaConsumer)
 

@@ -6,7 +6,10 @@ import pickle
 
 import pytest
 
+from ae_pipeline.beam.kafka_xlang import java_properties
 from ae_pipeline.kafka import REDACTED, KafkaConfig, redact, scrub
+from ae_pipeline.kafka.confluent_client import settings as confluent_settings
+from ae_pipeline.kafka.kafka_python_client import settings as kafka_python_settings
 from ae_pipeline.kafka.redaction import is_secret_key, secret_values
 
 SECRET = "s3cr3t-Pa55"
@@ -78,9 +81,9 @@ def test_config_repr_str_and_redacted_hide_secrets_but_clients_get_them():
     for text in (repr(config), str(config), str(config.redacted()), f"{config}"):
         assert SECRET not in text
         assert "alice" in text
-    assert config.confluent_config()["sasl.password"] == SECRET
-    assert config.kafka_python_config()["sasl_plain_password"] == SECRET
-    assert f'password="{SECRET}"' in config.java_properties()["sasl.jaas.config"]
+    assert confluent_settings(config)["sasl.password"] == SECRET
+    assert kafka_python_settings(config)["sasl_plain_password"] == SECRET
+    assert f'password="{SECRET}"' in java_properties(config)["sasl.jaas.config"]
     assert set(config.secrets()) == {SECRET, SECRET + "2", SECRET + "3"}
     # Workers get the real secret through pickling.
     assert pickle.loads(pickle.dumps(config)).sasl_password == SECRET
