@@ -46,6 +46,7 @@ from ae_pipeline.beam.options import (
 from ae_pipeline.beam.training import TrainAutoencoder
 from ae_pipeline.calibration import DEFAULT_PARAMS, METHODS, check_threshold, describe_param
 from ae_pipeline.features import FeatureSpec
+from ae_pipeline.models.config import architecture_names
 from ae_pipeline.training import JOB_BUDGET_DEFAULTS, TrainJob, summarize, to_json
 
 PROG = "ae-pipeline train"
@@ -125,7 +126,7 @@ class TrainOptions(
         g = parser.add_argument_group(
             "model (with --warm_start: taken from the newest version unless given here)"
         )
-        g.add_argument("--architecture", default="mlp", choices=["mlp", "stacked", "vae", "conv"])
+        g.add_argument("--architecture", default="mlp", choices=architecture_names())
         g.add_argument("--hidden_dims", default="64", help="encoder widths, input side first")
         g.add_argument("--latent_dim", type=int, default=8, help="width of the code")
         g.add_argument("--activation", default="relu")

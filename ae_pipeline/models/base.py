@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -34,12 +35,40 @@ class Autoencoder(nn.Module):
     :meth:`forward_all`. Inputs are ``N x input_dim`` (image models also take
     ``N x C x H x W``).
 
+    A variant is one module: its subclass, with ``accepts`` (the optional architecture fields
+    of :class:`ModelConfig` it reads), :meth:`check_config` (its own settings) and, if it adds
+    loss terms, :meth:`extra_loss_terms`, registered with
+    :func:`~ae_pipeline.models.config.register_architecture`.
+
     Attributes:
         config: the :class:`ModelConfig` the model was built from.
         input_dim: number of input features.
         latent_dim: width of the code.
         head: linear classification head on the code, or ``None``.
     """
+
+    #: The optional architecture fields of :class:`ModelConfig` this variant reads
+    #: (``decoder_dims``, ``layers``, ``sparsity``); the others must stay unset.
+    accepts: ClassVar[frozenset[str]] = frozenset({"sparsity"})
+
+    @classmethod
+    def variant_name(cls, config: ModelConfig) -> str:
+        """The variant's name in summaries (``ModelConfig.variant``); default: its
+        architecture's name."""
+        return config.architecture
+
+    @classmethod
+    def check_config(cls, config: ModelConfig) -> None:
+        """Checks the variant's own settings (after the common checks); raises
+        :class:`~ae_pipeline.models.config.ConfigError` naming the setting. None by default."""
+
+    def extra_loss_terms(
+        self, out: AEOutput, config: ModelConfig
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Loss terms of this variant besides reconstruction (and the config's penalties), for
+        the objective's ``config``: ``{name: (value reported in the history, term added to the
+        loss)}``. None by default."""
+        return {}
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -107,6 +107,47 @@ def _check_in_range(
     )
 
 
+# Architecture name -> its model class (``register_architecture``; each variant module registers
+# itself when imported, which ``ae_pipeline.models`` does). Kept as ``Any``: this module is
+# below the model classes.
+_ARCHITECTURE_CLASSES: dict[str, Any] = {}
+# ModelConfig fields that only some architectures read: unset (None) for the others.
+_ARCHITECTURE_FIELDS = ("decoder_dims", "layers", "sparsity")
+
+
+def register_architecture(name: str, cls: Any) -> Any:
+    """Makes ``ModelConfig(architecture=name)`` build ``cls``, a subclass of
+    :class:`~ae_pipeline.models.base.Autoencoder` whose ``accepts`` names the optional
+    architecture fields it reads (``decoder_dims``, ``layers``, ``sparsity``) and whose
+    ``check_config`` checks its own settings. Returns ``cls`` (usable as a decorator).
+
+    Raises:
+        ValueError: the name is taken by another class.
+    """
+    taken = _ARCHITECTURE_CLASSES.get(name)
+    # The same class again (its module imported a second time, e.g. by doctest) replaces it.
+    if taken is not None and taken.__qualname__ != cls.__qualname__:
+        raise ValueError(f"architecture {name!r} is taken by {taken.__qualname__}")
+    _ARCHITECTURE_CLASSES[name] = cls
+    return cls
+
+
+def architecture_class(name: str) -> Any:
+    """The model class registered for architecture ``name``.
+
+    Raises:
+        ConfigError: no architecture has that name.
+    """
+    _check_choice("ModelConfig", "architecture", name, architecture_names())
+    return _ARCHITECTURE_CLASSES[name]
+
+
+def architecture_names() -> tuple[str, ...]:
+    """Every registered architecture (the built-in :data:`ARCHITECTURES` first)."""
+    extra = [name for name in _ARCHITECTURE_CLASSES if name not in ARCHITECTURES]
+    return (*ARCHITECTURES, *extra)
+
+
 class _Serializable:
     """Mixin: ``to_dict`` / ``from_dict`` / JSON for (nested) config dataclasses."""
 
@@ -322,7 +363,7 @@ class ModelConfig(_Serializable):
 
     def __post_init__(self) -> None:
         owner = "ModelConfig"
-        _check_choice(owner, "architecture", self.architecture, ARCHITECTURES)
+        variant = architecture_class(self.architecture)
         self.hidden_dims = list(self.hidden_dims)
         self.conv_channels = list(self.conv_channels)
         if self.decoder_dims is not None:
@@ -347,11 +388,6 @@ class ModelConfig(_Serializable):
         _check_int_at_least(owner, "latent_dim", self.latent_dim, 1)
         if self.decoder_dims is not None:
             _check_positive_ints(owner, "decoder_dims", self.decoder_dims)
-            _require(
-                self.architecture in ("mlp", "vae"),
-                f"{owner}.decoder_dims is only for architecture 'mlp' or 'vae', "
-                f"not {self.architecture!r}",
-            )
         for name in ("activation", "latent_activation", "output_activation"):
             _check_choice(owner, name, getattr(self, name), ACTIVATIONS)
         _require(
@@ -366,54 +402,37 @@ class ModelConfig(_Serializable):
             )
         for name in ("weight_l1", "weight_l2", "tv_weight", "beta"):
             _check_non_negative(owner, name, getattr(self, name))
-        if self.tv_weight > 0 or self.architecture == "conv":
+        if self.tv_weight > 0:
             _require(
                 self.input_shape is not None,
                 f"{owner}: architecture={self.architecture!r} with tv_weight={self.tv_weight} "
                 "needs input_shape=[channels, height, width]",
             )
-        if self.architecture == "conv":
-            _check_positive_ints(owner, "conv_channels", self.conv_channels, allow_empty=False)
-            _require(
-                isinstance(self.kernel_size, int) and self.kernel_size % 2 == 1,
-                f"{owner}.kernel_size must be an odd int, got {self.kernel_size!r}",
-            )
-        if self.sparsity is not None:
-            _require(
-                self.architecture != "vae",
-                f"{owner}: sparsity is not supported with architecture 'vae'",
-            )
-            if self.sparsity.kind == "kl":
+        for name in _ARCHITECTURE_FIELDS:
+            if getattr(self, name) is not None and name not in variant.accepts:
+                readers = [a for a, c in _ARCHITECTURE_CLASSES.items() if name in c.accepts]
                 _require(
-                    self.latent_activation == "sigmoid",
-                    f"{owner}: KL sparsity needs codes in (0, 1): set "
-                    f"latent_activation='sigmoid' (got {self.latent_activation!r})",
+                    False,
+                    f"{owner}.{name} is only for architecture "
+                    f"{' or '.join(map(repr, readers))}, not {self.architecture!r}",
                 )
-        if self.layers is not None:
+        if self.sparsity is not None and self.sparsity.kind == "kl":
             _require(
-                self.architecture == "stacked",
-                f"{owner}.layers is only for architecture 'stacked', not {self.architecture!r}",
-            )
-            _require(
-                len(self.layers) == len(self.hidden_dims) + 1,
-                f"{owner}.layers has {len(self.layers)} entries; the stack has "
-                f"{len(self.hidden_dims) + 1} layers (hidden_dims + latent)",
+                self.latent_activation == "sigmoid",
+                f"{owner}: KL sparsity needs codes in (0, 1): set "
+                f"latent_activation='sigmoid' (got {self.latent_activation!r})",
             )
         if self.num_classes is not None:
             _require(
                 isinstance(self.num_classes, int) and self.num_classes >= 2,
                 f"{owner}.num_classes must be an int >= 2, got {self.num_classes!r}",
             )
+        variant.check_config(self)  # the architecture's own checks
 
     @property
     def variant(self) -> str:
         """A short name of the variant, e.g. ``"undercomplete"``, ``"sparse+denoising"``."""
-        base = {
-            "mlp": "undercomplete" if self.latent_dim < self.input_dim else "overcomplete",
-            "stacked": "stacked",
-            "vae": "variational",
-            "conv": "convolutional",
-        }[self.architecture]
+        base = architecture_class(self.architecture).variant_name(self)
         tags = []
         if self.sparsity is not None:
             tags.append("sparse")

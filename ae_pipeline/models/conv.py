@@ -8,7 +8,12 @@ import torch
 from torch import nn
 
 from ae_pipeline.models.base import AEOutput, Autoencoder
-from ae_pipeline.models.config import ModelConfig
+from ae_pipeline.models.config import (
+    ModelConfig,
+    _check_positive_ints,
+    _require,
+    register_architecture,
+)
 from ae_pipeline.models.layers import Dense, activation
 
 
@@ -30,6 +35,25 @@ class ConvAutoencoder(Autoencoder):
         >>> ConvAutoencoder(cfg)(torch.zeros(2, 784)).shape
         torch.Size([2, 784])
     """
+
+    @classmethod
+    def variant_name(cls, config: ModelConfig) -> str:
+        return "convolutional"
+
+    @classmethod
+    def check_config(cls, config: ModelConfig) -> None:
+        """An image shape, at least one convolution, an odd kernel."""
+        owner = "ModelConfig"
+        _require(
+            config.input_shape is not None,
+            f"{owner}: architecture='conv' with tv_weight={config.tv_weight} "
+            "needs input_shape=[channels, height, width]",
+        )
+        _check_positive_ints(owner, "conv_channels", config.conv_channels, allow_empty=False)
+        _require(
+            isinstance(config.kernel_size, int) and config.kernel_size % 2 == 1,
+            f"{owner}.kernel_size must be an odd int, got {config.kernel_size!r}",
+        )
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -80,3 +104,6 @@ class ConvAutoencoder(Autoencoder):
         out = super().forward_all(x)
         out.reconstruction = out.reconstruction.reshape(x.shape)
         return out
+
+
+register_architecture("conv", ConvAutoencoder)

@@ -9,19 +9,15 @@ import torch
 from torch import nn
 
 from ae_pipeline.models.base import Autoencoder
-from ae_pipeline.models.config import ModelConfig, TrainConfig
+from ae_pipeline.models.config import ModelConfig, TrainConfig, architecture_class
 from ae_pipeline.models.conv import ConvAutoencoder
 from ae_pipeline.models.mlp import MLPAutoencoder
 from ae_pipeline.models.stacked import StackedAutoencoder
 from ae_pipeline.models.trainer import History, Trainer
 from ae_pipeline.models.vae import VariationalAutoencoder
 
-_ARCHITECTURES: dict[str, type[Autoencoder]] = {
-    "mlp": MLPAutoencoder,
-    "stacked": StackedAutoencoder,
-    "vae": VariationalAutoencoder,
-    "conv": ConvAutoencoder,
-}
+# The built-in variants register themselves when their modules are imported (here).
+_BUILT_IN = (MLPAutoencoder, StackedAutoencoder, VariationalAutoencoder, ConvAutoencoder)
 
 
 class WeightsMismatchError(ValueError):
@@ -42,7 +38,7 @@ def build_model(config: ModelConfig | Mapping[str, Any], *, seed: int | None = N
     """
     if not isinstance(config, ModelConfig):
         config = ModelConfig.from_dict(config)
-    cls = _ARCHITECTURES[config.architecture]
+    cls = architecture_class(config.architecture)
     if seed is None:
         return cls(config)
     with torch.random.fork_rng(devices=[]):
@@ -56,7 +52,7 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     Builds the model on the ``meta`` device, so no memory is allocated for weights.
     """
     with torch.device("meta"):
-        model = _ARCHITECTURES[config.architecture](config)
+        model = architecture_class(config.architecture)(config)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 

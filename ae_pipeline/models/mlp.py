@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ae_pipeline.models.base import Autoencoder
-from ae_pipeline.models.config import ModelConfig
+from ae_pipeline.models.config import ModelConfig, register_architecture
 from ae_pipeline.models.layers import mlp
 
 
@@ -21,6 +21,12 @@ class MLPAutoencoder(Autoencoder):
         >>> model(torch.zeros(5, 784)).shape
         torch.Size([5, 784])
     """
+
+    accepts = frozenset({"decoder_dims", "sparsity"})
+
+    @classmethod
+    def variant_name(cls, config: ModelConfig) -> str:
+        return "undercomplete" if config.latent_dim < config.input_dim else "overcomplete"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -39,3 +45,6 @@ class MLPAutoencoder(Autoencoder):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
+
+
+register_architecture("mlp", MLPAutoencoder)

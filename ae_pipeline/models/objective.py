@@ -19,7 +19,7 @@ from ae_pipeline.models.base import Autoencoder
 from ae_pipeline.models.config import ModelConfig
 from ae_pipeline.models.corruption import corrupt
 from ae_pipeline.models.losses import LossFn, get_loss, total_variation
-from ae_pipeline.models.regularizers import gaussian_kl, sparsity_penalty, weight_penalty
+from ae_pipeline.models.regularizers import sparsity_penalty, weight_penalty
 
 Parts = dict[str, torch.Tensor]
 
@@ -82,9 +82,9 @@ class ReconstructionObjective:
                 parts["tv"] = cfg.tv_weight * total_variation(recon, cfg.input_shape or [])
             if cfg.sparsity is not None:
                 parts["sparsity"] = sparsity_penalty(out.latent, cfg.sparsity)
-            if out.mu is not None and out.logvar is not None:
-                parts["kl"] = gaussian_kl(out.mu, out.logvar)
-                total = total + cfg.beta * parts["kl"] / model.input_dim
+            for name, (value, term) in model.extra_loss_terms(out, cfg).items():  # e.g. a VAE's KL
+                parts[name] = value
+                total = total + term
             if cfg.weight_l1 > 0 or cfg.weight_l2 > 0:
                 parts["weights"] = weight_penalty(model, cfg.weight_l1, cfg.weight_l2)
             for name in ("tv", "sparsity", "weights"):

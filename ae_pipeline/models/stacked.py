@@ -6,7 +6,7 @@ Its training procedure (greedy layer-wise pretraining, then end-to-end fine-tuni
 
 from __future__ import annotations
 
-from ae_pipeline.models.config import ModelConfig
+from ae_pipeline.models.config import ConfigError, ModelConfig, register_architecture
 from ae_pipeline.models.mlp import MLPAutoencoder
 
 
@@ -17,10 +17,28 @@ class StackedAutoencoder(MLPAutoencoder):
     of layer ``i`` and ``decoder[n - 1 - i]`` its decoder.
     """
 
+    accepts = frozenset({"layers", "sparsity"})
+
+    @classmethod
+    def variant_name(cls, config: ModelConfig) -> str:
+        return "stacked"
+
+    @classmethod
+    def check_config(cls, config: ModelConfig) -> None:
+        """``layers``, when given, holds one entry per layer of the stack."""
+        if config.layers is not None and len(config.layers) != len(config.hidden_dims) + 1:
+            raise ConfigError(
+                f"ModelConfig.layers has {len(config.layers)} entries; the stack has "
+                f"{len(config.hidden_dims) + 1} layers (hidden_dims + latent)"
+            )
+
     @property
     def n_layers(self) -> int:
         """Number of encoder layers (hidden layers plus the code)."""
         return len(self.encoder)
+
+
+register_architecture("stacked", StackedAutoencoder)
 
 
 def require_stacked(config: ModelConfig) -> None:

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from ae_pipeline.models.base import AEOutput, Autoencoder
-from ae_pipeline.models.config import ModelConfig
+from ae_pipeline.models.config import ModelConfig, register_architecture
 from ae_pipeline.models.layers import mlp
+from ae_pipeline.models.regularizers import gaussian_kl
 
 
 class VariationalAutoencoder(Autoencoder):
@@ -24,6 +25,12 @@ class VariationalAutoencoder(Autoencoder):
         >>> vae.sample(3).shape
         torch.Size([3, 64])
     """
+
+    accepts = frozenset({"decoder_dims"})  # no sparsity: the KL term already shapes the code
+
+    @classmethod
+    def variant_name(cls, config: ModelConfig) -> str:
+        return "variational"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -59,3 +66,16 @@ class VariationalAutoencoder(Autoencoder):
         device = self.mu.weight.device
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
         return self.decode(z)
+
+    def extra_loss_terms(
+        self, out: AEOutput, config: ModelConfig
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The KL divergence of q(z|x) from N(0, I), weighted by ``config.beta`` and divided by
+        ``input_dim`` (the reconstruction loss is a mean per element)."""
+        if out.mu is None or out.logvar is None:
+            return {}
+        kl = gaussian_kl(out.mu, out.logvar)
+        return {"kl": (kl, config.beta * kl / self.input_dim)}
+
+
+register_architecture("vae", VariationalAutoencoder)
