@@ -1,22 +1,5 @@
-"""Records to feature vectors: schema checks, scaling, and per-record validation.
-
-One way to turn a record into a vector, shared by the batch training job, the Beam streaming
-DoFns and the plain Kafka consumer:
-
-* :func:`check_arrow_schema` refuses a Parquet/Arrow schema whose feature columns are missing or
-  not numeric, naming the column.
-* :func:`table_to_matrix` turns an Arrow table into a float32 matrix and the indices and reasons of
-  the rows it had to reject (null, NaN, inf).
-* :func:`decode_records` turns JSON bytes / dicts / ``beam.Row``-like objects into a matrix plus a
-  :class:`RecordError` for every record it could not use, so nothing is lost silently.
-* :class:`Scaler` (standard or min-max) is fitted from :class:`ColumnStats`, which merge in
-  parallel (a Beam combiner wraps them), and is stored in the model artifact as JSON.
-
-Example:
-    >>> spec = FeatureSpec(columns=["a", "b"])
-    >>> batch = decode_records([b'{"a": 1, "b": 2}', b'{"a": "x", "b": 2}', b'oops'], spec)
-    >>> batch.matrix.tolist(), [e.reason for e in batch.errors]
-    ([[1.0, 2.0]], ['non_numeric', 'bad_json'])
+"""Records (JSON bytes, dicts, ``beam.Row``) to feature matrices: a typed fast path (msgspec) for
+plain records and a checked path that says what is wrong with the others.
 """
 
 from __future__ import annotations
@@ -25,7 +8,7 @@ import functools
 import itertools
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -40,179 +23,17 @@ except ImportError:  # pragma: no cover - fallback
 
     _JSONDecodeError = ValueError
 
-SCALERS = ("none", "standard", "minmax")
-
-# Reasons a record can be rejected; stable strings, used in dead letters and metrics.
-BAD_JSON = "bad_json"
-NOT_OBJECT = "not_object"
-MISSING_FIELD = "missing_field"
-NON_NUMERIC = "non_numeric"
-NON_FINITE = "non_finite"
-WRONG_WIDTH = "wrong_width"
-NULL_VALUE = "null_value"
-# A failure while decoding, scoring or serialising one record that none of the reasons above
-# describes (``detail`` starts with the exception type): the record is isolated, not the batch.
-INTERNAL = "internal"
-# A result whose message would exceed the output's size limit (a huge passed-through field).
-TOO_LARGE = "too_large"
-REASONS = (
+from ae_pipeline.features.spec import (
     BAD_JSON,
-    NOT_OBJECT,
-    MISSING_FIELD,
-    NON_NUMERIC,
-    NON_FINITE,
-    WRONG_WIDTH,
-    NULL_VALUE,
     INTERNAL,
-    TOO_LARGE,
+    MISSING_FIELD,
+    NON_FINITE,
+    NON_NUMERIC,
+    NOT_OBJECT,
+    WRONG_WIDTH,
+    FeatureSpec,
+    RecordError,
 )
-
-
-class SchemaError(ValueError):
-    """The data's schema cannot provide the requested feature columns."""
-
-
-@dataclass(frozen=True)
-class RecordError:
-    """Why one record was rejected.
-
-    Attributes:
-        index: position of the record in the batch it came in.
-        reason: one of :data:`REASONS`.
-        detail: a human-readable explanation naming the field.
-    """
-
-    index: int
-    reason: str
-    detail: str
-
-
-@dataclass
-class FeatureSpec:
-    """Which fields of a record are features, and how records carry them.
-
-    Attributes:
-        columns: feature names, in model input order. Empty means "all numeric fields of a
-            Parquet schema" (resolved by :func:`check_arrow_schema`); for JSON records a
-            ``vector_field`` can be used instead.
-        key_column: a field passed through as the record key (optional).
-        label_column: a label field for supervised fine-tuning / evaluation (optional).
-        vector_field: JSON records may carry the features as one array under this name, e.g.
-            ``{"id": 7, "x": [0.1, 0.2, ...]}``; its width must equal ``len(columns)`` or
-            ``width``.
-        width: expected vector width when ``columns`` is empty (e.g. image pixels).
-    """
-
-    columns: list[str] = field(default_factory=list)
-    key_column: str | None = None
-    label_column: str | None = None
-    vector_field: str | None = None
-    width: int | None = None
-
-    @property
-    def dim(self) -> int:
-        if self.columns:
-            return len(self.columns)
-        if self.width is None:
-            raise ValueError("FeatureSpec has neither columns nor width; its dimension is unknown")
-        return self.width
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "columns": list(self.columns),
-            "key_column": self.key_column,
-            "label_column": self.label_column,
-            "vector_field": self.vector_field,
-            "width": self.width,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
-        unknown = set(data) - {"columns", "key_column", "label_column", "vector_field", "width"}
-        if unknown:
-            raise ValueError(f"unknown FeatureSpec keys: {sorted(unknown)}")
-        return cls(**dict(data))
-
-
-# ---------------------------------------------------------------------------------------------
-# Arrow / Parquet
-# ---------------------------------------------------------------------------------------------
-
-
-def check_arrow_schema(schema, spec: FeatureSpec) -> FeatureSpec:
-    """Check that ``schema`` provides ``spec``'s columns as numbers; fill in "all numeric".
-
-    Args:
-        schema: a ``pyarrow.Schema``.
-        spec: the requested features. With no ``columns``, every numeric column except the key
-            and label becomes a feature.
-
-    Returns:
-        The spec with ``columns`` resolved.
-
-    Raises:
-        SchemaError: naming each missing or non-numeric column and the schema's columns.
-    """
-    import pyarrow.types as pat
-
-    def numeric(t) -> bool:
-        return pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t) or pat.is_decimal(t)
-
-    names = list(schema.names)
-    for role, col in (("key", spec.key_column), ("label", spec.label_column)):
-        if col is not None and col not in names:
-            raise SchemaError(f"{role} column {col!r} is not in the data; columns: {names}")
-    if not spec.columns:
-        skip = {spec.key_column, spec.label_column}
-        cols = [n for n in names if n not in skip and numeric(schema.field(n).type)]
-        if not cols:
-            raise SchemaError(f"no numeric feature columns in the data; columns: {names}")
-        return FeatureSpec(cols, spec.key_column, spec.label_column, spec.vector_field, len(cols))
-    problems = []
-    for col in spec.columns:
-        if col not in names:
-            problems.append(f"column {col!r} is missing")
-        elif not numeric(schema.field(col).type):
-            problems.append(f"column {col!r} has type {schema.field(col).type}, not a number")
-    if problems:
-        raise SchemaError("; ".join(problems) + f" (data columns: {names})")
-    return spec
-
-
-def table_to_matrix(table, columns: Sequence[str]) -> tuple[np.ndarray, list[RecordError]]:
-    """Feature matrix of an Arrow table, rejecting rows with null, NaN or inf.
-
-    Returns:
-        ``(matrix, errors)``: the float32 rows that are complete and finite, in order, and one
-        :class:`RecordError` per rejected row (its index in ``table``).
-    """
-    n = table.num_rows
-    matrix = np.empty((n, len(columns)), dtype=np.float32)
-    null = np.zeros(n, dtype=bool)
-    for j, col in enumerate(columns):
-        arr = table.column(col)
-        if arr.null_count:
-            null |= np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            arr = arr.fill_null(0)
-        matrix[:, j] = arr.to_numpy().astype(np.float32, copy=False)
-    finite = np.isfinite(matrix).all(axis=1)
-    bad = null | ~finite
-    if not bad.any():
-        return matrix, []
-    errors = []
-    for i in np.flatnonzero(bad):
-        if null[i]:
-            cols = [c for c in columns if table.column(c)[int(i)].as_py() is None]
-            errors.append(RecordError(int(i), NULL_VALUE, f"null in {cols}"))
-        else:
-            cols = [c for c, ok in zip(columns, np.isfinite(matrix[i]), strict=True) if not ok]
-            errors.append(RecordError(int(i), NON_FINITE, f"NaN or inf in {cols}"))
-    return matrix[~bad], errors
-
-
-# ---------------------------------------------------------------------------------------------
-# Records (JSON bytes, dicts, rows)
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -563,131 +384,3 @@ def _to_batch(
         parsed = [x for x, k in zip(parsed, keep, strict=True) if k]
         errors.sort(key=lambda e: e.index)
     return DecodedBatch(wide.astype(np.float32), index, keys, errors, parsed)
-
-
-# ---------------------------------------------------------------------------------------------
-# Scaling
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ColumnStats:
-    """Per-feature count, mean, M2 (sum of squared deviations), min and max; merge in parallel
-    with Chan et al.'s update, so a Beam combiner can fit a scaler over any number of shards."""
-
-    count: int
-    mean: np.ndarray
-    m2: np.ndarray
-    min: np.ndarray
-    max: np.ndarray
-
-    @classmethod
-    def empty(cls, dim: int) -> ColumnStats:
-        z = np.zeros(dim, dtype=np.float64)
-        return cls(0, z, z.copy(), np.full(dim, np.inf), np.full(dim, -np.inf))
-
-    @classmethod
-    def of(cls, matrix: np.ndarray) -> ColumnStats:
-        x = np.asarray(matrix, dtype=np.float64)
-        if len(x) == 0:
-            return cls.empty(x.shape[1])
-        mean = x.mean(axis=0)
-        return cls(len(x), mean, ((x - mean) ** 2).sum(axis=0), x.min(axis=0), x.max(axis=0))
-
-    def merge(self, other: ColumnStats) -> ColumnStats:
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
-        n = self.count + other.count
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / n)
-        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / n)
-        return ColumnStats(
-            n, mean, m2, np.minimum(self.min, other.min), np.maximum(self.max, other.max)
-        )
-
-    @property
-    def std(self) -> np.ndarray:
-        return np.sqrt(self.m2 / max(self.count, 1))
-
-
-@dataclass
-class Scaler:
-    """``scaled = (x - offset) / scale``, per feature.
-
-    Attributes:
-        kind: ``"none"``, ``"standard"`` (mean / std) or ``"minmax"`` (to [0, 1]).
-        offset: per-feature offsets.
-        scale: per-feature divisors (constant features get 1, never 0).
-    """
-
-    kind: str
-    offset: np.ndarray
-    scale: np.ndarray
-
-    @classmethod
-    def identity(cls, dim: int) -> Scaler:
-        return cls("none", np.zeros(dim, np.float32), np.ones(dim, np.float32))
-
-    @classmethod
-    def fit(cls, kind: str, stats: ColumnStats) -> Scaler:
-        """Fit a scaler of ``kind`` from merged column statistics.
-
-        Raises:
-            ValueError: for an unknown kind or statistics of no rows.
-        """
-        if kind not in SCALERS:
-            raise ValueError(f"unknown scaler {kind!r}; choose one of {', '.join(SCALERS)}")
-        dim = len(stats.mean)
-        if kind == "none":
-            return cls.identity(dim)
-        if stats.count == 0:
-            raise ValueError("cannot fit a scaler on zero rows")
-        if kind == "standard":
-            offset, scale = stats.mean, stats.std
-        else:
-            offset, scale = stats.min, stats.max - stats.min
-        scale = np.where(scale > 1e-12, scale, 1.0)
-        return cls(kind, offset.astype(np.float32), scale.astype(np.float32))
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        if self.kind == "none":
-            return np.asarray(x, dtype=np.float32)
-        return ((np.asarray(x, dtype=np.float32) - self.offset) / self.scale).astype(
-            np.float32, copy=False
-        )
-
-    def inverse(self, x: np.ndarray) -> np.ndarray:
-        if self.kind == "none":
-            return np.asarray(x, dtype=np.float32)
-        return (np.asarray(x, dtype=np.float32) * self.scale + self.offset).astype(np.float32)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "offset": self.offset.tolist(), "scale": self.scale.tolist()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Scaler:
-        kind = data.get("kind")
-        if kind not in SCALERS:
-            raise ValueError(f"scaler kind {kind!r} is not one of {SCALERS}")
-        offset = np.asarray(data["offset"], dtype=np.float32)
-        scale = np.asarray(data["scale"], dtype=np.float32)
-        if offset.shape != scale.shape or offset.ndim != 1:
-            raise ValueError(
-                f"scaler offset {offset.shape} and scale {scale.shape} must be equal 1-D shapes"
-            )
-        if not (np.isfinite(offset).all() and np.isfinite(scale).all() and (scale != 0).all()):
-            raise ValueError("scaler offset/scale must be finite and scale non-zero")
-        return cls(kind, offset, scale)
-
-
-def fingerprint(parts: Iterable[str]) -> str:
-    """A short stable hash of strings (schema, row counts, file names) for the artifact."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
