@@ -65,17 +65,24 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ae_pipeline.guarantees import (
+    AT_LEAST_ONCE,
+    EXACTLY_ONCE,
+    MAX_ABORTS_IN_A_ROW,
+    PROCESSING_GUARANTEES,
+    Polled,
+    Sent,
+    check_processing_guarantee,
+    guarantee_for,
+)
 from ae_pipeline.kafka import (
     DEFAULT_CLIENT,
-    KafkaClientError,
     KafkaConfig,
     KafkaConsumerClient,
     KafkaProducerClient,
-    TopicPartition,
     TransactionError,
     close_quietly,
     create_consumer,
-    create_producer,
     next_offsets,
     topic_partitions,
 )
@@ -99,15 +106,10 @@ from ae_pipeline.serving import (
 
 _log = logging.getLogger(__name__)
 
-AT_LEAST_ONCE = "at_least_once"
-EXACTLY_ONCE = "exactly_once"
-PROCESSING_GUARANTEES = (AT_LEAST_ONCE, EXACTLY_ONCE)
 DEFAULT_TRANSACTION_TIMEOUT_S = 10.0
 # How long a transaction collects batches before it commits (Kafka Streams' commit.interval.ms
 # under exactly-once is 100 ms as well).
 DEFAULT_COMMIT_INTERVAL_S = 0.1
-# Aborted transactions in a row (no commit between them) before the run gives up.
-MAX_ABORTS_IN_A_ROW = 10
 
 
 @dataclass
@@ -278,6 +280,7 @@ class ScoringConsumer:
                 "every transaction before it commits"
             )
         self.exactly_once = check_processing_guarantee(processing_guarantee) == EXACTLY_ONCE
+        self.guarantee = guarantee_for(processing_guarantee, self)  # sends, confirms, commits
         if transactional_id is not None and (
             not self.exactly_once or not isinstance(transactional_id, str) or not transactional_id
         ):
@@ -318,12 +321,9 @@ class ScoringConsumer:
             default_scoring_process() if scoring_process is None else bool(scoring_process)
         )
         self._scorer: InlineScorer | ScoringProcess | None = None
-        self._written: dict[TopicPartition, int] = {}  # offsets whose outputs are acknowledged
-        self._sync_commit_failures = 0
         self._stop = threading.Event()
         self._stop_reason = "stop"
         self._next_refresh = 0.0  # when an idle poll next lets the model check for a version
-        self._aborts_in_a_row = 0
         self.stats = ConsumerStats()
 
     # ------------------------------------------------------------------ control
@@ -404,7 +404,7 @@ class ScoringConsumer:
             self.config,
             self.client,
             max_poll_records=self.max_batch,
-            **({"isolation_level": "read_committed"} if self.exactly_once else {}),
+            **({"isolation_level": level} if (level := self.guarantee.isolation_level) else {}),
         )
         producer = self._producer
         _log.info(
@@ -418,24 +418,22 @@ class ScoringConsumer:
             self.client,
             self.stats.model_version,
             "in a child process" if self.scoring_process else "inline",
-            f"exactly once (transactional id {self.transactional_id})"
-            if self.exactly_once
-            else "at least once",
+            self.guarantee.describe(),
         )
         # Batches submitted to the scorer and not yet produced: their offsets, oldest first.
-        scoring: deque[_Polled] = deque()
+        scoring: deque[Polled] = deque()
         try:
-            producer = producer or self._new_producer()
+            producer = producer or self.guarantee.new_producer()
             consumer.subscribe([self.input_topic])
             while True:
-                in_flight: _Sent | None = None
+                in_flight: Sent | None = None
                 try:
                     in_flight = self._loop(consumer, producer, scoring, max_records, idle_timeout_s)
                     in_flight = self._drain(scoring, consumer, producer, in_flight)
-                    self._confirm(in_flight, consumer, producer, final=True)
+                    self.guarantee.confirm(in_flight, consumer, producer, final=True)
                     break
                 except TransactionError as err:
-                    producer = self._rewind(err, scoring, consumer, producer)
+                    producer = self.guarantee.rewind(err, scoring, consumer, producer)
             self.stats.stopped_by = self._stop_reason
         except BaseException as err:
             # Batches still in the scorer are dropped uncommitted (replayed later); a scoring
@@ -457,15 +455,15 @@ class ScoringConsumer:
         self,
         consumer: KafkaConsumerClient,
         producer: KafkaProducerClient,
-        scoring: deque[_Polled],
+        scoring: deque[Polled],
         max_records: int | None,
         idle_timeout_s: float | None,
-    ) -> _Sent | None:
+    ) -> Sent | None:
         """Polls, scores and sends until stopped, idle or ``max_records``; returns the batch
         in flight (sent, not yet confirmed). Batches still in the scorer stay in ``scoring``."""
         scorer = self._scorer
         assert scorer is not None
-        in_flight: _Sent | None = None
+        in_flight: Sent | None = None
         polled = self.stats.records_in
         # Idle time counts once partitions are assigned: a restarted member may wait for
         # the group to rebalance before it gets any.
@@ -482,7 +480,7 @@ class ScoringConsumer:
                     continue
                 # Idle: settle the batch in flight with a synchronous commit of every
                 # written offset (which also repairs a lost asynchronous commit).
-                self._confirm(in_flight, consumer, producer, final=True)
+                self.guarantee.confirm(in_flight, consumer, producer, final=True)
                 in_flight = None
                 self._refresh_model()
                 now = time.monotonic()
@@ -505,127 +503,21 @@ class ScoringConsumer:
                 continue
             idle_since = time.monotonic()
             scorer.submit(records)
-            # The group generation the records were read in: a transaction sends their
-            # offsets with it, so that the broker refuses them after a rebalance (KIP-447).
-            scoring.append(
-                _Polled(
-                    next_offsets(records),
-                    consumer.group_metadata() if self.exactly_once else None,
-                )
-            )
+            scoring.append(Polled(next_offsets(records), self.guarantee.group_metadata(consumer)))
             polled += len(records)
             while len(scoring) > scorer.depth:
-                in_flight = self._send(scoring.popleft(), consumer, producer, in_flight)
+                in_flight = self.guarantee.send(scoring.popleft(), consumer, producer, in_flight)
             if max_records is not None and polled >= max_records:
                 self._stop_reason = "max_records"
                 break
         return in_flight
 
-    def _poll_wait(self, scoring: deque[_Polled], in_flight: _Sent | None) -> float:
+    def _poll_wait(self, scoring: deque[Polled], in_flight: Sent | None) -> float:
         """How long the next poll may wait: not at all with a batch in the scorer (its outputs
         would wait), no longer than the open transaction has left before it is due."""
         if scoring:
             return 0.0
-        if self.exactly_once and in_flight is not None:
-            left = in_flight.opened + self.commit_interval_s - time.monotonic()
-            return min(self.poll_timeout_s, max(0.0, left))
-        return self.poll_timeout_s
-
-    def _new_producer(self) -> KafkaProducerClient:
-        """The producer of the outputs; with ``exactly_once``, transactional and initialised
-        (which fences an older producer of the same transactional id and aborts what it left
-        open)."""
-        if not self.exactly_once:
-            return create_producer(self.config, self.client)
-        producer = create_producer(
-            self.config,
-            self.client,
-            transactional_id=self.transactional_id,
-            transaction_timeout_s=self.transaction_timeout_s,
-        )
-        try:
-            producer.init_transactions(self.flush_timeout_s)
-        except BaseException:
-            close_quietly(producer, "producer")
-            raise
-        return producer
-
-    def _rewind(
-        self,
-        err: TransactionError,
-        scoring: deque[_Polled],
-        consumer: KafkaConsumerClient,
-        producer: KafkaProducerClient,
-    ) -> KafkaProducerClient:
-        """After a failed transaction: aborts it, drops the batches in the scorer, and moves
-        every assigned partition back to the group's committed offset, so that the next polls
-        read again exactly what the aborted transaction held. Returns the producer to go on
-        with (a new one after a fatal error).
-
-        Raises:
-            TransactionError: another live process uses this fixed transactional id, or
-                :data:`MAX_ABORTS_IN_A_ROW` transactions failed without a commit between.
-        """
-        if not self.exactly_once:
-            raise err
-        self._aborts_in_a_row += 1
-        self.stats.aborted_transactions += 1
-        if err.fatal and err.fenced and self.fixed_transactional_id:
-            raise TransactionError(
-                f"another producer took over transactional id {self.transactional_id!r} "
-                f"(two processes must not share one): {err}",
-                fatal=True,
-                fenced=True,
-            ) from None
-        if self._aborts_in_a_row > MAX_ABORTS_IN_A_ROW:
-            raise TransactionError(
-                f"{MAX_ABORTS_IN_A_ROW} transactions in a row failed; the last: {err}",
-                fatal=err.fatal,
-                fenced=err.fenced,
-            ) from None
-        _log.warning(
-            "transaction aborted (%s); reading its records again from the committed offsets",
-            err,
-        )
-        assert self._scorer is not None
-        # Everything scored past the failed transaction is read again. The scorer may hold one
-        # batch more than ``scoring`` lists (taken off it by a _send whose confirm failed).
-        scoring.clear()
-        while self._scorer.pending:
-            self._scorer.collect()
-        if not err.fatal:
-            try:
-                producer.abort_transaction(self._transaction_wait_s)
-            except TransactionError as abort_err:
-                _log.warning("aborting failed too (%s): a new producer takes over", abort_err)
-                err = abort_err
-                err.fatal = True
-        if err.fatal:
-            self.stats.producer_restarts += 1
-            _abort_producer(producer)
-            # Back off a little (a broker coming back, a coordinator moving).
-            self._stop.wait(min(5.0, 0.2 * 2**self._aborts_in_a_row))
-            producer = self._new_producer()
-        self._seek_to_committed(consumer)
-        return producer
-
-    def _seek_to_committed(self, consumer: KafkaConsumerClient) -> None:
-        """Moves each assigned partition to the group's committed offset (its first offset
-        where the group has none, as ``auto_offset_reset="earliest"``)."""
-        assigned = sorted(consumer.assignment())
-        if not assigned:
-            return
-        committed = consumer.committed(assigned)
-        missing = [tp for tp, offset in committed.items() if offset is None]
-        first = consumer.beginning_offsets(missing) if missing else {}
-        offsets = {tp: first[tp] if o is None else o for tp, o in committed.items()}
-        try:
-            consumer.seek(offsets)
-        except KafkaClientError:
-            # A rebalance took partitions meanwhile: those the group assigns again start from
-            # the committed offsets anyway; the ones still held must be moved back.
-            held = consumer.assignment()
-            consumer.seek({tp: o for tp, o in offsets.items() if tp in held})
+        return self.guarantee.poll_wait(in_flight)
 
     def _refresh_interval(self) -> float:
         interval = self._model_args["interval_s"]
@@ -655,62 +547,15 @@ class ScoringConsumer:
 
     def _drain(
         self,
-        scoring: deque[_Polled],
+        scoring: deque[Polled],
         consumer: KafkaConsumerClient,
         producer: KafkaProducerClient,
-        in_flight: _Sent | None,
-    ) -> _Sent | None:
+        in_flight: Sent | None,
+    ) -> Sent | None:
         """Produces every batch still in the scorer."""
         while scoring:
-            in_flight = self._send(scoring.popleft(), consumer, producer, in_flight)
+            in_flight = self.guarantee.send(scoring.popleft(), consumer, producer, in_flight)
         return in_flight
-
-    def _send(
-        self,
-        polled: _Polled,
-        consumer: KafkaConsumerClient,
-        producer: KafkaProducerClient,
-        in_flight: _Sent | None,
-    ) -> _Sent:
-        """Confirms the batch in flight, collects the oldest scored batch and sends its
-        outputs. Confirming first lets a scoring process go on with the next batch while this
-        one waits for the acknowledgements (a flush sends at once, without lingering).
-
-        With ``exactly_once`` the outputs go into the open transaction (begun here if none is),
-        which is committed first if it is due (``commit_interval_s``)."""
-        assert self._scorer is not None
-        if not self.exactly_once:
-            self._confirm(in_flight, consumer, producer)
-            scored: ScoredBatch = self._scorer.collect()
-            self._send_outputs(producer, scored)
-            self._count(scored)
-            return _Sent(polled.offsets)
-        if in_flight is not None and time.monotonic() - in_flight.opened >= self.commit_interval_s:
-            self._confirm(in_flight, consumer, producer)
-            in_flight = None
-        scored = self._scorer.collect()
-        if in_flight is None:
-            producer.begin_transaction()
-            # The offsets go in at the commit, with the group generation of the transaction's
-            # first poll (KIP-447): after a rebalance during the transaction the broker refuses
-            # them and it aborts, instead of committing offsets of partitions that another
-            # member reads now. One round trip per transaction, not per batch.
-            in_flight = _Sent({}, group_metadata=polled.group_metadata, opened=time.monotonic())
-        self._send_outputs(producer, scored)
-        in_flight.offsets.update(polled.offsets)
-        in_flight.scored.append(scored)  # counted at the commit
-        return in_flight
-
-    def _send_outputs(self, producer: KafkaProducerClient, scored: ScoredBatch) -> None:
-        producer.send_many(self.output_topic, scored.outputs)
-        if scored.letters:
-            producer.send_many(self.dead_letter_topic, scored.letters)
-
-    @property
-    def _transaction_wait_s(self) -> float:
-        """How long a transactional call may wait: longer would be in vain, the broker aborts
-        the transaction after ``transaction_timeout_s``."""
-        return min(self.flush_timeout_s, self.transaction_timeout_s)
 
     def _count(self, scored: ScoredBatch) -> None:
         stats = self.stats
@@ -722,65 +567,6 @@ class ScoringConsumer:
         stats.anomalies += scored.anomalies
         stats.model_version = scored.version
         stats.model_swaps = scored.swaps
-
-    def _confirm(
-        self,
-        sent: _Sent | None,
-        consumer: KafkaConsumerClient,
-        producer: KafkaProducerClient,
-        *,
-        final: bool = False,
-    ) -> None:
-        """Waits until the outputs of ``sent`` are acknowledged, then commits its offsets
-        (asynchronously in the loop: a later commit supersedes a lost one; synchronously at the
-        end, so that a stopped consumer has committed everything it wrote). With
-        ``exactly_once``: sends the transaction's offsets into it (with the group metadata of
-        its first poll) and commits it (raises :class:`~ae_pipeline.kafka.TransactionError`
-        when that fails)."""
-        if sent is None:
-            return
-        if self.exactly_once:
-            wait_s = self._transaction_wait_s
-            producer.send_offsets_to_transaction(sent.offsets, sent.group_metadata, wait_s)
-            producer.commit_transaction(wait_s)
-            self._aborts_in_a_row = 0
-            self._written.update(sent.offsets)
-            for scored in sent.scored:
-                self._count(scored)
-            self.stats.batches += len(sent.scored)
-            self.stats.transactions += 1
-            return
-        self.stats.commit_failures = self._sync_commit_failures + getattr(
-            consumer, "async_commit_failures", 0
-        )
-        producer.flush(self.flush_timeout_s)  # raises DeliveryError: no commit, replayed
-        self._written.update(sent.offsets)
-        try:
-            # The last commit covers every partition written to, in case an earlier
-            # asynchronous one was lost. Asynchronous only where the client says it works.
-            consumer.commit(
-                dict(self._written) if final else sent.offsets,
-                asynchronous=not final and consumer.async_commits,
-            )
-        except KafkaClientError as err:  # e.g. the group rebalanced: the batch is replayed
-            self._sync_commit_failures += 1
-            self.stats.commit_failures += 1
-            _log.warning("commit of %s failed (the batch will be replayed): %s", sent.offsets, err)
-        self.stats.batches += 1
-
-
-def check_processing_guarantee(guarantee: str) -> str:
-    """Returns ``guarantee`` if it is one of :data:`PROCESSING_GUARANTEES`.
-
-    Raises:
-        ValueError: naming the choices.
-    """
-    if guarantee not in PROCESSING_GUARANTEES:
-        raise ValueError(
-            f"processing_guarantee must be one of {', '.join(PROCESSING_GUARANTEES)}, "
-            f"got {guarantee!r}"
-        )
-    return guarantee
 
 
 def _check_options(**options: Any) -> None:
@@ -838,37 +624,12 @@ def _assigned(consumer: Any) -> bool:
     return True
 
 
-@dataclass
-class _Polled:
-    """A batch submitted to the scorer: the offsets to commit after it, and (``exactly_once``)
-    the group metadata of the generation it was read in."""
-
-    offsets: dict[TopicPartition, int]
-    group_metadata: Any = None
-
-
-@dataclass
-class _Sent:
-    """Outputs sent but not yet confirmed and committed: one batch (at least once), or the
-    batches of the open transaction (exactly once: ``scored``, counted at its commit)."""
-
-    offsets: dict[TopicPartition, int]
-    scored: list[ScoredBatch] = field(default_factory=list)
-    group_metadata: Any = None  # of the transaction's first poll
-    opened: float = 0.0  # when the transaction began (monotonic seconds)
-
-
-def _abort_producer(producer: KafkaProducerClient) -> None:
-    """Drops a producer that cannot go on (best effort: it may already be broken)."""
-    try:
-        producer.abort()
-    except Exception as err:
-        _log.debug("dropping the failed producer: %s", err)
-
-
 __all__ = [
     "AT_LEAST_ONCE",
+    "DEFAULT_COMMIT_INTERVAL_S",
+    "DEFAULT_TRANSACTION_TIMEOUT_S",
     "EXACTLY_ONCE",
+    "MAX_ABORTS_IN_A_ROW",
     "PROCESSING_GUARANTEES",
     "ConsumerStats",
     "ScoringConsumer",
