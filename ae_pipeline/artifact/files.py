@@ -27,23 +27,26 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import datetime as _dt
-import hashlib
 import json
-import platform
 import struct
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ae_pipeline.calibration import check_histogram
+from ae_pipeline.artifact.errors import ArtifactError
+from ae_pipeline.artifact.storage import (
+    _join,
+    _read,
+    _sha256,
+    _to_json,
+    _write,
+    library_versions,
+    refuse_links,
+)
 from ae_pipeline.models.config import ConfigError, ModelConfig, TrainConfig
 from ae_pipeline.models.factory import (
     WeightsMismatchError,
@@ -60,41 +63,11 @@ _CHECKED_FILES = (WEIGHTS_FILE, CONFIG_FILE)
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-REFUSAL_REASONS = (
-    "marker",
-    "future",
-    "symlink",
-    "special_file",
-    "too_large",
-    "corrupt",
-    "unsafe",
-    "threshold",
-    "calibration",
-    "weights",
-    "scaler",
-    "features",
-    "error",
-)
-"""Why a model version is refused; the ``reason`` of :class:`ArtifactError` and the keys of
-:attr:`ae_pipeline.hot_reload.ModelWatcher.refusals`."""
-
 MIN_SCALE = 1e-12
 """The smallest scaler divisor a version may carry (a fitted scaler never has less)."""
 
 _MAX_CHECKSUMS = 1024 * 1024
 _MAX_UNSIZED = {WEIGHTS_FILE: 8 * 1024**3, CONFIG_FILE: 256 * 1024**2}
-
-
-class ArtifactError(ValueError):
-    """A model artifact is missing, corrupt, unsafe or does not fit its config or the data.
-
-    Attributes:
-        reason: one of :data:`REFUSAL_REASONS` (default ``"corrupt"``).
-    """
-
-    def __init__(self, message: str, reason: str = "corrupt") -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass
@@ -155,154 +128,6 @@ class LoadedArtifact:
 
         device = device or str(next(self.model.parameters()).device)
         return Scorer(self.model, batch_size=batch_size, device=device)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def library_versions() -> dict[str, str]:
-    """Returns the versions of the libraries a saved model depends on."""
-    import safetensors
-
-    import ae_pipeline
-
-    versions = {
-        "ae_pipeline": ae_pipeline.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "safetensors": safetensors.__version__,
-        "python": platform.python_version(),
-    }
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        versions["apache_beam"] = metadata.version("apache-beam")
-    return versions
-
-
-def data_fingerprint(data: np.ndarray | Iterable[np.ndarray]) -> dict[str, Any]:
-    """Returns a SHA-256 fingerprint of training data (an array or an iterable of blocks).
-
-    The hash covers the float32 values row-major, so the same rows in the same order give the
-    same fingerprint however they were split into blocks.
-
-    Returns:
-        ``{"sha256": ..., "rows": N, "columns": D}``.
-    """
-    blocks = [data] if isinstance(data, np.ndarray) else data
-    digest = hashlib.sha256()
-    rows, columns = 0, None
-    for block in blocks:
-        arr = np.ascontiguousarray(block, dtype=np.float32)
-        arr = arr.reshape(len(arr), -1)
-        if columns is not None and arr.shape[1] != columns:
-            raise ValueError(f"blocks of {columns} and {arr.shape[1]} columns")
-        columns = arr.shape[1]
-        rows += len(arr)
-        digest.update(arr.tobytes())
-    return {"sha256": digest.hexdigest(), "rows": rows, "columns": columns}
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
-def _to_json(name: str, value: Any) -> Any:
-    """Returns ``value`` as plain JSON data, or raises ArtifactError naming the field."""
-    try:
-        return json.loads(json.dumps(value, default=_json_default))
-    except (TypeError, ValueError) as err:
-        raise ArtifactError(f"{name} must be JSON-serialisable: {err}") from None
-
-
-def _join(path: str, name: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.join(path, name)
-
-
-def _write(path: str, data: bytes) -> None:
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(data)
-
-
-def _read(path: str, name: str, limit: int) -> bytes:
-    """The bytes of ``path/name``, reading at most ``limit`` bytes (a larger file is refused
-    with reason ``too_large`` before it can fill the memory)."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    target = _join(path, name)
-    try:
-        with FileSystems.open(target, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            data = f.read(limit + 1)
-    except Exception as err:  # FileSystems raises BeamIOError, IOError, OSError...
-        raise ArtifactError(f"{path}: cannot read {name}: {err}") from err
-    if len(data) > limit:
-        raise ArtifactError(
-            f"{path}: {name} is larger than the {limit} bytes recorded for it; refusing to read "
-            "it (the file was replaced or grew after publishing)",
-            reason="too_large",
-        )
-    return data
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def refuse_links(path: str) -> None:
-    """Refuses a local version directory holding a symbolic link or a special file (device,
-    FIFO, socket) anywhere inside it, following none of them: a ``weights.safetensors`` linked
-    to ``/dev/zero`` would otherwise be read until memory runs out. Object stores (``gs://``,
-    ``s3://``...) have no links and are not checked.
-
-    Raises:
-        ArtifactError: with reason ``symlink`` or ``special_file``, naming the entry.
-    """
-    import os
-    import stat
-
-    if not _is_local(path):
-        return
-    top = path.removeprefix("file://")
-    if not os.path.isdir(top):
-        return  # nothing to follow; reading its files reports what is missing
-    pending = [top]
-    while pending:
-        directory = pending.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except OSError as err:
-            raise ArtifactError(f"{path}: cannot list {directory}: {err}") from err
-        for entry in entries:
-            where = os.path.relpath(entry.path, top)
-            if entry.is_symlink():
-                raise ArtifactError(
-                    f"{path}: {where} is a symbolic link; refusing to follow it (copy the file "
-                    "into the version directory instead)",
-                    reason="symlink",
-                )
-            mode = entry.stat(follow_symlinks=False).st_mode
-            if stat.S_ISDIR(mode):
-                pending.append(entry.path)
-            elif not stat.S_ISREG(mode):
-                raise ArtifactError(
-                    f"{path}: {where} is not a regular file (a device, FIFO or socket); "
-                    "refusing to read it",
-                    reason="special_file",
-                )
 
 
 # --------------------------------------------------------------------------- save
@@ -610,205 +435,3 @@ def check_compatibility(
             f"{path}: feature columns differ from the model's: {detail}; model: {saved}",
             reason="features",
         )
-
-
-# --------------------------------------------------------------------------- can it serve?
-
-
-def features_of(loaded: LoadedArtifact) -> list[str] | int:
-    """What records a version reads: its feature column names in order, or its width when it
-    records no names. Pass a served version's as ``expect_features`` to
-    :func:`check_servable` to refuse a swap that changes the features."""
-    columns = loaded.feature_columns
-    return [str(c) for c in columns] if columns else loaded.input_dim
-
-
-SERVING_NEEDS = ("threshold", "calibration")
-"""What a serving mode may need a version to have (``OutputMode.needs``): a calibrated anomaly
-threshold, or the calibration histogram of scores kept with it."""
-
-
-def check_servable(
-    loaded: LoadedArtifact,
-    *,
-    needs: Collection[str] | None = None,
-    expect_features: Sequence[str] | int | None = None,
-    threshold: float | None = None,
-) -> None:
-    """Raises :class:`ArtifactError` unless a verified version can serve: the one place that
-    decides, for publishing, hot reload and a fixed version alike.
-
-    Checks, each refused with its ``reason``:
-
-    * ``threshold``: with ``"threshold"`` in ``needs`` (the ``flag`` mode) a threshold must
-      exist; whenever one exists and ``needs`` is None (the use is unknown) it must be a
-      finite number (NaN never flags, -inf flags everything, +inf nothing);
-    * ``calibration``: with ``"calibration"`` in ``needs`` (the ``explain`` mode) the
-      calibration histogram must exist and be well formed;
-    * ``weights``: every floating-point parameter and buffer is finite;
-    * ``scaler``: offsets finite, divisors finite and above :data:`MIN_SCALE`, one per feature;
-    * ``features``: with ``expect_features`` (the served version's :func:`features_of`), the
-      same column names in the same order, or the same width.
-
-    Args:
-        loaded: the version (:func:`load_artifact`).
-        needs: what the serving mode needs (see :data:`SERVING_NEEDS`; ``OutputMode.needs``),
-            None when the mode is unknown.
-        expect_features: the column names (or width) the version must read, or None.
-        threshold: the threshold the caller will use instead of the calibrated one (as
-            ``ServingModel.load(threshold=...)``); None: the artifact's own.
-    """
-    where = loaded.path
-    unknown = sorted(set(needs or ()) - set(SERVING_NEEDS))
-    if unknown:
-        raise ValueError(f"unknown serving needs {unknown}; known: {', '.join(SERVING_NEEDS)}")
-    if needs is None or "threshold" in needs:
-        if threshold is None:
-            threshold = _artifact_threshold(where, loaded.threshold)
-        _check_threshold(where, threshold, required=needs is not None)
-    if needs is not None and "calibration" in needs:
-        _check_calibration(where, loaded.threshold)
-    _check_weights(where, loaded.model)
-    _check_scaler(where, loaded.scaler, loaded.input_dim, loaded.feature_columns)
-    if expect_features is not None:
-        _check_features(where, features_of(loaded), expect_features)
-
-
-def _check_calibration(where: str, threshold: Any) -> None:
-    histogram = threshold.get("histogram") if isinstance(threshold, Mapping) else None
-    if histogram is None:
-        raise ArtifactError(
-            f"{where}: no calibration histogram (threshold is null), so it cannot rank scores; "
-            "calibrate on more validation rows",
-            reason="calibration",
-        )
-    try:
-        check_histogram(histogram)
-    except ValueError as err:
-        raise ArtifactError(
-            f"{where}: invalid calibration histogram: {err}", reason="calibration"
-        ) from None
-
-
-def verify_servable(
-    path: str,
-    *,
-    needs: Collection[str] | None = None,
-    expect_features: Sequence[str] | int | None = None,
-    threshold: float | None = None,
-    device: str = "cpu",
-) -> LoadedArtifact:
-    """:func:`load_artifact`, then :func:`check_servable` (same arguments); returns the
-    loaded version.
-
-    Raises:
-        ArtifactError: the version is missing, corrupt or unsafe, or cannot serve.
-    """
-    loaded = load_artifact(path, device=device)
-    check_servable(loaded, needs=needs, expect_features=expect_features, threshold=threshold)
-    return loaded
-
-
-def _artifact_threshold(where: str, threshold: Any) -> Any:
-    if threshold is None:
-        return None
-    if not isinstance(threshold, Mapping) or "value" not in threshold:
-        raise ArtifactError(
-            f"{where}: the threshold must be an object with a 'value', got {threshold!r}",
-            reason="threshold",
-        )
-    return threshold["value"]
-
-
-def _check_threshold(where: str, value: Any, *, required: bool) -> None:
-    if value is None:
-        if required:
-            raise ArtifactError(
-                f"{where}: no calibrated threshold (threshold is null), so it cannot flag; "
-                "calibrate on more validation rows, or serve it with an explicit threshold",
-                reason="threshold",
-            )
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise ArtifactError(
-            f"{where}: the threshold must be a number, got {value!r}", reason="threshold"
-        )
-    if not np.isfinite(float(value)):
-        effect = {"nan": "never flags", "inf": "never flags", "-inf": "flags every record"}
-        raise ArtifactError(
-            f"{where}: the threshold is {float(value)} (it {effect[str(float(value))]}); "
-            "a threshold must be a finite number",
-            reason="threshold",
-        )
-
-
-def _check_weights(where: str, model: nn.Module) -> None:
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    for name, tensor in tensors:
-        if not tensor.is_floating_point():
-            continue
-        bad = int((~torch.isfinite(tensor.detach())).sum())
-        if bad:
-            raise ArtifactError(
-                f"{where}: tensor {name!r} has {bad} non-finite values (NaN or inf) out of "
-                f"{tensor.numel()}; such a model scores every record NaN",
-                reason="weights",
-            )
-
-
-def _check_scaler(where: str, scaler: Any, width: int, columns: Sequence[str] | None) -> None:
-    if scaler is None:
-        return
-    try:
-        offset = np.asarray(scaler["offset"], dtype=np.float64)
-        scale = np.asarray(scaler["scale"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ArtifactError(
-            f"{where}: the scaler is invalid: {err!r}; expected 'offset' and 'scale' lists",
-            reason="scaler",
-        ) from None
-    if offset.shape != (width,) or scale.shape != (width,):
-        raise ArtifactError(
-            f"{where}: the scaler has offset shape {offset.shape} and scale shape "
-            f"{scale.shape}, the model takes {width} features",
-            reason="scaler",
-        )
-    for label, bad in (
-        ("offset is not finite", ~np.isfinite(offset)),
-        ("scale is not finite", ~np.isfinite(scale)),
-        (f"scale is not above {MIN_SCALE:g}", np.isfinite(scale) & ~(scale > MIN_SCALE)),
-    ):
-        if bad.any():
-            i = int(np.argmax(bad))
-            name = columns[i] if columns and i < len(columns) else f"#{i}"
-            value = (offset if label.startswith("offset") else scale)[i]
-            raise ArtifactError(
-                f"{where}: the scaler's {label} for {int(bad.sum())} feature(s), first "
-                f"{name!r} ({value:g}); such a scaler turns records into NaN or inf",
-                reason="scaler",
-            )
-
-
-def _check_features(where: str, have: list[str] | int, want: Sequence[str] | int) -> None:
-    want = want if isinstance(want, int) else [str(c) for c in want]
-    if have == want:
-        return
-    if isinstance(want, int) or isinstance(have, int):
-
-        def show(f: list[str] | int) -> str:
-            return f"{f} unnamed features" if isinstance(f, int) else f"columns {f}"
-
-        detail = f"it reads {show(have)}, the served version reads {show(want)}"
-    else:
-        missing = [c for c in want if c not in have]
-        extra = [c for c in have if c not in want]
-        detail = (
-            f"it lacks {missing} and adds {extra}"
-            if missing or extra
-            else "same columns in a different order"
-        )
-    raise ArtifactError(
-        f"{where}: its features differ from the served version's: {detail}; refusing to swap "
-        "(allow feature changes explicitly to serve it)",
-        reason="features",
-    )
