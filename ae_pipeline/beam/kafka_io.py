@@ -5,13 +5,8 @@
 split. New code imports from :mod:`ae_pipeline.beam` (or from the module itself).
 """
 
-from ae_pipeline.beam.kafka_read import (
-    MAX_OFFSET,
-    STARTS,
-    KafkaRecordCoder,
-    PartitionToRead,
-    ReadKafkaRecords,
-)
+from ae_pipeline.beam.kafka_partitions import MAX_OFFSET, STARTS, KafkaRecordCoder, PartitionToRead
+from ae_pipeline.beam.kafka_read import ReadKafkaRecords
 from ae_pipeline.beam.kafka_write import WriteKafkaRecords, message_size
 from ae_pipeline.beam.kafka_xlang import java_read, java_write
 

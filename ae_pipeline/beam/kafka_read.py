@@ -47,23 +47,32 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import pickle
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders.coder_impl import StreamCoderImpl
-from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms import window
-from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from ae_pipeline.beam.kafka_commit import (
+    _FINALIZE_WAIT_S,
+    _MAX_STUCK_ERRORS,
+    RETRY_FIRST_S,
+    RETRY_MAX_S,
+    _OffsetCommitter,
+)
+from ae_pipeline.beam.kafka_partitions import (
+    STARTS,
+    PartitionToRead,
+    _advance,
+    _DiscoverPartitions,
+    _event_time,
+    _PartitionRestrictions,
+)
 from ae_pipeline.kafka import (
     DEFAULT_CLIENT,
     KafkaClientError,
@@ -80,318 +89,6 @@ _LOG = logging.getLogger(__name__)
 
 NAMESPACE = "ae_pipeline.kafka"
 """The Beam metrics namespace of the Kafka read and write."""
-
-MAX_OFFSET = 2**63 - 1
-"""The end of an unbounded partition's restriction (Java's ``Long.MAX_VALUE``)."""
-
-STARTS = ("committed", "earliest", "latest")
-
-
-class _KafkaRecordCoderImpl(StreamCoderImpl):
-    def encode_to_stream(self, r: KafkaRecord, out: Any, nested: bool) -> None:
-        fields = (r.topic, r.partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers)
-        out.write(pickle.dumps(fields, protocol=5), nested)
-
-    def decode_from_stream(self, in_stream: Any, nested: bool) -> KafkaRecord:
-        return KafkaRecord(*pickle.loads(in_stream.read_all(nested)))
-
-
-class KafkaRecordCoder(beam.coders.Coder):
-    """Coder for :class:`KafkaRecord`: a pickled tuple of its fields, about 2x faster than
-    Beam's fallback coder (which pickles the dataclass), also inside ``list[KafkaRecord]``.
-    Registered for ``KafkaRecord`` when this module is imported."""
-
-    def _create_impl(self) -> StreamCoderImpl:
-        return _KafkaRecordCoderImpl()
-
-    def is_deterministic(self) -> bool:
-        return False
-
-    def to_type_hint(self) -> type:
-        return KafkaRecord
-
-
-beam.coders.registry.register_coder(KafkaRecord, KafkaRecordCoder)
-
-
-@dataclass(frozen=True)
-class PartitionToRead:
-    """The element of the splittable read: one partition and where to stop.
-
-    Attributes:
-        topic: topic name.
-        partition: partition number.
-        start_offset: first offset to read.
-        stop_offset: offset to stop before (None: unbounded).
-        deadline: wall-clock time (seconds since the epoch) to stop at (None: never).
-    """
-
-    topic: str
-    partition: int
-    start_offset: int
-    stop_offset: int | None = None
-    deadline: float | None = None
-
-    @property
-    def topic_partition(self) -> TopicPartition:
-        return TopicPartition(self.topic, self.partition)
-
-
-class _DiscoverPartitions(beam.DoFn):
-    """Impulse -> one :class:`PartitionToRead` per partition, offsets resolved now."""
-
-    def __init__(self, config, client, topics, start, reset, bounded, max_records, max_seconds):
-        self._config = config
-        self._client = client
-        self._topics = topics
-        self._start = start
-        self._reset = reset
-        self._bounded = bounded
-        self._max_records = max_records
-        self._max_seconds = max_seconds
-
-    def process(self, _: Any) -> Iterator[PartitionToRead]:
-        deadline = time.time() + self._max_seconds if self._max_seconds is not None else None
-        with create_consumer(self._config, self._client) as consumer:
-            tps = [TopicPartition(t, p) for t in self._topics for p in consumer.partitions(t)]
-            starts = self._start_offsets(consumer, tps)
-            ends = consumer.end_offsets(tps) if self._bounded else {}
-        for tp in tps:
-            start = starts[tp]
-            stop = max(start, ends[tp]) if self._bounded else None
-            if self._max_records is not None:
-                stop = min(stop if stop is not None else MAX_OFFSET, start + self._max_records)
-            _LOG.info("reading %s[%d] from offset %d to %s", *tp, start, stop or "the end")
-            yield PartitionToRead(tp.topic, tp.partition, start, stop, deadline)
-
-    def _start_offsets(self, consumer: KafkaConsumerClient, tps) -> dict[TopicPartition, int]:
-        if self._start == "earliest":
-            return consumer.beginning_offsets(tps)
-        if self._start == "latest":
-            return consumer.end_offsets(tps)
-        committed = consumer.committed(tps)
-        missing = [tp for tp, offset in committed.items() if offset is None]
-        if missing:
-            fallback = (
-                consumer.beginning_offsets(missing)
-                if self._reset == "earliest"
-                else consumer.end_offsets(missing)
-            )
-            committed.update(fallback)
-        return committed
-
-
-class _PartitionTracker(OffsetRestrictionTracker):
-    """Offset tracker that only splits at the current position (checkpoints).
-
-    A split at a fraction of ``[offset, MAX_OFFSET)`` would start a residual at an offset that
-    does not exist yet; and checkpoint-only splits keep each partition's reads (and commits)
-    in order.
-    """
-
-    def try_split(self, fraction_of_remainder: float):
-        if fraction_of_remainder != 0:
-            return None
-        return super().try_split(0)
-
-    def is_bounded(self) -> bool:
-        return self.current_restriction().stop < MAX_OFFSET
-
-
-class _PartitionRestrictions(RestrictionProvider):
-    def initial_restriction(self, element: PartitionToRead) -> OffsetRange:
-        stop = element.stop_offset if element.stop_offset is not None else MAX_OFFSET
-        return OffsetRange(element.start_offset, stop)
-
-    def create_tracker(self, restriction: OffsetRange) -> _PartitionTracker:
-        return _PartitionTracker(restriction)
-
-    def restriction_size(self, element: PartitionToRead, restriction: OffsetRange) -> float:
-        # An unbounded partition's true backlog is unknown here; keep it small and equal.
-        return float(restriction.size()) if restriction.stop < MAX_OFFSET else 1.0
-
-    def truncate(self, element: PartitionToRead, restriction: OffsetRange):
-        # On drain, an unbounded partition stops at its last checkpoint.
-        return restriction if restriction.stop < MAX_OFFSET else None
-
-
-def _event_time(record: KafkaRecord) -> Timestamp:
-    if record.timestamp_ms < 0:
-        return Timestamp.now()
-    return Timestamp(micros=record.timestamp_ms * 1000)
-
-
-def _advance(watermark: ManualWatermarkEstimator, to: Timestamp) -> None:
-    current = watermark.current_watermark()
-    if current is None or to > current:
-        watermark.set_watermark(to)
-
-
-RETRY_FIRST_S = 0.5
-"""First wait after a Kafka client error (doubled after each further error in a row)."""
-RETRY_MAX_S = 10.0
-"""Longest wait between retries after Kafka client errors."""
-_MAX_STUCK_ERRORS = 5
-"""Read errors in a row at one offset (not a broker outage) before the read gives up."""
-_FINALIZE_WAIT_S = 5.0
-"""Longest a bundle finalizer waits for its offsets' commit."""
-_COMMIT_STUCK_S = 45.0
-"""A commit unanswered this long is given up and retried by a fresh thread and consumer
-(longer than kafka-python's 30 s bootstrap timeout)."""
-
-
-class _OffsetCommitter:
-    """Commits finalized offsets from a background thread, latest offset per partition first.
-
-    A bundle finalizer hands the offset over (:meth:`offer`) and waits a bounded time: a
-    commit that blocks or fails while the broker is down must neither hold up nor break the
-    runner's finalization. A failed commit is counted (:meth:`take_failures`, reported as the
-    metric ``commit_failures`` by the reading DoFn, since Beam metrics only count in bundle
-    threads), logged without secrets, and retried with a backoff together with any later
-    offsets. A commit still unanswered after ``_COMMIT_STUCK_S`` (a client can wait forever
-    on a coordinator lost in an outage) is abandoned with its thread and consumer, and its
-    offsets are committed by a fresh thread. Until a commit succeeds, a restarted job re-reads
-    those records (duplicates, never losses).
-    """
-
-    def __init__(self, config: KafkaConfig, client: str):
-        self._config = config
-        self._client = client
-        self._pending: dict[TopicPartition, int] = {}
-        self._inflight: dict[TopicPartition, int] = {}
-        self._inflight_since: float | None = None
-        self._committed: dict[TopicPartition, int] = {}
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self._generation = 0  # of the current thread; an abandoned one sees a newer number
-        self._failures = 0  # failed or abandoned commits not yet reported by take_failures()
-
-    def offer(self, tp: TopicPartition, offset: int) -> None:
-        """Commit ``offset`` for ``tp`` soon (unless a later offset is committed first)."""
-        with self._cond:
-            known = max(
-                self._committed.get(tp, -1),
-                self._pending.get(tp, -1),
-                self._inflight.get(tp, -1),
-            )
-            if offset <= known:
-                return  # a later bundle already got further
-            self._pending[tp] = offset
-            self._check_thread()
-            self._cond.notify_all()
-
-    def _check_thread(self) -> None:
-        """(Re)start the committing thread when there is none or its commit is stuck."""
-        stuck = (
-            self._inflight_since is not None
-            and time.monotonic() - self._inflight_since > _COMMIT_STUCK_S
-        )
-        if stuck:
-            _LOG.warning(
-                "a commit of group %s got no answer in %.0fs: retrying it with a new consumer",
-                self._config.group_id,
-                _COMMIT_STUCK_S,
-            )
-            self._failures += 1
-            for tp, offset in self._inflight.items():
-                self._pending[tp] = max(offset, self._pending.get(tp, -1))
-            self._inflight, self._inflight_since = {}, None
-        if self._thread is None or stuck:
-            self._generation += 1
-            self._thread = threading.Thread(
-                target=self._run,
-                args=(self._generation,),
-                name="kafka-offset-committer",
-                daemon=True,
-            )
-            self._thread.start()
-
-    def take_failures(self) -> int:
-        """Failed commits since the last call (and a restart of a stuck commit, if due)."""
-        with self._cond:
-            if self._thread is not None:
-                self._check_thread()
-            failures, self._failures = self._failures, 0
-            return failures
-
-    def wait(self, tp: TopicPartition, offset: int, timeout_s: float) -> bool:
-        """Wait at most ``timeout_s`` until ``offset`` (or a later one) is committed."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self._committed.get(tp, -1) < offset:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._closed:
-                    return False
-                self._cond.wait(left)
-            return True
-
-    def _run(self, generation: int) -> None:
-        consumer: KafkaConsumerClient | None = None
-        failures = 0
-        try:
-            while True:
-                with self._cond:
-                    while not self._pending and not self._closed:
-                        if generation != self._generation:
-                            return
-                        self._cond.wait()
-                    if generation != self._generation or not self._pending:
-                        return  # abandoned, or closed with nothing left
-                    batch, self._pending = self._pending, {}
-                    self._inflight, self._inflight_since = batch, time.monotonic()
-                try:
-                    if consumer is None:
-                        consumer = create_consumer(self._config, self._client)
-                    consumer.commit(batch)
-                except KafkaClientError as e:
-                    failures += 1
-                    delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (failures - 1))
-                    # A group coordinator that is still starting up (a new group, a fresh
-                    # broker) answers the first commit with NotCoordinator: routine, retried.
-                    starting = failures == 1 and "coordinator" in str(e).lower()
-                    _LOG.log(
-                        logging.INFO if starting else logging.WARNING,
-                        "committing offsets of group %s failed (%d in a row), retrying in "
-                        "%.1fs: %s",
-                        self._config.group_id,
-                        failures,
-                        delay,
-                        e,  # scrubbed of secrets by the client layer
-                    )
-                    close_quietly(consumer)
-                    consumer = None
-                    with self._cond:
-                        if generation != self._generation:
-                            return  # abandoned meanwhile: the new thread has the offsets
-                        self._failures += 1
-                        self._inflight, self._inflight_since = {}, None
-                        for tp, offset in batch.items():  # retried with anything newer
-                            self._pending[tp] = max(offset, self._pending.get(tp, -1))
-                        if self._closed:
-                            return  # the records are re-read after a restart (duplicates)
-                        self._cond.notify_all()
-                        self._cond.wait(delay)
-                    continue
-                failures = 0
-                with self._cond:
-                    for tp, offset in batch.items():
-                        self._committed[tp] = max(offset, self._committed.get(tp, -1))
-                    if generation == self._generation:
-                        self._inflight, self._inflight_since = {}, None
-                    self._cond.notify_all()
-                _LOG.debug("committed %s for group %s", batch, self._config.group_id)
-        finally:
-            close_quietly(consumer)
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Commit what is pending (one try, waiting at most ``timeout_s``) and stop."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout_s)  # a thread stuck on a lost broker ends with the process
 
 
 def _nothing_to_finalize() -> None:

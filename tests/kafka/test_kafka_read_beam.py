@@ -131,7 +131,7 @@ def test_kafka_records_get_their_own_coder():
     from apache_beam import coders
     from apache_beam.typehints import native_type_compatibility
 
-    from ae_pipeline.beam.kafka_read import KafkaRecordCoder
+    from ae_pipeline.beam.kafka_partitions import KafkaRecordCoder
     from ae_pipeline.kafka import KafkaRecord
 
     batch = [
