@@ -18,17 +18,27 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
+
+from ae_pipeline.models.checks import (
+    ConfigError,
+    _check_choice,
+    _check_in_range,
+    _check_int_at_least,
+    _check_non_negative,
+    _check_positive_ints,
+    _is_number,
+    _require,
+    _Serializable,
+)
+from ae_pipeline.models.train_config import OPTIMIZERS, TrainConfig
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "linear", "identity")
 ARCHITECTURES = ("mlp", "stacked", "vae", "conv")
 CORRUPTIONS = ("gaussian", "masking", "salt_and_pepper")
 SPARSITY_KINDS = ("kl", "l1")
-OPTIMIZERS = ("adam", "adamw")
 VARIANTS = (
     "undercomplete",
     "sparse",
@@ -37,74 +47,6 @@ VARIANTS = (
     "variational",
     "convolutional",
 )
-
-_C = TypeVar("_C", bound="_Serializable")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it."""
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
-    _require(value in choices, f"{owner}.{name}={value!r} is not one of {list(choices)}")
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_positive_ints(owner: str, name: str, values: Any, *, allow_empty: bool = True) -> None:
-    _require(
-        isinstance(values, list)
-        and (allow_empty or values)
-        and all(_is_int(v) and v > 0 for v in values),
-        f"{name} must be a list of positive integers, got {values!r} ({owner}.{name})",
-    )
-
-
-def _check_int_at_least(owner: str, name: str, value: Any, low: int, hint: str = "") -> None:
-    """Refuses anything but an int >= ``low``; the message names the setting and the fix."""
-    _require(
-        _is_int(value) and value >= low,
-        f"{name} must be an integer >= {low}, got {value!r} ({owner}.{name}): "
-        + (hint or f"set it to {low} or more"),
-    )
-
-
-def _check_non_negative(owner: str, name: str, value: Any) -> None:
-    _require(
-        _is_number(value) and value >= 0,
-        f"{name} must be a finite number >= 0, got {value!r} ({owner}.{name})",
-    )
-
-
-def _check_in_range(
-    owner: str, name: str, value: Any, low: float, high: float, *, closed: str = "[]"
-) -> None:
-    """Refuses a value outside ``low..high``; ``closed`` says which ends are included."""
-    ok = _is_number(value)
-    if ok:
-        ok = (value >= low if closed[0] == "[" else value > low) and (
-            value <= high if closed[1] == "]" else value < high
-        )
-    _require(
-        ok,
-        f"{name} must be in {closed[0]}{low:g}, {high:g}{closed[1]}, got {value!r} "
-        f"({owner}.{name})",
-    )
 
 
 # Architecture name -> its model class (``register_architecture``; each variant module registers
@@ -146,55 +88,6 @@ def architecture_names() -> tuple[str, ...]:
     """Every registered architecture (the built-in :data:`ARCHITECTURES` first)."""
     extra = [name for name in _ARCHITECTURE_CLASSES if name not in ARCHITECTURES]
     return (*ARCHITECTURES, *extra)
-
-
-class _Serializable:
-    """Mixin: ``to_dict`` / ``from_dict`` / JSON for (nested) config dataclasses."""
-
-    # Field name -> config class of the value (or of each list item).
-    _nested: dict[str, type[_Serializable]] = {}
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns a JSON-serialisable dict of every field (nested configs included)."""
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    def to_json(self) -> str:
-        """Returns the config as a JSON string with sorted keys."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
-        """Builds the config from a dict such as one made by ``to_dict``.
-
-        Raises:
-            ConfigError: if ``data`` has a key that is not a field (the message names the
-                unknown keys and lists the valid ones) or a value is invalid.
-        """
-        _require(isinstance(data, Mapping), f"{cls.__name__} needs a mapping, got {data!r}")
-        valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        unknown = sorted(set(data) - set(valid))
-        _require(
-            not unknown,
-            f"{cls.__name__}: unknown key(s) {unknown}; valid keys are {valid}",
-        )
-        kwargs = {}
-        for key, value in data.items():
-            nested = cls._nested.get(key)
-            if nested is not None and isinstance(value, Mapping):
-                value = nested.from_dict(value)
-            elif nested is not None and isinstance(value, list):
-                value = [nested.from_dict(v) if isinstance(v, Mapping) else v for v in value]
-            kwargs[key] = value
-        return cls(**kwargs)
-
-    @classmethod
-    def from_json(cls: type[_C], text: str) -> _C:
-        """Builds the config from a JSON string made by ``to_json``."""
-        return cls.from_dict(json.loads(text))
-
-    def replace(self: _C, **changes: Any) -> _C:
-        """Returns a copy with ``changes`` applied (and validated)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
 @dataclass
@@ -525,103 +418,20 @@ class ModelConfig(_Serializable):
         return cls(**kwargs)
 
 
-@dataclass
-class TrainConfig(_Serializable):
-    """Settings of the training loop (:class:`ae_pipeline.models.trainer.Trainer`).
-
-    Attributes:
-        epochs: maximum number of passes over the training data.
-        batch_size: samples per optimiser step.
-        lr: learning rate.
-        optimizer: ``"adam"`` or ``"adamw"``.
-        weight_decay: decoupled weight decay (AdamW) or L2 in the gradient (Adam).
-        patience: stop after this many epochs without an improvement of the validation loss
-            (of the training loss when there is no validation data; ``None`` or 0: never stop
-            early; 0 is stored as ``None``). When ``min_steps`` raises the epochs, patience
-            is raised in the same proportion.
-        min_delta: smallest decrease of the validation loss that counts as an improvement.
-        restore_best: after training, load the weights of the epoch with the best monitored
-            loss (validation loss, else training loss).
-        validation_fraction: share of an in-memory training array held out for validation
-            when no validation data is given.
-        shuffle: reshuffle in-memory data every epoch (streamed chunks are shuffled within
-            themselves).
-        seed: seeds shuffling, corruption and sampling; the same seed and data give
-            bit-identical weights on the same device and thread count. ``None``: not seeded.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available).
-        mixed_precision: float16 autocast with loss scaling; used on CUDA only.
-        num_threads: torch CPU threads to use while training, restored afterwards (``None``:
-            leave as is).
-        grad_clip: clip the gradient norm to this value (``None``: no clipping).
-        progress: show a tqdm progress bar over epochs.
-        min_steps: train for at least this many optimiser steps when the number of training
-            rows is known (arrays, or ``Trainer.fit(..., n_rows=...)``): ``epochs`` is raised
-            (never lowered) so that small data gets enough updates; early stopping can still
-            end sooner. ``None``: train by ``epochs`` only. See :func:`plan_budget`.
-        max_batch_fraction: cap the batch size at this share of the training rows (not below
-            ``min_batch_size``), so that an epoch of small data is more than one step.
-        min_batch_size: the smallest batch ``max_batch_fraction`` may lead to.
-    """
-
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    patience: int | None = None
-    min_delta: float = 0.0
-    restore_best: bool = True
-    validation_fraction: float = 0.0
-    shuffle: bool = True
-    seed: int | None = 0
-    device: str = "auto"
-    mixed_precision: bool = False
-    num_threads: int | None = None
-    grad_clip: float | None = None
-    progress: bool = True
-    min_steps: int | None = None
-    max_batch_fraction: float | None = None
-    min_batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        owner = "TrainConfig"
-        _check_int_at_least(owner, "epochs", self.epochs, 1)
-        _check_int_at_least(owner, "batch_size", self.batch_size, 1)
-        _require(
-            _is_number(self.lr) and self.lr > 0,
-            f"lr must be a finite number > 0, got {self.lr!r} ({owner}.lr): try 1e-3",
-        )
-        _check_choice(owner, "optimizer", self.optimizer, OPTIMIZERS)
-        _check_non_negative(owner, "weight_decay", self.weight_decay)
-        if self.patience is not None:
-            _check_int_at_least(
-                owner, "patience", self.patience, 0, "use 0 (or None) to turn early stopping off"
-            )
-            if self.patience == 0:
-                self.patience = None
-        _check_non_negative(owner, "min_delta", self.min_delta)
-        _check_in_range(
-            owner, "validation_fraction", self.validation_fraction, 0.0, 1.0, closed="[)"
-        )
-        _require(
-            isinstance(self.device, str)
-            and (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")),
-            f"{owner}.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}",
-        )
-        if self.num_threads is not None:
-            _check_int_at_least(owner, "num_threads", self.num_threads, 1)
-        if self.grad_clip is not None:
-            _require(
-                _is_number(self.grad_clip) and self.grad_clip > 0,
-                f"grad_clip must be a finite number > 0, got {self.grad_clip!r} "
-                f"({owner}.grad_clip): or None for no clipping",
-            )
-        if self.min_steps is not None:
-            _check_int_at_least(
-                owner, "min_steps", self.min_steps, 1, "use None to train by epochs only"
-            )
-        if self.max_batch_fraction is not None:
-            _check_in_range(
-                owner, "max_batch_fraction", self.max_batch_fraction, 0.0, 1.0, closed="(]"
-            )
-        _check_int_at_least(owner, "min_batch_size", self.min_batch_size, 1)
+__all__ = [
+    "ACTIVATIONS",
+    "ARCHITECTURES",
+    "CORRUPTIONS",
+    "OPTIMIZERS",
+    "SPARSITY_KINDS",
+    "VARIANTS",
+    "ConfigError",
+    "CorruptionConfig",
+    "LayerOptions",
+    "ModelConfig",
+    "SparsityConfig",
+    "TrainConfig",
+    "architecture_class",
+    "architecture_names",
+    "register_architecture",
+]

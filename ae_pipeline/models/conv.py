@@ -8,12 +8,8 @@ import torch
 from torch import nn
 
 from ae_pipeline.models.base import AEOutput, Autoencoder
-from ae_pipeline.models.config import (
-    ModelConfig,
-    _check_positive_ints,
-    _require,
-    register_architecture,
-)
+from ae_pipeline.models.checks import _check_positive_ints, _require
+from ae_pipeline.models.config import ModelConfig, register_architecture
 from ae_pipeline.models.layers import Dense, activation
 
 
