@@ -51,6 +51,9 @@ Example:
     >>> consumer.install_signal_handlers()                            # doctest: +SKIP
     >>> with consumer:  # close() stops the scoring process           # doctest: +SKIP
     ...     stats = consumer.run()
+
+Size (over 500 lines): one class, the consumer-group loop, with its two dozen documented
+options and their checks; how batches are sent and committed is :mod:`ae_pipeline.guarantees`.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ Example:
     'v1'
     >>> scorer.submit(records); batch = scorer.collect()               # doctest: +SKIP
     >>> scorer.close()                                                 # doctest: +SKIP
+
+Size (over 500 lines): the two scorers behind one interface (inline and the child
+process), the child's main loop and its restart handling belong together: each side of the
+pipe is read against the other.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The confluent-kafka (librdkafka) implementation of the client interface: the fast path.
 
 Needs the ``[fast]`` extra (``pip install ae-pipeline[fast]``).
+
+Size (just over 500 lines): one client's consumer, producer and transactions, with the
+watchdog around librdkafka's calls that can hang (confluentinc/librdkafka#5456).
 """
 
 from __future__ import annotations

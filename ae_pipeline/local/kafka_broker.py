@@ -11,6 +11,9 @@ Example:
     127.0.0.1:40123
 
 Command line: ``python -m ae_pipeline.local.kafka_broker start|stop|status``.
+
+Size (over 500 lines): test and demo infrastructure (never imported by the library):
+download-free broker start, stop, kill and restart on the same data, SASL and TLS set-ups.
 """
 
 from __future__ import annotations

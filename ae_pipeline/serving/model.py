@@ -1,5 +1,9 @@
 """The model as it serves: :class:`ServingModel` loads a published version and scores
-records in every mode."""
+records in every mode.
+
+Size (about 500 lines): one class, the scoring path with its batch fallback and message
+bounds; the modes, inputs and message format are modules of their own.
+"""
 
 from __future__ import annotations
 
