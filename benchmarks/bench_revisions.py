@@ -17,6 +17,10 @@ the median of the per-repeat ratios new / old (> 1: the working tree is faster).
   the working tree, saved with ``save_artifact``, and loaded by both trees with
   ``ServingModel.load(dir, device="cpu")``;
 * ``score_records``: the same over ``score_records`` (results as dicts, no message encoding);
+* ``beam``: records/s of ``FlagAnomalies(prebatched=True, emit_batches=True)`` on the
+  FnApiRunner (one worker), over half as many records as ``scoring`` in lists of 500 (one list
+  per element, as ``ReadKafkaRecords`` emits them: the stream job's configuration), pipeline
+  wall time, the faster of two runs after a warm-up pipeline;
 * ``training``: rows x epochs / s of ``fit`` on a 24-64-32-8-32-64-24 autoencoder, 20,000
   seeded random-normal rows, batch 256, 3 epochs (1 with ``--quick``), on the CPU, after a
   warm-up ``fit`` of 512 rows (torch imports ``torch._dynamo`` with the first optimiser); the
@@ -54,7 +58,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "revisions.json"
 D = 24
 BATCH = 500
-UNITS = {"scoring": "rec/s", "score_records": "rec/s", "training": "rows/s", "consumer": "rec/s"}
+UNITS = {
+    "scoring": "rec/s",
+    "score_records": "rec/s",
+    "beam": "rec/s",
+    "training": "rows/s",
+    "consumer": "rec/s",
+}
 
 
 # ---- children: run with PYTHONPATH=<tree>; print one JSON line of figures ----------------------
@@ -124,6 +134,42 @@ def child_scoring(artifact: str, n: int) -> dict:
     return out
 
 
+def child_beam(artifact: str, n: int) -> dict:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from ae_pipeline.beam.transforms import FlagAnomalies
+
+    columns = [f"f{j}" for j in range(D)]
+    values = [
+        json.dumps({"id": i, **dict(zip(columns, map(float, r), strict=True))}).encode()
+        for i, r in enumerate(_rows(n, 2).tolist())
+    ]
+    lists = [values[i : i + BATCH] for i in range(0, n, BATCH)]
+
+    def run(elements: list) -> float:
+        options = PipelineOptions(
+            ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"]
+        )
+        t0 = time.perf_counter()
+        with beam.Pipeline(options=options) as p:
+            _ = (
+                p
+                | beam.Create(elements, reshuffle=False)
+                | FlagAnomalies(
+                    model_version_dir=artifact,
+                    device="cpu",
+                    prebatched=True,
+                    emit_batches=True,
+                    torch_threads=1,
+                )
+            )
+        return time.perf_counter() - t0
+
+    run(lists[:2])  # warm-up: imports, the first pipeline's set-up
+    return {"beam": n / min(run(lists) for _ in range(2))}
+
+
 def child_training(rows: int, epochs: int) -> dict:
     import numpy as np
 
@@ -153,6 +199,8 @@ def child_main(argv: list[str]) -> None:
         figures = child_publish(args[0])
     elif kind == "scoring":
         figures = child_scoring(args[0], int(args[1]))
+    elif kind == "beam":
+        figures = child_beam(args[0], int(args[1]))
     else:
         figures = child_training(int(args[0]), int(args[1]))
     print(json.dumps({"module": ae_pipeline.__file__, "figures": figures}))
@@ -226,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 tree = trees[which]
                 figures = {
                     **run_child(tree, script, "scoring", artifact, n),
+                    **run_child(tree, script, "beam", artifact, n // 2),
                     **run_child(tree, script, "training", args.train_rows, epochs),
                     **(run_consumer(tree) if args.kafka else {}),
                 }
