@@ -68,6 +68,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ae_pipeline.drift import DriftEvent, DriftMonitor, DriftReference
 from ae_pipeline.guarantees import (
     AT_LEAST_ONCE,
     EXACTLY_ONCE,
@@ -86,9 +87,16 @@ from ae_pipeline.kafka import (
     TransactionError,
     close_quietly,
     create_consumer,
+    create_producer,
     next_offsets,
     topic_partitions,
 )
+from ae_pipeline.ops.monitor import (
+    DEFAULT_PROGRESS_INTERVAL_S,
+    ConsumerMonitor,
+    calibration_reference,
+)
+from ae_pipeline.registry import ModelRegistry
 from ae_pipeline.scoring_process import (
     InlineScorer,
     ScoredBatch,
@@ -105,6 +113,7 @@ from ae_pipeline.serving import (
     check_message_key,
     check_mode,
     check_passthrough,
+    get_mode,
 )
 
 _log = logging.getLogger(__name__)
@@ -218,6 +227,14 @@ class ScoringConsumer:
             seconds, then commits (0: one transaction per batch). Longer: fewer commits, more
             records per second; outputs reach ``read_committed`` readers at the commit, so
             their latency grows by up to this much. Less than ``transaction_timeout_s``.
+        metrics_port: serve Prometheus ``/metrics`` and the ``/healthz`` / ``/readyz`` probes on
+            this port (0: any free one; :attr:`monitor` ``.port`` says which); None: off
+            (:mod:`ae_pipeline.ops`).
+        metrics_host: the address the metrics server listens on.
+        progress_interval_s: log a progress line this often (0: never).
+        drift: watch the results' scores for drift against the serving version's calibration
+            (a :class:`~ae_pipeline.drift.DriftMonitor`; ``flag`` and ``explain`` modes).
+        drift_topic: send drift events (JSON, keyed by model version) to this topic.
         scoring_process: score in a child process
             (:class:`~ae_pipeline.scoring_process.ScoringProcess`), so that scoring overlaps
             the Kafka I/O on another core (True), or in this process (False); None (default):
@@ -254,6 +271,11 @@ class ScoringConsumer:
         transactional_id: str | None = None,
         transaction_timeout_s: float = DEFAULT_TRANSACTION_TIMEOUT_S,
         commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
+        metrics_port: int | None = None,
+        metrics_host: str = "0.0.0.0",
+        progress_interval_s: float = DEFAULT_PROGRESS_INTERVAL_S,
+        drift: DriftMonitor | None = None,
+        drift_topic: str | None = None,
         scoring_process: bool | None = None,
         consumer: KafkaConsumerClient | None = None,
         producer: KafkaProducerClient | None = None,
@@ -328,6 +350,25 @@ class ScoringConsumer:
         self._stop_reason = "stop"
         self._next_refresh = 0.0  # when an idle poll next lets the model check for a version
         self.stats = ConsumerStats()
+        if drift is not None and "score" not in get_mode(self.mode).fields:
+            raise ValueError(
+                f"drift is measured on the results' scores; mode {self.mode!r} has none "
+                "(use flag or explain)"
+            )
+        if drift_topic is not None and drift is None:
+            raise ValueError("drift_topic needs drift monitoring (drift=DriftMonitor(...))")
+        self.drift_topic = drift_topic
+        self._drift_producer: KafkaProducerClient | None = None
+        self.monitor = ConsumerMonitor(
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            progress_interval_s=progress_interval_s,
+            drift=drift,
+            drift_sink=self._send_drift_event if drift_topic else None,
+            reference_of=self._drift_reference,
+            stall_s=max(120.0, 2 * flush_timeout_s),
+        )
+        self._scorer_failed = False
 
     # ------------------------------------------------------------------ control
 
@@ -401,8 +442,13 @@ class ScoringConsumer:
         """
         check_run_args(max_records, idle_timeout_s)
         start = time.monotonic()
+        self.monitor.start()
+        if self._scorer is None and self._scorer_failed and self.monitor.metrics is not None:
+            self.monitor.metrics.scoring_process_restarts.inc()
         self._scorer = self._scorer or self._open_scorer()
+        self._scorer_failed = False
         scorer = self._scorer
+        self.monitor.loaded(self.stats.model_version, self.stats.model_swaps)
         consumer = self._consumer or create_consumer(
             self.config,
             self.client,
@@ -444,6 +490,7 @@ class ScoringConsumer:
             if scoring or scorer.pending or isinstance(err, ScoringProcessError):
                 scorer.close()
                 self._scorer = None
+                self._scorer_failed = isinstance(err, ScoringProcessError)
             raise
         finally:
             self.stats.seconds = time.monotonic() - start
@@ -474,6 +521,7 @@ class ScoringConsumer:
         unassigned_since = time.monotonic()
         self._next_refresh = time.monotonic() + self._refresh_interval()
         while not self._stop.is_set():
+            self.monitor.tick(consumer, self.stats, _assigned)
             # With a batch in the scorer, only take what is already buffered: waiting here
             # would hold back that batch's outputs.
             records = consumer.poll(self._poll_wait(scoring, in_flight), self.max_batch)
@@ -535,12 +583,36 @@ class ScoringConsumer:
         version, swaps = self._scorer.refresh()
         self.stats.model_version = version or self.stats.model_version
         self.stats.model_swaps = swaps
+        self.monitor.loaded(self.stats.model_version, swaps)
 
     def close(self) -> None:
-        """Stops the scoring process, if any (``run`` can be called again before this)."""
+        """Stops the scoring process, if any, and the metrics server (``run`` can be called
+        again before this)."""
         if self._scorer is not None:
             self._scorer.close()
             self._scorer = None
+        self.monitor.close()
+        if self._drift_producer is not None:
+            close_quietly(self._drift_producer, "drift producer")
+            self._drift_producer = None
+
+    def _drift_reference(self, version: str) -> DriftReference | None:
+        """The calibration of ``version`` (read from its directory), for drift monitoring."""
+        root = self._model_args["root"]
+        path = ModelRegistry(root).path(version) if root else self._model_args["version_dir"]
+        return calibration_reference(path, version)
+
+    def _send_drift_event(self, event: DriftEvent) -> None:
+        """Sends a drift event to the drift topic (its own producer, outside any transaction);
+        a failure is logged: drift is an observer and never stops the scoring."""
+        try:
+            if self._drift_producer is None:
+                self._drift_producer = create_producer(self.config, self.client)
+            key = (event.model_version or "").encode()
+            self._drift_producer.send(self.drift_topic, event.to_json(), key=key)
+            self._drift_producer.flush(10.0)
+        except Exception as err:
+            _log.warning("drift event not sent to %s: %s", self.drift_topic, err)
 
     def __enter__(self) -> ScoringConsumer:
         return self
@@ -570,6 +642,7 @@ class ScoringConsumer:
         stats.anomalies += scored.anomalies
         stats.model_version = scored.version
         stats.model_swaps = scored.swaps
+        self.monitor.batch(scored)
 
 
 def _check_options(**options: Any) -> None:

@@ -45,6 +45,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
@@ -52,6 +53,8 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ae_pipeline import scoring_protocol as protocol
 from ae_pipeline.hot_reload import FixedModel, ModelWatcher, open_model
@@ -123,6 +126,9 @@ class ScoredBatch:
         anomalies: results flagged anomalous (``flag`` mode).
         version: the model version that scored the batch.
         swaps: how many times the model provider has (re)loaded a model so far.
+        scores: the results' scores (``flag``, ``explain``; empty for other modes).
+        seconds: how long the scoring took, where it ran.
+        refusals: versions the model provider refused so far, by reason.
     """
 
     outputs: list[Message]
@@ -131,6 +137,9 @@ class ScoredBatch:
     anomalies: int = 0
     version: str | None = None
     swaps: int = 0
+    scores: np.ndarray = field(default_factory=lambda: np.empty(0))
+    seconds: float | None = None
+    refusals: dict[str, int] = field(default_factory=dict)
 
 
 def score_batch(
@@ -146,6 +155,7 @@ def score_batch(
     """Scores ``records`` (Kafka records, or values with ``sources``) with the provider's
     current model into messages (:meth:`ae_pipeline.serving.ServingModel.score_messages`:
     every record a result or a dead letter, none over ``max_message_bytes``)."""
+    start = time.perf_counter()
     model = provider.current()
     scored = model.score_messages(
         records,
@@ -162,6 +172,9 @@ def score_batch(
         scored.anomalies,
         scored.version,
         provider.swaps,
+        np.asarray(scored.scores, dtype=np.float64),
+        time.perf_counter() - start,
+        dict(provider.refusals),
     )
 
 
@@ -359,6 +372,9 @@ def _child_main() -> None:
                     anomalies=scored.anomalies,
                     version=scored.version,
                     swaps=scored.swaps,
+                    scores=scored.scores.tobytes(),
+                    seconds=scored.seconds,
+                    refusals=scored.refusals,
                 )
             else:
                 raise TypeError(f"unexpected request {type(request).__name__}")
@@ -509,7 +525,17 @@ class ScoringProcess(_Scorer):
             (k, v, self._header(version, reason))
             for k, v, reason in zip(reply.dead_keys, reply.dead_values, reply.reasons, strict=True)
         ]
-        return ScoredBatch(outputs, letters, reply.reasons, reply.anomalies, version, reply.swaps)
+        return ScoredBatch(
+            outputs,
+            letters,
+            reply.reasons,
+            reply.anomalies,
+            version,
+            reply.swaps,
+            np.frombuffer(reply.scores, dtype=np.float64),
+            reply.seconds,
+            reply.refusals,
+        )
 
     def _header(self, version: str | None, reason: str | None) -> list[tuple[str, bytes]]:
         """:func:`~ae_pipeline.serving.message_headers`, one shared list per version and

@@ -95,7 +95,8 @@ class Refreshed(_Message, tag="refreshed"):
 class Scored(_Message, tag="scored"):
     """A batch's messages: result keys and values, dead-letter keys, values and reasons (the
     headers are rebuilt from the version and reasons on the other side), the anomalies, the
-    version that scored it and the provider's swaps so far."""
+    version that scored it, the provider's swaps so far, the results' scores, the seconds the
+    scoring took and the versions the provider refused so far."""
 
     keys: list[Any]
     values: list[bytes]
@@ -105,6 +106,9 @@ class Scored(_Message, tag="scored"):
     anomalies: int
     version: str | None
     swaps: int
+    scores: bytes = b""  # float64, native order (the same machine)
+    seconds: float | None = None
+    refusals: dict[str, int] = {}
     logs: list[LogRow] = []
 
 

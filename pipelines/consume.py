@@ -32,7 +32,10 @@ from ae_pipeline.consumer import (
     ScoringConsumer,
     check_run_args,
 )
+from ae_pipeline.drift import DriftLimits, DriftMonitor
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT, DeliveryError, KafkaClientError
+from ae_pipeline.ops.logs import LOG_FORMATS, use_log_format
+from ae_pipeline.ops.monitor import DEFAULT_PROGRESS_INTERVAL_S
 from ae_pipeline.scoring_process import ScoringProcessError
 from ae_pipeline.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -159,6 +162,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this long without records, counted once partitions are assigned",
     )
     run.add_argument("--log_level", default="INFO")
+    ops = parser.add_argument_group("operating (metrics, probes, logs, drift)")
+    ops.add_argument(
+        "--metrics_port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics and the /healthz and /readyz probes on this port "
+        "(0: any free port, logged; default: off)",
+    )
+    ops.add_argument("--metrics_host", default="0.0.0.0", help="address of the metrics server")
+    ops.add_argument(
+        "--progress_interval_s",
+        type=float,
+        default=DEFAULT_PROGRESS_INTERVAL_S,
+        help="a progress line (records/s, lag, anomalies, version) this often; 0: none",
+    )
+    ops.add_argument(
+        "--log_format", default="text", choices=LOG_FORMATS, help="json: one JSON object per line"
+    )
+    add_switch(
+        ops,
+        "--drift",
+        default=False,
+        help="compare the live scores with the serving version's calibration (PSI, KS, anomaly "
+        "rate); figures as metrics and log lines, events to --drift_topic",
+    )
+    ops.add_argument("--drift_topic", default=None, help="where drift events go (JSON)")
+    ops.add_argument(
+        "--drift_window", type=int, default=2000, help="judge the last N scores (default 2000)"
+    )
+    ops.add_argument(
+        "--drift_window_s",
+        type=float,
+        default=None,
+        help="or judge the scores of the last N seconds (instead of --drift_window)",
+    )
+    limits = DriftLimits()
+    for name, text in (
+        ("psi", "population stability index over calibration deciles"),
+        ("anomaly_rate_ratio", "live anomaly rate over the rate the threshold targets"),
+        ("ks_pvalue", "KS p-value below which scores differ (default off)"),
+    ):
+        ops.add_argument(
+            f"--drift_{name}",
+            type=float,
+            default=getattr(limits, name),
+            help=f"limit: {text}; 0: not checked (default %(default)s)",
+        )
+    ops.add_argument(
+        "--drift_for_s",
+        type=float,
+        default=limits.for_s,
+        help="a limit crossed this long makes a drift event (default %(default)s)",
+    )
+    ops.add_argument(
+        "--drift_min_records",
+        type=int,
+        default=limits.min_records,
+        help="fewest scores in the window before any judgement (default %(default)s)",
+    )
     return parser
 
 
@@ -179,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    use_log_format(args.log_format)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     config: dict = {}
     try:
@@ -236,11 +299,33 @@ def _consumer(args: argparse.Namespace, config: dict) -> ScoringConsumer:
         message_key=args.message_key,
         wait_for_model_s=args.wait_for_model_s,
         scoring_process=args.scoring_process,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        progress_interval_s=args.progress_interval_s,
+        drift=_drift(args),
+        drift_topic=args.drift_topic,
         processing_guarantee=args.processing_guarantee,
         transactional_id=args.transactional_id,
         transaction_timeout_s=args.transaction_timeout_s,
         commit_interval_s=args.commit_interval_s,
     )
+
+
+def _drift(args: argparse.Namespace) -> DriftMonitor | None:
+    """The drift monitor the options ask for (None without ``--drift``)."""
+    drift_options = [a for a in ("drift_topic", "drift_window_s") if getattr(args, a) is not None]
+    if not args.drift:
+        if drift_options:
+            raise ValueError(f"--{drift_options[0]} needs --drift")
+        return None
+    limits = DriftLimits(
+        psi=args.drift_psi or None,
+        anomaly_rate_ratio=args.drift_anomaly_rate_ratio or None,
+        ks_pvalue=args.drift_ks_pvalue or None,
+        for_s=args.drift_for_s,
+        min_records=args.drift_min_records,
+    )
+    return DriftMonitor(limits, window=args.drift_window, window_s=args.drift_window_s)
 
 
 if __name__ == "__main__":

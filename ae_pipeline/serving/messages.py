@@ -45,6 +45,8 @@ class ScoredMessages(NamedTuple):
         dead_reasons: each dead letter's reason, in order.
         anomalies: results flagged anomalous (``flag`` mode).
         version: the model version that scored the batch.
+        scores: each result's ``score``, in order, where the mode has one (``flag``,
+            ``explain``); empty otherwise (what score drift is measured on).
     """
 
     results: list[Message]
@@ -52,6 +54,7 @@ class ScoredMessages(NamedTuple):
     dead_reasons: list[str]
     anomalies: int
     version: str
+    scores: Sequence[float] = ()
 
 
 def check_message_key(message_key: str) -> str:

@@ -321,8 +321,9 @@ class ServingModel:
         dead_keys = [_raw_key(sources[i]) for i in dead_index]
         letters, _ = _serialise(dead, dead_keys, max_message_bytes)
         anomalies = sum(map(_IS_ANOMALY, results)) if mode.flags else 0
+        scores = [r["score"] for r in results] if "score" in mode.fields else ()
         return ScoredMessages(
-            messages, letters, [d["reason"] for d in dead], anomalies, self.version
+            messages, letters, [d["reason"] for d in dead], anomalies, self.version, scores
         )
 
     def _inputs(
