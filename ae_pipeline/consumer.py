@@ -68,7 +68,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ae_pipeline.drift import DriftEvent, DriftMonitor, DriftReference
+from ae_pipeline.drift import DriftEvent, DriftMonitor, DriftReference, calibration_reference
 from ae_pipeline.guarantees import (
     AT_LEAST_ONCE,
     EXACTLY_ONCE,
@@ -94,7 +94,6 @@ from ae_pipeline.kafka import (
 from ae_pipeline.ops.monitor import (
     DEFAULT_PROGRESS_INTERVAL_S,
     ConsumerMonitor,
-    calibration_reference,
 )
 from ae_pipeline.registry import ModelRegistry
 from ae_pipeline.scoring_process import (

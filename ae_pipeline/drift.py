@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ae_pipeline.artifact import verify_artifact
 from ae_pipeline.calibration import ScoreRanks
 
 PSI_BINS = 10
@@ -81,6 +82,80 @@ class DriftReference:
         )
 
 
+RANK_BINS = 1000
+"""Live scores are counted in this many bins of their calibration rank (the KS distance is
+exact to ``1 / RANK_BINS``; the PSI deciles exactly)."""
+
+
+class RankCounts:
+    """Live scores summarised against a reference: counts per bin of calibration rank, the
+    number of scores and of anomalies. Two summaries of one reference merge by addition, so a
+    Beam ``CombineFn`` can build them in parallel (:mod:`ae_pipeline.beam.drift`).
+
+    Example:
+        >>> import numpy as np
+        >>> from ae_pipeline.calibration import calibrate
+        >>> ref = DriftReference(calibrate(np.arange(1000.0)))
+        >>> a = RankCounts.of(ref, np.arange(0.0, 1000.0, 2))
+        >>> b = RankCounts.of(ref, np.arange(1.0, 1000.0, 2))
+        >>> round(a.merge(b).figures(ref)["ks"], 3)
+        0.001
+    """
+
+    def __init__(self, counts: np.ndarray | None = None, n: int = 0, anomalies: int = 0) -> None:
+        self.counts = np.zeros(RANK_BINS, np.int64) if counts is None else counts
+        self.n = n
+        self.anomalies = anomalies
+
+    @classmethod
+    def of(cls, reference: DriftReference, scores: np.ndarray) -> RankCounts:
+        """The summary of ``scores`` (non-finite ones left out)."""
+        scores = np.asarray(scores, dtype=np.float64).ravel()
+        scores = scores[np.isfinite(scores)]
+        bins = np.minimum(
+            (reference.ranks.rank(scores) * RANK_BINS).astype(np.int64), RANK_BINS - 1
+        )
+        anomalies = (
+            int(np.count_nonzero(scores > reference.threshold))
+            if reference.threshold is not None
+            else 0
+        )
+        return cls(np.bincount(bins, minlength=RANK_BINS), int(scores.size), anomalies)
+
+    def merge(self, other: RankCounts) -> RankCounts:
+        return RankCounts(
+            self.counts + other.counts, self.n + other.n, self.anomalies + other.anomalies
+        )
+
+    def figures(self, reference: DriftReference) -> dict[str, float | int | None]:
+        """The drift figures (:data:`FIGURES`, and ``n``); every figure None without scores."""
+        n = self.n
+        figures: dict[str, float | int | None] = dict.fromkeys(FIGURES)
+        figures["n"] = n
+        if n == 0:
+            return figures
+        # PSI over deciles of the calibration scores: the expected share of each is 1/10.
+        live = self.counts.reshape(PSI_BINS, -1).sum(axis=1) / n
+        live = np.maximum(live, _PSI_FLOOR)
+        expected = 1.0 / PSI_BINS
+        figures["psi"] = float(np.sum((live - expected) * np.log(live / expected)))
+        # KS: the live ranks' distribution against the uniform one of the calibration ranks,
+        # at every bin edge.
+        cdf = np.cumsum(self.counts) / n
+        edges = np.arange(1, RANK_BINS + 1) / RANK_BINS
+        ks = float(np.max(np.abs(cdf - edges)))
+        figures["ks"] = ks
+        figures["ks_pvalue"] = ks_pvalue(ks, n, reference.n_calibration)
+        if reference.threshold is not None:
+            rate = self.anomalies / n
+            expected_rate = reference.expected_anomaly_rate or 0.0
+            figures["anomaly_rate"] = rate
+            figures["expected_anomaly_rate"] = expected_rate
+            # One anomaly in the window over an expectation of zero is not an infinite ratio.
+            figures["anomaly_rate_ratio"] = rate / max(expected_rate, 1.0 / n)
+        return figures
+
+
 def drift_figures(
     reference: DriftReference | Mapping[str, Any], scores: np.ndarray
 ) -> dict[str, float | int | None]:
@@ -90,32 +165,7 @@ def drift_figures(
     """
     if not isinstance(reference, DriftReference):
         reference = DriftReference(reference)
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    scores = scores[np.isfinite(scores)]
-    n = int(scores.size)
-    figures: dict[str, float | int | None] = dict.fromkeys(FIGURES)
-    figures["n"] = n
-    if n == 0:
-        return figures
-    ranks = np.sort(reference.ranks.rank(scores))
-    # PSI over deciles of the calibration scores: the expected share of each is 1/10.
-    live = np.bincount(np.minimum((ranks * PSI_BINS).astype(np.int64), PSI_BINS - 1))
-    live = np.maximum(np.pad(live, (0, PSI_BINS - live.size)) / n, _PSI_FLOOR)
-    expected = 1.0 / PSI_BINS
-    figures["psi"] = float(np.sum((live - expected) * np.log(live / expected)))
-    # KS: the live ranks' empirical CDF against the uniform CDF of the calibration ranks.
-    steps = np.arange(1, n + 1) / n
-    ks = float(max(np.max(steps - ranks), np.max(ranks - (steps - 1.0 / n))))
-    figures["ks"] = ks
-    figures["ks_pvalue"] = ks_pvalue(ks, n, reference.n_calibration)
-    if reference.threshold is not None:
-        rate = float(np.count_nonzero(scores > reference.threshold)) / n
-        expected_rate = reference.expected_anomaly_rate or 0.0
-        figures["anomaly_rate"] = rate
-        figures["expected_anomaly_rate"] = expected_rate
-        # One anomaly in the window over an expectation of zero is not an infinite ratio.
-        figures["anomaly_rate_ratio"] = rate / max(expected_rate, 1.0 / n)
-    return figures
+    return RankCounts.of(reference, scores).figures(reference)
 
 
 def ks_pvalue(d: float, n: int, m: int) -> float:
@@ -351,6 +401,16 @@ class DriftMonitor:
         )
 
 
+def calibration_reference(version_dir: str, version: str | None = None) -> DriftReference | None:
+    """The drift reference of the version in ``version_dir`` (its verified artifact's
+    calibration), or None when it was not calibrated (an ``encode`` model)."""
+    meta, _ = verify_artifact(version_dir)
+    calibration = meta.get("threshold")
+    if not isinstance(calibration, dict) or "histogram" not in calibration:
+        return None
+    return DriftReference(calibration, version or version_dir.rstrip("/").rsplit("/", 1)[-1])
+
+
 def _finite_or_none(value: Any) -> float | None:
     try:
         value = float(value)
@@ -367,10 +427,13 @@ def _no_nan(value: Any) -> Any:
 
 __all__ = [
     "FIGURES",
+    "RANK_BINS",
     "DriftEvent",
     "DriftLimits",
     "DriftMonitor",
     "DriftReference",
+    "RankCounts",
+    "calibration_reference",
     "drift_figures",
     "ks_pvalue",
 ]

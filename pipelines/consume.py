@@ -32,7 +32,7 @@ from ae_pipeline.consumer import (
     ScoringConsumer,
     check_run_args,
 )
-from ae_pipeline.drift import DriftLimits, DriftMonitor
+from ae_pipeline.drift import DriftMonitor
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT, DeliveryError, KafkaClientError
 from ae_pipeline.ops.logs import LOG_FORMATS, use_log_format
 from ae_pipeline.ops.monitor import DEFAULT_PROGRESS_INTERVAL_S
@@ -44,6 +44,7 @@ from ae_pipeline.serving import (
     describe_modes,
     mode_names,
 )
+from pipelines.drift_options import add_drift_options, drift_limits
 
 _log = logging.getLogger("pipelines.consume")
 
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this long without records, counted once partitions are assigned",
     )
     run.add_argument("--log_level", default="INFO")
-    ops = parser.add_argument_group("operating (metrics, probes, logs, drift)")
+    ops = parser.add_argument_group("operating (metrics, probes, logs)")
     ops.add_argument(
         "--metrics_port",
         type=int,
@@ -180,47 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument(
         "--log_format", default="text", choices=LOG_FORMATS, help="json: one JSON object per line"
     )
-    add_switch(
-        ops,
-        "--drift",
-        default=False,
-        help="compare the live scores with the serving version's calibration (PSI, KS, anomaly "
-        "rate); figures as metrics and log lines, events to --drift_topic",
-    )
-    ops.add_argument("--drift_topic", default=None, help="where drift events go (JSON)")
-    ops.add_argument(
-        "--drift_window", type=int, default=2000, help="judge the last N scores (default 2000)"
-    )
-    ops.add_argument(
-        "--drift_window_s",
-        type=float,
-        default=None,
-        help="or judge the scores of the last N seconds (instead of --drift_window)",
-    )
-    limits = DriftLimits()
-    for name, text in (
-        ("psi", "population stability index over calibration deciles"),
-        ("anomaly_rate_ratio", "live anomaly rate over the rate the threshold targets"),
-        ("ks_pvalue", "KS p-value below which scores differ (default off)"),
-    ):
-        ops.add_argument(
-            f"--drift_{name}",
-            type=float,
-            default=getattr(limits, name),
-            help=f"limit: {text}; 0: not checked (default %(default)s)",
-        )
-    ops.add_argument(
-        "--drift_for_s",
-        type=float,
-        default=limits.for_s,
-        help="a limit crossed this long makes a drift event (default %(default)s)",
-    )
-    ops.add_argument(
-        "--drift_min_records",
-        type=int,
-        default=limits.min_records,
-        help="fewest scores in the window before any judgement (default %(default)s)",
-    )
+    add_drift_options(parser, streaming=False)
     return parser
 
 
@@ -313,18 +274,11 @@ def _consumer(args: argparse.Namespace, config: dict) -> ScoringConsumer:
 
 def _drift(args: argparse.Namespace) -> DriftMonitor | None:
     """The drift monitor the options ask for (None without ``--drift``)."""
-    drift_options = [a for a in ("drift_topic", "drift_window_s") if getattr(args, a) is not None]
-    if not args.drift:
-        if drift_options:
-            raise ValueError(f"--{drift_options[0]} needs --drift")
+    limits = drift_limits(args)
+    if limits is None:
+        if args.drift_window_s is not None:
+            raise ValueError("--drift_window_s needs --drift")
         return None
-    limits = DriftLimits(
-        psi=args.drift_psi or None,
-        anomaly_rate_ratio=args.drift_anomaly_rate_ratio or None,
-        ks_pvalue=args.drift_ks_pvalue or None,
-        for_s=args.drift_for_s,
-        min_records=args.drift_min_records,
-    )
     return DriftMonitor(limits, window=args.drift_window, window_s=args.drift_window_s)
 
 

@@ -36,6 +36,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
+from ae_pipeline.beam.drift import MonitorScoreDrift
 from ae_pipeline.beam.kafka_scoring import ScoreKafkaTopic
 from ae_pipeline.beam.options import (
     FLINK_JAVA_FLAGS,
@@ -57,8 +58,10 @@ from ae_pipeline.serving import (
     check_max_message_bytes,
     check_passthrough,
     describe_modes,
+    get_mode,
     mode_names,
 )
+from pipelines.drift_options import add_drift_options, drift_limits
 
 PROG = "ae-pipeline stream"
 
@@ -173,6 +176,7 @@ class StreamOptions(ScoringOptions, ModelLocationOptions, PipelineOptions):
         g.add_argument(
             "--max_records_per_partition", type=int, default=None, help="stop after N offsets"
         )
+        add_drift_options(parser, streaming=True)
 
 
 def _kafka_config(opts: StreamOptions) -> dict[str, Any]:
@@ -223,12 +227,33 @@ def check_options(opts: StreamOptions) -> tuple[str, ...]:
             raise UsageError(f"--{name} must be a number of seconds above 0, got {value}")
     if opts.threshold is not None and not math.isfinite(opts.threshold):
         raise UsageError(f"--threshold must be a finite number, got {opts.threshold}")
+    _check_drift(opts)
     try:
         check_max_message_bytes(opts.max_message_bytes)
         return check_passthrough([f for f in opts.passthrough.split(",") if f], opts.mode)
     except ServingError as err:
         flag = "--max_message_bytes" if "max_message_bytes" in str(err) else "--passthrough"
         raise UsageError(f"{flag}: {err}") from None
+
+
+def _check_drift(opts: StreamOptions) -> None:
+    """Refuses drift options that cannot work (one line)."""
+    try:
+        limits = drift_limits(opts)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if limits is None:
+        return
+    if "score" not in get_mode(opts.mode).fields:
+        raise UsageError(
+            f"--drift is measured on scores; --mode {opts.mode} has none (flag, explain)"
+        )
+    for name in ("drift_window_s", "drift_period_s"):
+        value = getattr(opts, name)
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name} must be a number of seconds above 0, got {value}")
+    if opts.drift_period_s > opts.drift_window_s:
+        raise UsageError("--drift_period_s must not exceed --drift_window_s")
 
 
 # The producers' own message limits when the config does not set them (bytes).
@@ -279,7 +304,7 @@ def build(pipeline: beam.Pipeline, opts: StreamOptions) -> Any:
     """
     passthrough = check_options(opts)
     config = _checked_kafka_config(opts)
-    return pipeline | "ScoreKafkaTopic" >> ScoreKafkaTopic(
+    scored = pipeline | "ScoreKafkaTopic" >> ScoreKafkaTopic(
         opts.input_topic,
         output_topic=opts.output_topic,
         dead_letter_topic=opts.dead_letter_topic,
@@ -306,6 +331,19 @@ def build(pipeline: beam.Pipeline, opts: StreamOptions) -> Any:
         torch_threads=opts.torch_threads or None,
         message_key=opts.message_key,
     )
+    limits = drift_limits(opts)
+    if limits is not None:
+        _ = scored.results | "MonitorScoreDrift" >> MonitorScoreDrift(
+            model_root=opts.model_root,
+            model_version_dir=opts.model_version_dir,
+            limits=limits,
+            window_s=opts.drift_window_s,
+            period_s=opts.drift_period_s,
+            drift_topic=opts.drift_topic,
+            kafka_config=config,
+            client=opts.kafka_client,
+        )
+    return scored
 
 
 def main(

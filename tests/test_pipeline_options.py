@@ -161,7 +161,7 @@ def test_switch_with_a_bad_value_is_a_clear_error(capsys):
 SWITCHES = {
     pipelines.train.TrainOptions: {"--warm_start": False, "--progress": True},
     pipelines.encode.EncodeOptions: {"--with_errors": False},
-    pipelines.stream.StreamOptions: {"--bounded": False},
+    pipelines.stream.StreamOptions: {"--bounded": False, "--drift": False},
 }
 
 

@@ -12,6 +12,8 @@ The public API, importable from here (each name is loaded on first use, so that
   :class:`~ae_pipeline.serving.modes.OutputMode`;
 * :class:`ReadKafkaRecords`, :class:`WriteKafkaRecords`: Kafka in and out, in Python;
 * :class:`TrainAutoencoder` (with :class:`TrainJob`): train on Parquet and publish a version;
+* :class:`MonitorScoreDrift`: score drift of scored results against the version's calibration
+  (drift events, gauges, an optional drift topic);
 * :class:`AutoencoderModelHandler`: for Beam's ``RunInference``;
 * :func:`autoencoder_detector`: an ``OfflineDetector`` for Beam's ``AnomalyDetection``
   (Beam 2.64 and later).
@@ -40,6 +42,7 @@ _WHERE = {
     "TrainJob": "ae_pipeline.beam.training",
     "AutoencoderModelHandler": "ae_pipeline.beam.model_handler",
     "autoencoder_detector": "ae_pipeline.beam.anomaly",
+    "MonitorScoreDrift": "ae_pipeline.beam.drift",
 }
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "Encode",
     "ExplainScores",
     "FlagAnomalies",
+    "MonitorScoreDrift",
     "ReadKafkaRecords",
     "ScoreKafkaTopic",
     "ScoreRecords",
@@ -59,6 +63,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ae_pipeline.beam.anomaly import autoencoder_detector
+    from ae_pipeline.beam.drift import MonitorScoreDrift
     from ae_pipeline.beam.kafka_read import ReadKafkaRecords
     from ae_pipeline.beam.kafka_scoring import ScoreKafkaTopic
     from ae_pipeline.beam.kafka_write import WriteKafkaRecords

@@ -354,7 +354,10 @@ def _accepting_parser(options_class: type, prog: str) -> tuple[argparse.Argument
     class Parser(_StrictParser, _BeamArgumentParser):
         pass
 
-    parser = Parser(prog=prog, allow_abbrev=False, add_help=False)
+    # "resolve": where a Beam class defines one of our flags (Beam 2.77's
+    # KafkaStreamsRunnerOptions has --bootstrap_servers), our definition replaces it here, as
+    # Beam's own parsing lets both classes read the one value.
+    parser = Parser(prog=prog, allow_abbrev=False, add_help=False, conflict_handler="resolve")
     own = _own_classes(options_class)
     others: dict[str, type] = {}
     for cls in PipelineOptions.__subclasses__():  # the same classes Beam parses

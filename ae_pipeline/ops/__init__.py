@@ -11,7 +11,7 @@ The drift figures themselves are :mod:`ae_pipeline.drift` (no server, no Kafka).
 from ae_pipeline.ops.http import OpsServer
 from ae_pipeline.ops.logs import LOG_FORMATS, JsonFormatter, use_log_format
 from ae_pipeline.ops.metrics import ScoringMetrics
-from ae_pipeline.ops.monitor import ConsumerMonitor, calibration_reference, consumer_lag
+from ae_pipeline.ops.monitor import ConsumerMonitor, consumer_lag
 
 __all__ = [
     "LOG_FORMATS",
@@ -19,7 +19,6 @@ __all__ = [
     "JsonFormatter",
     "OpsServer",
     "ScoringMetrics",
-    "calibration_reference",
     "consumer_lag",
     "use_log_format",
 ]

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ae_pipeline.artifact import verify_artifact
 from ae_pipeline.drift import DriftEvent, DriftMonitor, DriftReference
 from ae_pipeline.ops.http import OpsServer
 from ae_pipeline.ops.metrics import ScoringMetrics
@@ -263,16 +262,6 @@ class ConsumerMonitor:
                 self.drift_sink(event)
 
 
-def calibration_reference(version_dir: str, version: str | None = None) -> DriftReference | None:
-    """The drift reference of the version in ``version_dir`` (its verified artifact's
-    calibration), or None when it was not calibrated (an ``encode`` model)."""
-    meta, _ = verify_artifact(version_dir)
-    calibration = meta.get("threshold")
-    if not isinstance(calibration, dict) or "histogram" not in calibration:
-        return None
-    return DriftReference(calibration, version)
-
-
 def consumer_lag(consumer: Any) -> dict[tuple[str, int], int]:
     """``(topic, partition) -> records past the committed offset`` for the assigned partitions
     (the position where nothing is committed yet); empty where the client cannot tell."""
@@ -303,6 +292,5 @@ __all__ = [
     "DEFAULT_LAG_INTERVAL_S",
     "DEFAULT_PROGRESS_INTERVAL_S",
     "ConsumerMonitor",
-    "calibration_reference",
     "consumer_lag",
 ]
