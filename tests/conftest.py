@@ -202,3 +202,21 @@ class WithoutChannelClosedTracebacks:
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need the Beam Java jars ``make setup`` resolves (markers ``flink`` and
+    ``beam_jars``: the Flink runner, the KafkaIO expansion service) run only on the Beam those
+    jars are for, 2.62.0 (``.venv-beam-2.62``); elsewhere they are skipped, saying where they
+    run. README "Beam versions"."""
+    from kit.beam_envs import FLINK, INSTALLED, has_the_java_jars
+
+    if has_the_java_jars():
+        return
+    skip = pytest.mark.skip(
+        reason=f"needs Beam {FLINK}'s Java jars (Flink runner / KafkaIO expansion service); "
+        f"this is Beam {INSTALLED}: `make test` runs it in .venv-beam-2.62"
+    )
+    for item in items:
+        if item.get_closest_marker("flink") or item.get_closest_marker("beam_jars"):
+            item.add_marker(skip)

@@ -25,11 +25,10 @@ the score NaN, so Beam's threshold gives it the detector's ``missing_label`` (-2
 of the vote: the row's verdict is the other detectors' (``missing_label`` when none of them has
 one), and the detector's own source prediction keeps the missing label.
 
-``apache_beam.ml.anomaly`` arrived in Beam 2.64. This project pins Beam 2.62.0 (the newest whose
-Flink runner jars are served by Maven here, see the README), so the detector needs a newer Beam
-in the environment that builds the pipeline; the test suite runs it on Beam 2.70 in a side
-environment (``deploy/local/beam_anomaly_env.sh``). With an older Beam,
-:func:`autoencoder_detector` raises an error that says so.
+``apache_beam.ml.anomaly`` arrived in Beam 2.64 (the gate is :mod:`ae_pipeline.beam.compat`):
+the detector needs it in the environment that builds the pipeline. The test suite runs it on
+Beam 2.77; on Beam 2.62 (also supported and tested) :func:`autoencoder_detector` raises an
+error that says so.
 """
 
 from __future__ import annotations
@@ -38,23 +37,22 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult
 
+from ae_pipeline.beam.compat import HAS_ML_ANOMALY, require_ml_anomaly
 from ae_pipeline.beam.model_handler import AutoencoderModelHandler
 from ae_pipeline.features import INTERNAL, internal_detail
 from ae_pipeline.serving import ServingError, ServingModel
 
-try:  # Beam >= 2.64
+if HAS_ML_ANOMALY:  # Beam >= 2.64; the gate is ae_pipeline.beam.compat
     from apache_beam.ml.anomaly.base import AnomalyPrediction
     from apache_beam.ml.anomaly.detectors.offline import OfflineDetector
     from apache_beam.ml.anomaly.specifiable import specifiable
     from apache_beam.ml.anomaly.thresholds import FixedThreshold
     from apache_beam.ml.inference.base import _PostProcessingModelHandler
 
-    HAVE_BEAM_ANOMALY = True
-except ImportError:  # pragma: no cover - depends on the installed Beam
-    HAVE_BEAM_ANOMALY = False
+# Kept for callers of the old name: the gate itself is ae_pipeline.beam.compat.HAS_ML_ANOMALY.
+HAVE_BEAM_ANOMALY = HAS_ML_ANOMALY
 
 
 def _as_dict(row: Any) -> Any:
@@ -137,16 +135,7 @@ def _to_anomaly_prediction(keyed: tuple[Any, PredictionResult]) -> tuple[Any, An
     return key, AnomalyPrediction(score=score, info=f"model_version={result.model_id}")
 
 
-def _require_beam_anomaly() -> None:
-    if not HAVE_BEAM_ANOMALY:
-        raise RuntimeError(
-            "autoencoder_detector needs apache_beam.ml.anomaly (Beam >= 2.64); the installed "
-            f"Beam is {beam.__version__}. Use ae_pipeline.beam.transforms.FlagAnomalies on this "
-            "Beam, or build the pipeline with a newer apache-beam."
-        )
-
-
-if HAVE_BEAM_ANOMALY:
+if HAS_ML_ANOMALY:
     # The detector's spec names its model handler: make the wrappers specifiable, as Beam's own
     # PyOD adapter does (registering the same classes again is a no-op).
     specifiable(KeyedModelHandler, on_demand_init=False, just_in_time_init=False)
@@ -183,7 +172,7 @@ def autoencoder_detector(
         ArtifactError: the model cannot be loaded or verified.
         ValueError: no threshold was given and the model has none.
     """
-    _require_beam_anomaly()
+    require_ml_anomaly("autoencoder_detector")
     handler = AutoencoderRowModelHandler(
         model_path, device=device, torch_threads=torch_threads, max_batch_size=max_batch_size
     )

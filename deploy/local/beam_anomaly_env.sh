@@ -3,8 +3,10 @@
 # requirements/beam-anomaly.txt), kept in the cache, and this checkout's ./.venv-beam-anomaly on
 # top of it: the side packages come first; the checkout's main venv (torch, ae-pipeline in
 # editable mode, ...) follows through a .pth file.
-# Usage: beam_anomaly_env.sh MAIN_VENV [--prism]   (bootstrap.sh calls it; idempotent, ~1 min
-# the first time). --prism also builds Prism at the side Beam version (benchmarks; ~3 min once).
+# Usage: beam_anomaly_env.sh MAIN_VENV [--prism]   (`make bench-deps` calls it for the benchmarks
+# that still compare against Beam 2.70; the tests no longer need it: .venv has Beam 2.77, which
+# has apache_beam.ml.anomaly. Idempotent, ~1 min the first time). --prism also builds Prism at
+# the side Beam version (~3 min once).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${AE_PIPELINE_CACHE:-$HOME/.cache/ae-pipeline}"

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Sets up everything `make test` and `make demo` need, idempotently and fast on a second run:
-#   1. a Python virtual environment built from requirements/lock.txt, kept in the cache
-#      (keyed by the lock file's hash, so a clean clone reuses it instead of re-downloading torch),
-#      and this checkout's own ./.venv layered on it, with this checkout in editable mode
-#      (two clones on one machine each run their own code); `--venv-only` stops after this;
+#   1. two Python virtual environments, each kept in the cache (keyed by its lock's hash, so a
+#      clean clone reuses it instead of re-downloading torch), with this checkout's own small
+#      venv layered on it, this checkout in editable mode (two clones on one machine each run
+#      their own code): ./.venv (Beam 2.77.0, requirements/lock.txt) and ./.venv-beam-2.62 (the
+#      Flink-compatible Beam 2.62.0, requirements/beam-2.62.txt over the lock); `pip check` passes
+#      in each; `--venv-only` stops after this;
 #   2. the Java classpaths of the Kafka broker, the Beam Flink job server and the Beam KafkaIO
-#      expansion service, resolved by Maven from deploy/local/*/pom.xml (fetch_jars.py);
-#   3. the Prism runner binary, built from the Go module proxy at the pinned Beam version.
+#      expansion service (Beam 2.62.0), resolved by Maven from deploy/local/*/pom.xml;
+#   3. the Prism runner binary at each environment's Beam version, from the Go module proxy;
+#   4. the cached environment the installed-wheel test runs in (deploy/local/wheel_env.sh).
 # Cache: $AE_PIPELINE_CACHE, default ~/.cache/ae-pipeline.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -33,58 +36,113 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 
 # ---- 1. virtual environments -------------------------------------------------------------------
-# The dependencies live in a venv in the cache, keyed by the lock file's hash and shared by every
-# checkout (it never holds a checkout); each checkout gets its own small ./.venv on top of it
-# (checkout_venv.sh), with itself in editable mode. A new lock's venv starts as hard links of the
-# newest cached one, so only the pins that changed are downloaded (not torch again).
+# Two environments, each a venv in the cache keyed by its lock's hash and shared by every checkout
+# (it never holds a checkout), with this checkout's own small venv on top of it (checkout_venv.sh,
+# itself in editable mode):
+#   .venv            requirements/lock.txt: Beam 2.77.0, the newest release (most of the tests);
+#   .venv-beam-2.62  requirements/lock.txt with requirements/beam-2.62.txt laid over it: Beam
+#                    2.62.0, the newest whose Flink and KafkaIO Java jars Maven serves here (the
+#                    Flink and Java cross-language tests).
+# A new lock's venv starts as hard links of the newest cached one, so only the pins that differ
+# are downloaded (not torch again). `pip check` must pass in each.
 PYVER="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')"
-KEY="$(cat "$ROOT/requirements/lock.txt" | sha256sum | cut -c1-12)"
-BASE="$CACHE/venvs/py$PYVER-$KEY"
-if [ ! -f "$BASE/.complete" ]; then
-  rm -rf "$BASE"
-  mkdir -p "$CACHE/venvs"
-  SEED="$(ls -td "$CACHE"/venvs/py"$PYVER"-*/.complete 2>/dev/null | head -n 1 | xargs -r dirname)"
-  if [ -n "$SEED" ] && cp -al "$SEED" "$BASE" 2>/dev/null; then
-    echo "bootstrap: creating $BASE from $SEED (hard links; only changed pins are downloaded)"
-    rm -f "$BASE/.complete"
-    # Files are shared with the seed: replace (never edit in place) what names the seed's path.
-    grep -lF "$SEED/bin/python" "$BASE"/bin/* 2>/dev/null | while read -r f; do
-      sed "s|$SEED/bin/python|$BASE/bin/python|" "$f" > "$f.tmp" && chmod +x "$f.tmp" && mv "$f.tmp" "$f"
-    done
-    find "$BASE" -name __pycache__ -type d -prune -exec rm -rf {} +
-  else
-    rm -rf "$BASE"
-    echo "bootstrap: creating $BASE (first run downloads torch, a few GB; later runs reuse it)"
-    "$PYTHON" -m venv "$BASE"
-  fi
-  "$BASE/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/requirements/lock.txt"
-  # Only what the lock names (plus pip/setuptools/wheel): no seed leftovers, no checkout.
-  EXTRA="$("$BASE/bin/python" - "$ROOT/requirements/lock.txt" <<'PY'
+mkdir -p "$CACHE/venvs" "$CACHE/locks"
+
+# compose_lock OVERLAY: requirements/lock.txt with OVERLAY's pins in place of the same names (or
+# added), written to the cache; prints its path.
+compose_lock() {
+  "$PYTHON" - "$ROOT/requirements/lock.txt" "$1" "$CACHE/locks" <<'PY'
+import hashlib, pathlib, re, sys
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+def pins(path):
+    out = {}
+    for line in open(path):
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            out[norm(line.split("==")[0].split("[")[0])] = line
+    return out
+lock = pins(sys.argv[1])
+lock.update(pins(sys.argv[2]))
+text = "".join(f"{line}\n" for _, line in sorted(lock.items()))
+key = hashlib.sha256(text.encode()).hexdigest()[:12]
+path = pathlib.Path(sys.argv[3]) / f"{pathlib.Path(sys.argv[2]).stem}-{key}.txt"
+path.write_text(text)
+print(path)
+PY
+}
+
+# base_venv LOCK: the cached venv holding exactly LOCK's pins (plus pip/setuptools/wheel); prints
+# its path (progress goes to stderr).
+base_venv() {
+  local lock="$1" key base seed extra
+  key="$(sha256sum < "$lock" | cut -c1-12)"
+  base="$CACHE/venvs/py$PYVER-$key"
+  if [ ! -f "$base/.complete" ]; then
+    rm -rf "$base"
+    seed="$(ls -td "$CACHE"/venvs/py"$PYVER"-*/.complete 2>/dev/null | head -n 1 | xargs -r dirname)"
+    if [ -n "$seed" ] && cp -al "$seed" "$base" 2>/dev/null; then
+      echo "bootstrap: creating $base from $seed (hard links; only changed pins are downloaded)" >&2
+      rm -f "$base/.complete"
+      # Files are shared with the seed: replace (never edit in place) what names the seed's path.
+      grep -lF "$seed/bin/python" "$base"/bin/* 2>/dev/null | while read -r f; do
+        sed "s|$seed/bin/python|$base/bin/python|" "$f" > "$f.tmp" && chmod +x "$f.tmp" && mv "$f.tmp" "$f"
+      done
+      find "$base" -name __pycache__ -type d -prune -exec rm -rf {} +
+    else
+      rm -rf "$base"
+      echo "bootstrap: creating $base (first run downloads torch, a few GB; later runs reuse it)" >&2
+      "$PYTHON" -m venv "$base"
+    fi
+    "$base/bin/pip" install --quiet --disable-pip-version-check -r "$lock" >&2
+    # Only what the lock names (plus pip/setuptools/wheel): no seed leftovers, no checkout.
+    extra="$("$base/bin/python" - "$lock" <<'PY'
 import importlib.metadata as md, re, sys
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
-locked = {norm(l.split("==")[0]) for l in open(sys.argv[1]) if "==" in l}
+locked = {norm(l.split("#")[0].split("==")[0]) for l in open(sys.argv[1]) if "==" in l.split("#")[0]}
 installed = {norm(d.metadata["Name"]) for d in md.distributions()}
 print(" ".join(sorted(installed - locked - {"pip", "setuptools", "wheel"})))
 PY
 )"
-  if [ -n "$EXTRA" ]; then
-    "$BASE/bin/pip" uninstall --quiet --disable-pip-version-check -y $EXTRA
+    if [ -n "$extra" ]; then
+      # shellcheck disable=SC2086
+      "$base/bin/pip" uninstall --quiet --disable-pip-version-check -y $extra >&2
+    fi
+    "$base/bin/pip" check --disable-pip-version-check >&2 \
+      || { echo "bootstrap: pip check failed in $base (built from $lock)" >&2; exit 1; }
+    cp "$lock" "$base/lock.txt"
+    touch "$base/.complete"
   fi
-  touch "$BASE/.complete"
-fi
-bash "$ROOT/deploy/local/checkout_venv.sh" "$BASE" "$ROOT"
+  echo "$base"
+}
+
+# checkout_env BASE NAME: this checkout's NAME venv on BASE, and pip check there (that is where
+# ae-pipeline's own requirements meet the lock).
+checkout_env() {
+  bash "$ROOT/deploy/local/checkout_venv.sh" "$1" "$ROOT" "$2"
+  "$ROOT/$2/bin/python" -m pip check --disable-pip-version-check >/dev/null \
+    || { "$ROOT/$2/bin/python" -m pip check; echo "bootstrap: pip check failed in $2" >&2; exit 1; }
+}
+
+BASE="$(base_venv "$ROOT/requirements/lock.txt")"
+checkout_env "$BASE" .venv
 VENV="$ROOT/.venv"
+BASE_262="$(base_venv "$(compose_lock "$ROOT/requirements/beam-2.62.txt")")"
+checkout_env "$BASE_262" .venv-beam-2.62
+VENV_262="$ROOT/.venv-beam-2.62"
 if [ "${1:-}" = "--venv-only" ]; then
-  echo "bootstrap: venv ready ($VENV on $BASE)"
+  echo "bootstrap: venvs ready ($VENV on $BASE, $VENV_262 on $BASE_262)"
   exit 0
 fi
 
 # ---- 2. Java classpaths -----------------------------------------------------------------------
 "$VENV/bin/python" "$ROOT/deploy/local/fetch_jars.py" --cache "$CACHE"
 
-# ---- 3. Prism ---------------------------------------------------------------------------------
-BEAM_VERSION="$("$VENV/bin/python" -c 'import apache_beam; print(apache_beam.__version__)')"
-bash "$ROOT/deploy/local/build_prism.sh" "$BEAM_VERSION"
-# ---- 4. Beam side environment for apache_beam.ml.anomaly (Beam 2.70; see its script) ---------
-bash "$ROOT/deploy/local/beam_anomaly_env.sh" "$VENV"
-echo "bootstrap: ready (venv $VENV on $BASE, cache $CACHE)"
+# ---- 3. Prism, at the Beam version of each environment ---------------------------------------
+for venv in "$VENV" "$VENV_262"; do
+  bash "$ROOT/deploy/local/build_prism.sh" \
+    "$("$venv/bin/python" -c 'import apache_beam; print(apache_beam.__version__)')"
+done
+
+# ---- 4. the installed-wheel environment (tests/packaging): ae-pipeline's dependencies only ----
+bash "$ROOT/deploy/local/wheel_env.sh" "$VENV" >/dev/null
+echo "bootstrap: ready (venvs $VENV on $BASE and $VENV_262 on $BASE_262, cache $CACHE)"

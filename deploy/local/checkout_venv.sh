@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # This checkout's own virtual environment, ROOT/.venv: a small venv layered on a shared one.
-# Usage: checkout_venv.sh BASE_VENV [ROOT]      (bootstrap.sh calls it; idempotent, seconds)
+# Usage: checkout_venv.sh BASE_VENV [ROOT [NAME]]   (bootstrap.sh calls it; idempotent, seconds)
+# NAME (default .venv) is the folder under ROOT: bootstrap.sh also makes .venv-beam-2.62.
 #
 # BASE_VENV (in the cache, keyed by requirements/lock.txt) holds the dependencies and never a
 # checkout. ROOT/.venv is a venv of the same Python whose site-packages name BASE_VENV's through
@@ -11,7 +12,7 @@
 set -euo pipefail
 BASE="$(cd "$1" && pwd -P)"
 ROOT="$(cd "${2:-$(dirname "${BASH_SOURCE[0]}")/../..}" && pwd -P)"
-LOCAL="$ROOT/.venv"
+LOCAL="$ROOT/${3:-.venv}"
 [ -x "$BASE/bin/python" ] || { echo "checkout_venv: $BASE is not a virtual environment" >&2; exit 1; }
 
 if [ -L "$LOCAL" ]; then

@@ -1,5 +1,5 @@
-"""Runs Beam's ``AnomalyDetection`` with the ae-pipeline detector; executed by the tests in the
-Beam 2.70 side environment (``.venv-beam-anomaly``, see ``requirements/beam-anomaly.txt``).
+"""Runs Beam's ``AnomalyDetection`` with the ae-pipeline detector; executed by the tests with the
+test environment's interpreter (Beam >= 2.64: ``apache_beam.ml.anomaly``).
 
 Usage: python anomaly_job.py WORKDIR   -> writes WORKDIR/results.json
 

@@ -60,13 +60,13 @@ def test_flink_configuration_keys_exist_in_flink():
 
 
 def test_flink_deployment_matches_beams_flink_runner_and_the_job():
-    import apache_beam
+    from kit.beam_envs import FLINK as FLINK_BEAM  # the Beam the Flink deployment runs
 
     fd = _doc("flink-deployment.yaml", "FlinkDeployment")
     spec = fd["spec"]
     # Beam 2.62.0's Flink runner is built for Flink 1.19: cluster, job server and local recipe.
     runner_jar = [p.name for p in (classpath_dir("flink") / "lib").glob("beam-runners-flink-*")]
-    assert runner_jar == [f"beam-runners-flink-1.19-{apache_beam.__version__}.jar"]
+    assert runner_jar == [f"beam-runners-flink-1.19-{FLINK_BEAM}.jar"]
     assert spec["flinkVersion"] == "v1_19"
     assert re.match(r"^flink:1\.19\.\d+-java17$", spec["image"])
     flink_patch = spec["image"].split(":")[1].split("-")[0]
@@ -89,7 +89,7 @@ def test_flink_deployment_matches_beams_flink_runner_and_the_job():
 
     server = _doc("beam-job-server.yaml", "Deployment")["spec"]["template"]["spec"]
     (js,) = server["containers"]
-    assert js["image"] == f"apache/beam_flink1.19_job_server:{apache_beam.__version__}"
+    assert js["image"] == f"apache/beam_flink1.19_job_server:{FLINK_BEAM}"
     assert f"--flink-master={fd['metadata']['name']}-rest:8081" in js["args"]
     service = _doc("beam-job-server.yaml", "Service")
 

@@ -12,7 +12,7 @@ from ae_pipeline.beam.kafka_xlang import java_read, java_write
 from ae_pipeline.local.java_xlang import JavaWorkerPool, java_expansion_service
 from ae_pipeline.local.paths import LocalToolMissing
 
-pytestmark = [pytest.mark.kafka, pytest.mark.prism, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.prism, pytest.mark.slow, pytest.mark.beam_jars]
 
 N = 20
 

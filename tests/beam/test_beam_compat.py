@@ -1,0 +1,63 @@
+"""The Beam-version gates (``ae_pipeline.beam.compat``), on both sides: ``make test`` runs this
+module with Beam 2.77 (``.venv``) and Beam 2.62 (``.venv-beam-2.62``)."""
+
+from __future__ import annotations
+
+import importlib
+
+import apache_beam
+import pytest
+
+from ae_pipeline.beam import compat
+
+pytestmark = pytest.mark.both_beams
+
+
+def test_the_gate_agrees_with_what_the_installed_beam_has():
+    assert compat._version(apache_beam.__version__) == compat.BEAM_VERSION
+    try:
+        importlib.import_module("apache_beam.ml.anomaly.detectors.offline")
+        importable = True
+    except ImportError:
+        importable = False
+    assert compat.HAS_ML_ANOMALY is importable
+    assert compat.HAS_ML_ANOMALY is (compat.BEAM_VERSION >= compat.ML_ANOMALY_SINCE)
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("2.62.0", (2, 62, 0)),
+        ("2.77.0", (2, 77, 0)),
+        ("2.78.0.dev0", (2, 78, 0)),
+        ("3.0", (3, 0, 0)),
+    ],
+)
+def test_version_parsing(text, version):
+    assert compat._version(text) == version
+
+
+def test_ae_pipeline_supports_the_installed_beam():
+    assert (2, 62, 0) <= compat.BEAM_VERSION < (3, 0, 0)
+
+
+@pytest.mark.skipif(not compat.HAS_ML_ANOMALY, reason="Beam < 2.64: the other side is tested")
+def test_new_beam_side_builds_beams_own_detector(version_dir):
+    from apache_beam.ml.anomaly.detectors.offline import OfflineDetector
+
+    from ae_pipeline.beam.anomaly import autoencoder_detector
+
+    compat.require_ml_anomaly("anything")  # no error
+    detector = autoencoder_detector(version_dir, device="cpu")
+    assert isinstance(detector, OfflineDetector)
+
+
+@pytest.mark.skipif(compat.HAS_ML_ANOMALY, reason="Beam >= 2.64: the other side is tested")
+def test_old_beam_side_says_what_is_missing_and_what_to_use(version_dir):
+    from ae_pipeline.beam.anomaly import autoencoder_detector
+
+    with pytest.raises(RuntimeError) as err:
+        autoencoder_detector(version_dir, device="cpu")
+    message = str(err.value)
+    assert "Beam >= 2.64" in message and f"installed Beam is {apache_beam.__version__}" in message
+    assert "FlagAnomalies" in message
