@@ -40,6 +40,7 @@ def publish_model(root: Path) -> tuple[str, Any, Any]:
     """Trains a small model on synthetic rows and publishes it; returns (version dir,
     model, scaler)."""
     from ae_pipeline.artifact import save_artifact
+    from ae_pipeline.calibration import calibrate
     from ae_pipeline.features import ColumnStats, FeatureSpec, Scaler
     from ae_pipeline.models import ModelConfig, Scorer, TrainConfig, Trainer, build_model
     from ae_pipeline.registry import ModelRegistry
@@ -52,13 +53,8 @@ def publish_model(root: Path) -> tuple[str, Any, Any]:
     Trainer(tcfg).fit(model, scaler.transform(x))
     calib = normal_rows(5000, 7)
     errors = Scorer(model).errors(scaler.transform(calib))
-    threshold = {
-        "value": float(np.quantile(errors, 0.99)),
-        "method": "quantile",
-        "param": 0.99,
-        "n_calibration": len(calib),
-        "histogram": {"edges": [], "counts": []},
-    }
+    # With its score histogram: the explain mode and drift monitoring read it.
+    threshold = calibrate(errors, "quantile", 0.99)
     spec = FeatureSpec(columns=COLUMNS, key_column="id")
     registry = ModelRegistry(str(root))
     version = registry.publish(

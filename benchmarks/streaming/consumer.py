@@ -50,7 +50,12 @@ def consumer_run(
     scoring_process: bool | None = None,
     torch_threads: int | None = None,
     processing_guarantee: str = "at_least_once",
+    on_consumer: Any = None,
+    **options: Any,
 ) -> dict:
+    """One run of the consumer over ``n`` records of ``topic`` (a fresh group); ``options`` go
+    to :class:`~ae_pipeline.consumer.ScoringConsumer` (e.g. ``metrics_port``, ``drift``), which
+    is handed to ``on_consumer`` before it runs."""
     from ae_pipeline.consumer import EXACTLY_ONCE, ScoringConsumer
     from ae_pipeline.kafka import create_consumer, create_producer
 
@@ -80,7 +85,10 @@ def consumer_run(
         scoring_process=scoring_process,
         torch_threads=torch_threads,
         processing_guarantee=processing_guarantee,
+        **options,
     )
+    if on_consumer is not None:
+        on_consumer(sc)
     try:
         stats = sc.run(max_records=n, idle_timeout_s=30)  # the clock starts at the first poll
         end = time.perf_counter()
