@@ -36,6 +36,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
+from ae_pipeline.beam.compat import add_pipeline_argument
 from ae_pipeline.beam.drift import MonitorScoreDrift
 from ae_pipeline.beam.kafka_scoring import ScoreKafkaTopic
 from ae_pipeline.beam.options import (
@@ -101,7 +102,10 @@ class StreamOptions(ScoringOptions, ModelLocationOptions, PipelineOptions):
         g = parser.add_argument_group("Kafka")
         # Not argparse-required: PipelineOptions subclasses register globally, and a required
         # option would break every other pipeline built in the same process.
-        g.add_argument("--bootstrap_servers", default=None, help="host:port[,...] (required)")
+        # Beam 2.77 defines --bootstrap_servers too (see ae_pipeline.beam.compat).
+        add_pipeline_argument(
+            g, "--bootstrap_servers", default=None, help="host:port[,...] (required)"
+        )
         g.add_argument("--input_topic", default=None, help="records to score (required)")
         g.add_argument("--output_topic", default=None, help="where results go (required)")
         g.add_argument(

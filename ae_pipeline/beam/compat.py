@@ -12,18 +12,33 @@ Gates:
     in Beam 2.64. Without it, :func:`ae_pipeline.beam.anomaly.autoencoder_detector` raises
     :func:`require_ml_anomaly`'s error; ``FlagAnomalies`` and the rest work on every Beam.
 
+:func:`add_pipeline_argument`
+    A flag of one of our ``PipelineOptions`` classes that the installed Beam defines too.
+    Beam parses every options class of the process with one parser when a pipeline runs
+    (``PipelineOptions.get_all_options``), so a flag defined twice fails every pipeline run in
+    a process that imported both: Beam 2.77 defines ``--bootstrap_servers``
+    (``KafkaStreamsRunnerOptions``), as ``pipelines.stream`` does.
+
 The test suite runs on both sides of every gate: Beam 2.77.0 (``.venv``) and Beam 2.62.0
 (``.venv-beam-2.62``), see the README's "Beam versions".
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import re
+from typing import Any
 
 import apache_beam
 
-__all__ = ["BEAM_VERSION", "HAS_ML_ANOMALY", "ML_ANOMALY_SINCE", "require_ml_anomaly"]
+__all__ = [
+    "BEAM_VERSION",
+    "HAS_ML_ANOMALY",
+    "ML_ANOMALY_SINCE",
+    "add_pipeline_argument",
+    "require_ml_anomaly",
+]
 
 
 def _version(text: str) -> tuple[int, int, int]:
@@ -59,3 +74,17 @@ def require_ml_anomaly(what: str) -> None:
             f"{apache_beam.__version__}. Use ae_pipeline.beam.transforms.FlagAnomalies on this "
             "Beam, or build the pipeline with a newer apache-beam."
         )
+
+
+def add_pipeline_argument(parser: Any, flag: str, **kwargs: Any) -> argparse.Action | None:
+    """``parser.add_argument(flag, **kwargs)`` inside a ``PipelineOptions._add_argparse_args``,
+    except where the installed Beam defines ``flag`` itself and ``parser`` is Beam's parser of
+    every options class: there Beam's definition stays (the value given on the command line is
+    the same; ``options.view_as(OurOptions)`` still parses with our definition and default).
+    A parser built with ``conflict_handler="resolve"`` (our CLI's) takes our definition.
+
+    ``parser`` may be an argument group (it shares its parser's flags).
+    """
+    if flag in parser._option_string_actions and parser.conflict_handler != "resolve":
+        return None
+    return parser.add_argument(flag, **kwargs)

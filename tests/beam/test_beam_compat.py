@@ -61,3 +61,37 @@ def test_old_beam_side_says_what_is_missing_and_what_to_use(version_dir):
     message = str(err.value)
     assert "Beam >= 2.64" in message and f"installed Beam is {apache_beam.__version__}" in message
     assert "FlagAnomalies" in message
+
+
+def test_a_flag_beam_defines_too_breaks_no_pipeline():
+    """Beam 2.77 defines --bootstrap_servers (KafkaStreamsRunnerOptions), as our stream job's
+    options do: with both imported, every pipeline run failed ("conflicting option string")."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from ae_pipeline.local.runners import runner_args
+    from pipelines.stream import StreamOptions
+
+    options = PipelineOptions(["--bootstrap_servers=broker:9093", *runner_args("fnapi")])
+    assert options.get_all_options()["bootstrap_servers"] == "broker:9093"
+    assert options.view_as(StreamOptions).bootstrap_servers == "broker:9093"
+    assert PipelineOptions([]).view_as(StreamOptions).bootstrap_servers is None  # ours
+    with apache_beam.Pipeline(options=options) as p:
+        assert_that(
+            p | apache_beam.Create([1, 2]) | apache_beam.Map(lambda x: x * 2), equal_to([2, 4])
+        )
+
+
+def test_add_pipeline_argument_keeps_beams_flag_in_beams_parser_and_ours_in_a_resolving_one():
+    import argparse
+
+    beams = argparse.ArgumentParser()
+    beams.add_argument("--shared", default="beam")
+    assert compat.add_pipeline_argument(beams, "--shared", default="ours") is None
+    assert compat.add_pipeline_argument(beams, "--only_ours", default="x") is not None
+    assert beams.parse_args([]).shared == "beam"
+    resolving = argparse.ArgumentParser(conflict_handler="resolve")
+    resolving.add_argument("--shared", default="beam")
+    group = resolving.add_argument_group("ours")
+    compat.add_pipeline_argument(group, "--shared", default="ours")
+    assert resolving.parse_args([]).shared == "ours"
