@@ -55,6 +55,7 @@ JM_MAIN = "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoin
 TM_MAIN = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
 BASH_JAVA_UTILS = "org.apache.flink.runtime.util.bash.BashJavaUtils"
 RESULT_PREFIX = "BASH_JAVA_UTILS_EXEC_RESULT:"
+PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
 
 # Beam Flink runner options that go with --checkpointing_interval for the streaming job. Without
 # --finish_bundle_before_checkpointing, Beam's DoFnOperator finishes a bundle that is open when a
@@ -184,6 +185,9 @@ class FlinkSessionCluster:
         startup_timeout: seconds to wait until every TaskManager has registered.
         die_with_parent: SIGKILL the JVMs when the process that started them dies (Linux);
             off for the command line's ``start``, which leaves the cluster running.
+        prometheus: each process runs Flink's Prometheus reporter (the job's Beam metrics
+            among its metrics) on a free port of its own: :attr:`prometheus_ports`, by process
+            name (``jobmanager``, ``taskmanager-0``, ...).
     """
 
     def __init__(
@@ -199,6 +203,7 @@ class FlinkSessionCluster:
         java: str = "java",
         startup_timeout: float = 120.0,
         die_with_parent: bool = True,
+        prometheus: bool = True,
     ) -> None:
         self.taskmanagers = taskmanagers
         self.slots = slots
@@ -214,6 +219,10 @@ class FlinkSessionCluster:
         self.log_dir = logs_dir() / f"flink-{self.rest_port}"
         self.procs: dict[str, subprocess.Popen] = {}
         self.started_in: float | None = None
+        self.prometheus_ports: dict[str, int] = {}
+        if prometheus:
+            names = ["jobmanager", *(f"taskmanager-{i}" for i in range(taskmanagers))]
+            self.prometheus_ports = {name: free_port() for name in names}
 
     # ---- addresses ------------------------------------------------------------------------
     @property
@@ -365,6 +374,7 @@ class FlinkSessionCluster:
             "--configDir",
             str(conf_dir),
             *dynamic,
+            *self._reporter_settings(name),
         ]
         with open(self.log_dir / f"{name}.out", "ab") as out:
             self.procs[name] = subprocess.Popen(
@@ -376,6 +386,25 @@ class FlinkSessionCluster:
                 cwd=self.work_dir,
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
+
+    def _reporter_settings(self, name: str) -> list[str]:
+        """Dynamic ``-D`` settings of the Prometheus reporter of process ``name`` (its port
+        differs per process, so they are not in the shared config.yaml)."""
+        port = self.prometheus_ports.get(name)
+        if port is None:
+            return []
+        return [
+            "-D",
+            f"metrics.reporter.prom.factory.class={PROMETHEUS_REPORTER}",
+            "-D",
+            f"metrics.reporter.prom.port={port}",
+        ]
+
+    def prometheus(self, name: str = "taskmanager-0", timeout: float = 10.0) -> str:
+        """The text ``name``'s Prometheus reporter serves now."""
+        port = self.prometheus_ports[name]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+            return r.read().decode()
 
     def _wait_ready(self, t0: float) -> None:
         deadline = t0 + self.startup_timeout
