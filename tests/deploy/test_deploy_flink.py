@@ -55,8 +55,31 @@ def test_flink_configuration_keys_exist_in_flink():
     operator = _doc("flink-deployment.yaml", "FlinkDeployment")["spec"]["flinkConfiguration"]
     local = FlinkSessionCluster(work_dir=REPO / "logs").flink_config()
     for where, config in (("flink-deployment.yaml", operator), ("local_cluster.py", local)):
-        unknown = sorted(set(config) - known)
+        unknown = sorted(k for k in set(config) - known if not _reporter_option(k))
         assert not unknown, f"{where}: not Flink 1.19 configuration keys: {unknown}"
+    # The reporter the deployment configures is the one the local cluster runs.
+    from local_cluster import PROMETHEUS_REPORTER
+
+    assert operator["metrics.reporter.prom.factory.class"] == PROMETHEUS_REPORTER
+    assert _reporter_option("metrics.reporter.prom.port")
+    assert not _reporter_option("metrics.reporter.prom.prot")
+
+
+def _reporter_option(key: str) -> bool:
+    """``metrics.reporter.<name>.<option>``: ``factory.class`` (Flink's), or an option the
+    Prometheus reporter's own classes name (``port``)."""
+    from local_cluster import resolve_classpath
+
+    parts = key.split(".")
+    if parts[:2] != ["metrics", "reporter"] or len(parts) < 4:
+        return False
+    option = ".".join(parts[3:])
+    if option == "factory.class":
+        return True
+    (jar,) = (resolve_classpath() / "lib").glob("flink-metrics-prometheus-*.jar")
+    with zipfile.ZipFile(jar) as zf:
+        data = zf.read("org/apache/flink/metrics/prometheus/PrometheusReporterFactory.class")
+    return re.search(rb"\x00" + bytes([len(option)]) + re.escape(option.encode()), data) is not None
 
 
 def test_flink_deployment_matches_beams_flink_runner_and_the_job():
