@@ -5,6 +5,7 @@
     ae-pipeline score   --input data/ --model_root models/ --output flags/ [--label_column y]
     ae-pipeline stream  --mode flag --bootstrap_servers ... [Beam options]
     ae-pipeline consume --mode flag --bootstrap_servers ...
+    ae-pipeline retrain-on-drift --drift_topic ae-drift ... -- ae-pipeline train ...
     ae-pipeline demo
 
 ``ae-pipeline COMMAND --help`` lists a command's options (with their defaults). A mistake on
@@ -29,13 +30,17 @@ COMMANDS = {
     ),
     "stream": ("pipelines.stream", "streaming Beam job: encode / denoise / flag Kafka records"),
     "consume": ("pipelines.consume", "the same scoring as a plain Kafka consumer group"),
+    "retrain-on-drift": (
+        "pipelines.retrain_on_drift",
+        "start a retraining run for each drift event of the drift topic",
+    ),
     "demo": ("pipelines.demo", "the whole loop on local defaults"),
 }
 
 
 def usage() -> str:
     lines = ["usage: ae-pipeline COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:<16} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "ae-pipeline COMMAND --help shows a command's options."]
     return "\n".join(lines)
 
