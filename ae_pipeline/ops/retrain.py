@@ -10,7 +10,7 @@ arguments are filled from the event:
 * ``{model_version}``: the version whose scores drifted;
 * ``{newest_partition}``: the newest entry (by name) of ``data_root``, e.g. ``dt=2026-12-03``
   of a dated Parquet layout, as a path;
-* ``{event_time}``: the event's time as ``YYYYmmddTHHMMSS`` (for unique Job names).
+* ``{event_time}``: the event's time as ``YYYYmmdd-HHMMSS`` (UTC; valid in Kubernetes Job names).
 
 One run at a time, and none within ``cooldown_s`` of the previous one (one drift declared by
 many consumers, or a drift that outlasts a retraining, starts one run). The event's offset is
@@ -80,7 +80,7 @@ def fill(command: Sequence[str], event: Mapping[str, Any], data_root: str | None
     """
     values: dict[str, str] = {
         "model_version": str(event.get("model_version") or ""),
-        "event_time": time.strftime("%Y%m%dT%H%M%S", time.gmtime(float(event.get("time") or 0))),
+        "event_time": time.strftime("%Y%m%d-%H%M%S", time.gmtime(float(event.get("time") or 0))),
     }
     if any("{newest_partition}" in arg for arg in command):
         if data_root is None:

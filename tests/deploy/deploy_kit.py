@@ -55,7 +55,11 @@ JOB_MODULES = {
     "encode": "pipelines.encode",
     "consume": "pipelines.consume",
     "demo": "pipelines.demo",
+    "retrain-on-drift": "pipelines.retrain_on_drift",
+    "retrain_on_drift": "pipelines.retrain_on_drift",
 }
+# Jobs whose options are a plain argparse parser (build_parser()), not Beam option classes.
+PLAIN_PARSER_JOBS = ("consume", "retrain-on-drift", "retrain_on_drift")
 
 
 def _flags(parser: argparse.ArgumentParser) -> set[str]:
@@ -85,7 +89,7 @@ def _options_parser(options_class: type) -> argparse.ArgumentParser:
 def job_parser(job: str) -> argparse.ArgumentParser:
     """A parser with exactly the job's own options (not Beam's)."""
     module = importlib.import_module(JOB_MODULES[job])
-    if job == "consume":
+    if job in PLAIN_PARSER_JOBS:
         return module.build_parser()
     classes = {
         "train": "TrainOptions",
@@ -217,13 +221,15 @@ def invocations_in_tokens(tokens: list[str], where: str) -> list[Invocation]:
         ):
             job, start = tokens[i + 1].split(".", 1)[1], i + 2
             entry = f"-m {tokens[i + 1]}"
-        if job is None or not re.fullmatch(r"[a-z_]+", job):
+        if job is None or not re.fullmatch(r"[a-z_-]+", job):
             i += 1
             continue
         end = start
         while end < len(tokens) and tokens[end] not in _END:
             end += 1
         args = tokens[start:end]
+        if job.startswith("retrain") and "--" in args:  # after "--": the retraining command
+            args = args[: args.index("--")]
         # Prose such as "the ae-pipeline autoencoder" is no invocation: a known job, or flags.
         if job in JOB_MODULES or any(a.startswith("--") for a in args):
             out.append(Invocation(job, args, where, entry))

@@ -23,7 +23,7 @@ def test_placeholders_are_filled_from_the_event(tmp_path):
         event,
         str(tmp_path),
     )
-    assert args == ["train", f"--input={tmp_path / 'dt=2026-12-03'}", "job-20261203T121320", "v7"]
+    assert args == ["train", f"--input={tmp_path / 'dt=2026-12-03'}", "job-20261203-121320", "v7"]
     assert newest_partition(str(tmp_path)).endswith("dt=2026-12-03")
 
 
