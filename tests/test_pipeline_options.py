@@ -331,18 +331,25 @@ def test_unreadable_or_unknown_scheme_kafka_config_is_a_clear_error(tmp_path):
 def test_streaming_jobs_are_watched_longer_than_beams_60s_default():
     from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
 
+    from ae_pipeline.beam.compat import default_job_server_timeout_s
     from ae_pipeline.beam.options import (
         STREAMING_JOB_SERVER_TIMEOUT_S,
         keep_watching_streaming_jobs,
     )
     from ae_pipeline.local.runners import runner_args
 
+    beams_default = PortableOptions([]).job_server_timeout
+    assert default_job_server_timeout_s() == beams_default
     streaming = PipelineOptions(["--streaming"])
     keep_watching_streaming_jobs(streaming)
     assert streaming.view_as(PortableOptions).job_server_timeout == STREAMING_JOB_SERVER_TIMEOUT_S
     batch = PipelineOptions([])
     keep_watching_streaming_jobs(batch)
-    assert batch.view_as(PortableOptions).job_server_timeout == 60
+    assert batch.view_as(PortableOptions).job_server_timeout == default_job_server_timeout_s()
+    # Beam's own default, whatever this Beam's is (60 s up to some release, 300 s in 2.77).
+    streaming = PipelineOptions(["--streaming", f"--job_server_timeout={beams_default}"])
+    keep_watching_streaming_jobs(streaming)
+    assert streaming.view_as(PortableOptions).job_server_timeout == STREAMING_JOB_SERVER_TIMEOUT_S
     chosen = PipelineOptions(["--streaming", "--job_server_timeout=120"])
     keep_watching_streaming_jobs(chosen)
     assert chosen.view_as(PortableOptions).job_server_timeout == 120

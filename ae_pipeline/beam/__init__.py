@@ -29,6 +29,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# First: imports Beam without its import-time noise (see ae_pipeline.beam.compat).
+from ae_pipeline.beam import compat as _compat  # noqa: F401
+
 _WHERE = {
     "ScoreKafkaTopic": "ae_pipeline.beam.kafka_scoring",
     "ScoreRecords": "ae_pipeline.beam.transforms",

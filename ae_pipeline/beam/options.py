@@ -32,9 +32,11 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 
-# Beam's portable runner uses --job_server_timeout (default 60 s) as the deadline of the job's
-# state and message streams: a streaming job watched longer than that dies with its driver.
-# Streaming jobs get ten years (see keep_watching_streaming_jobs).
+from ae_pipeline.beam.compat import default_job_server_timeout_s
+
+# Beam's portable runner uses --job_server_timeout (default 60 s; 300 s in 2.77) as the deadline
+# of the job's state and message streams: a streaming job watched longer than that dies with its
+# driver. Streaming jobs get ten years (see keep_watching_streaming_jobs).
 STREAMING_JOB_SERVER_TIMEOUT_S = 10 * 365 * 24 * 3600
 
 
@@ -551,13 +553,11 @@ def read_json_config(path: str, flag: str = "--kafka_config") -> dict[str, Any]:
     return config
 
 
-_BEAM_DEFAULT_JOB_SERVER_TIMEOUT_S = 60
-
-
 def keep_watching_streaming_jobs(options: PipelineOptions) -> None:
     """Raises ``--job_server_timeout`` for a ``--streaming`` job whose user left Beam's default.
 
-    Beam's portable runner (2.62 and 2.70 alike) uses it (default 60 s) as the gRPC deadline of
+    Beam's portable runner (2.62 to 2.77 alike) uses it (default 60 s, 300 s in Beam 2.77: see
+    ``ae_pipeline.beam.compat.default_job_server_timeout_s``) as the gRPC deadline of
     the job's state and message streams too, so ``wait_until_finish()`` on a job that runs
     longer fails after a minute with DEADLINE_EXCEEDED, and with LOOPBACK workers the job dies
     with its driver (Prism, the portable Flink runner). A streaming job runs until cancelled.
@@ -565,6 +565,6 @@ def keep_watching_streaming_jobs(options: PipelineOptions) -> None:
     portable = options.view_as(PortableOptions)
     if (
         options.view_as(StandardOptions).streaming
-        and portable.job_server_timeout == _BEAM_DEFAULT_JOB_SERVER_TIMEOUT_S
+        and portable.job_server_timeout == default_job_server_timeout_s()
     ):
         portable.job_server_timeout = STREAMING_JOB_SERVER_TIMEOUT_S

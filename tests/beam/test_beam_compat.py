@@ -4,6 +4,8 @@ module with Beam 2.77 (``.venv``) and Beam 2.62 (``.venv-beam-2.62``)."""
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import apache_beam
 import pytest
@@ -95,3 +97,21 @@ def test_add_pipeline_argument_keeps_beams_flag_in_beams_parser_and_ours_in_a_re
     group = resolving.add_argument_group("ours")
     compat.add_pipeline_argument(group, "--shared", default="ours")
     assert resolving.parse_args([]).shared == "ours"
+
+
+def test_importing_our_beam_layer_is_quiet_and_leaves_logging_unconfigured(tmp_path):
+    """Beam 2.77's ``import apache_beam`` logs "apitools not found..." through the root logger
+    when the optional GCP packages are absent (configuring it as a side effect); through
+    ``ae_pipeline.beam`` that record is dropped, and only that one."""
+    code = (
+        "import logging, ae_pipeline.beam, apache_beam; "
+        "print(len(logging.getLogger().handlers)); "
+        "logging.getLogger('x').warning('still shown')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+    assert "apitools" not in done.stderr
+    assert done.stderr.strip() == "still shown"
