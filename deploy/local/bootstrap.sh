@@ -140,7 +140,7 @@ fi
 # ---- 3. Prism, at the Beam version of each environment ---------------------------------------
 for venv in "$VENV" "$VENV_262"; do
   bash "$ROOT/deploy/local/build_prism.sh" \
-    "$("$venv/bin/python" -c 'import apache_beam; print(apache_beam.__version__)')"
+    "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("apache-beam"))')"
 done
 
 # ---- 4. the installed-wheel environment (tests/packaging): ae-pipeline's dependencies only ----
