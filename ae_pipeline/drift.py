@@ -326,12 +326,12 @@ class DriftMonitor:
     def set_reference(self, reference: DriftReference | None) -> None:
         """Compares from now on with ``reference`` (a new version: the window starts over and
         a drift declared against the old version ends without an event)."""
-        self.reference = reference
+        self.figures = {}  # first: a reader never sees the old figures with the new version
         self._chunks.clear()
         self._size = 0
         self._crossed_since = None
         self.drifting = False
-        self.figures = {}
+        self.reference = reference
 
     def add(self, scores: np.ndarray | list[float]) -> list[DriftEvent]:
         """Adds a batch's scores; returns the drift events this batch caused."""

@@ -6,8 +6,12 @@
 3. A real local Kafka broker starts; 5,000 fresh records are produced to it, 2% of them with
    planted anomalies and a few poison records (bad JSON, missing field, string, NaN).
 4. The scoring job reads the topic, flags records, writes results and dead letters to topics.
-5. A short report: counts, precision and recall against the planted anomalies, throughput,
-   and a plot (``out/demo/report.png``).
+5. Drift: the sensors are recalibrated; the plain consumer's drift monitor sends a drift
+   event, the drift listener retrains on the newest daily partition, the consumer swaps to the
+   new version and the drift figures fall back under the limit (``pipelines/demo_drift.py``;
+   ``out/demo/drift.png``).
+6. A short report: counts, precision and recall against the planted anomalies, throughput,
+   the drift step, and a plot (``out/demo/report.png``).
 
 Everything is written under ``out/demo/`` (``--out`` to change it).
 """
@@ -171,32 +175,36 @@ def _run(argv: list[str]) -> int:
     from ae_pipeline.local.kafka_broker import KafkaBroker
     from ae_pipeline.local.runners import runner_args
     from ae_pipeline.registry import ModelRegistry
+    from pipelines import demo_drift
     from pipelines import stream as stream_job
     from pipelines import train as train_job
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    print(f"[1/5] writing {args.history_rows:,} historical rows to {out / 'history'}")
+    print(f"[1/6] writing {args.history_rows:,} historical rows to {out / 'history'}")
     make_history(out / "history", args.history_rows)
 
-    print("[2/5] training on FnApiRunner (Beam batch job)")
+    print("[2/6] training on FnApiRunner (Beam batch job)")
     t0 = time.perf_counter()
+    model_args = [
+        f"--model_root={out / 'models'}",
+        "--key_column=id",
+        "--hidden_dims=32,16",
+        "--latent_dim=4",
+        f"--epochs={args.epochs}",
+        "--patience=5",
+        "--threshold_method=fpr",
+        "--threshold_param=0.005",
+        "--progress=false",
+        f"--log_level={args.log_level}",
+        *runner_args("fnapi"),
+    ]
     result = train_job.run(
         [
             f"--input={out / 'history'}",
-            f"--model_root={out / 'models'}",
-            "--key_column=id",
-            "--hidden_dims=32,16",
-            "--latent_dim=4",
-            f"--epochs={args.epochs}",
-            "--patience=5",
-            "--threshold_method=fpr",
-            "--threshold_param=0.005",
             f"--work_dir={out / 'work'}",
-            "--progress=false",
-            f"--log_level={args.log_level}",
-            *runner_args("fnapi"),
+            *model_args,
         ]
     )
     version = result["published"]
@@ -207,7 +215,7 @@ def _run(argv: list[str]) -> int:
         f"report in {out / 'models' / version / 'report'}"
     )
 
-    print("[3/5] starting a local Kafka broker and producing records")
+    print("[3/6] starting a local Kafka broker and producing records")
     with KafkaBroker() as broker:
         bootstrap = broker.bootstrap_servers
         records, planted = fresh_records(args.records, 0.02)
@@ -220,7 +228,7 @@ def _run(argv: list[str]) -> int:
             f"to {bootstrap}/sensors in {secs:.1f}s"
         )
 
-        print("[4/5] flagging the records: the streaming flag job on Prism (bounded read)")
+        print("[4/6] flagging the records: the streaming flag job on Prism (bounded read)")
         t0 = time.perf_counter()
         stream_job.main(
             [
@@ -241,7 +249,19 @@ def _run(argv: list[str]) -> int:
         results = read_topic(bootstrap, "sensors-flags", len(records) - 5)
         dead = read_topic(bootstrap, "sensors-dead-letters", 5)
 
-    print("[5/5] report")
+        print(
+            "[5/6] drift: the sensors are recalibrated; ae-pipeline consume --drift and the "
+            "drift listener"
+        )
+        mixing = np.random.default_rng(1234).normal(size=(4, len(FEATURES)))
+
+        def make_rows(n: int, seed: int) -> np.ndarray:
+            return normal_rows(np.random.default_rng(seed), n, mixing)
+
+        retrain_args = [f"--work_dir={out / 'work-retrain'}", *model_args]
+        drift = demo_drift.run(out, bootstrap, make_rows, FEATURES, retrain_args)
+
+    print("[6/6] report")
     keys = [r.get("key", r.get("id")) for r in results]
     flagged = {k for k, r in zip(keys, results, strict=True) if r["is_anomaly"]}
     tp = len(flagged & planted)
@@ -261,14 +281,21 @@ def _run(argv: list[str]) -> int:
         "scored_by": "pipelines.stream on PrismRunner",
         "model_versions": sorted(v for v in versions if v),
     }
+    report["drift"] = drift
     plot(out / "report.png", results, planted, threshold)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     width = max(len(k) for k in report)
     for k, v in report.items():
-        print(f"      {k:<{width}}  {v}")
+        if k != "drift":
+            print(f"      {k:<{width}}  {v}")
+    for k, v in drift.items():
+        print(f"      drift: {k:<{width - 7}}  {v}")
     versions = ModelRegistry(str(out / "models")).versions()
     print(f"      plot: {out / 'report.png'}; published versions: {versions}")
     ok = report["results"] + report["dead_letters"] == report["records_in"]
+    if drift["retrained_version"] in (None, drift["first_version"]):
+        print("demo: the drift step did not retrain", file=sys.stderr)
+        ok = False
     if not ok:
         print("demo: records were lost!", file=sys.stderr)
     return 0 if ok else 1

@@ -162,3 +162,13 @@ def test_anomaly_rate_alone_needs_enough_anomalies(reference):
     many = {"n": 1000, "psi": 0.0, "anomaly_rate": 0.04, "anomaly_rate_ratio": 4.0}
     assert limits.crossed(few) == [] and limits.crossed(many) == ["anomaly_rate_ratio"]
     assert limits.crossed({**many, "n": 50}) == []  # too few records to judge
+
+
+def test_a_burst_then_silence_still_makes_its_event_after_for_s(reference):
+    # The consumer judges on idle turns of its loop too (judge() without new scores).
+    monitor, clock = _monitor(reference, window=500, for_s=10.0)
+    assert monitor.add(4 * np.random.default_rng(7).exponential(size=500)) == []
+    clock.now += 5
+    assert monitor.judge() == []
+    clock.now += 6
+    assert [e.state for e in monitor.judge()] == ["drift"]

@@ -96,6 +96,7 @@ class ConsumerMonitor:
         self._last_progress = (time.monotonic(), 0)
         self._drift_version: str | None = None
         self._commit_failures = 0
+        self._next_drift = 0.0
 
     @property
     def port(self) -> int | None:
@@ -179,6 +180,11 @@ class ConsumerMonitor:
         """A turn of the loop: heartbeat; assignment, lag and progress when they are due."""
         now = time.monotonic()
         self._beat = now
+        if self.drift is not None and now >= self._next_drift:
+            # Also while no record comes: a limit crossed by the last batches of a burst
+            # becomes a drift event once it has been crossed for for_s.
+            self._next_drift = now + max(self.drift.every_s, 0.5)
+            self._drift_events(self.drift.judge())
         if self.metrics is None and not self.progress_interval_s:
             return
         if now >= self._next_lag:
@@ -249,7 +255,7 @@ class ConsumerMonitor:
         for event in events:
             log = _log.warning if event.state == "drift" else _log.info
             log(
-                "drift %s for version %s (%s): %s",
+                "drift event (%s) for version %s (%s): %s",
                 event.state,
                 event.model_version,
                 ", ".join(event.crossed) or "all figures under their limits",

@@ -74,7 +74,7 @@ def test_drift_retrains_on_the_newest_partition_and_the_new_version_serves(
         client=kit.fast_client(),
         max_batch=100,
         scoring_process=False,
-        drift=DriftMonitor(DriftLimits(for_s=0.0, min_records=200), window=300, every_s=0.0),
+        drift=DriftMonitor(DriftLimits(for_s=1.0, min_records=200), window=300, every_s=0.0),
         drift_topic=drift_topic,
     )
     command = [
