@@ -59,6 +59,22 @@ class ListenerStats:
     last_run: dict[str, Any] = field(default_factory=dict)
 
 
+def drift_event(message: Any) -> dict[str, Any] | None:
+    """The drift event a Kafka message holds when it is a ``drift`` one, else None.
+
+    The ``apply_function`` of the Airflow DAG's ``AwaitMessageSensor``
+    (``deploy/schedule/airflow_retrain_dag.py``): the sensor completes on the first message
+    for which it returns something. ``message`` is a confluent-kafka ``Message`` (``value()``)
+    or any object with a ``value`` attribute (a :class:`~ae_pipeline.kafka.KafkaRecord`).
+    """
+    value = message.value() if callable(getattr(message, "value", None)) else message.value
+    try:
+        event = json.loads(value or b"")
+    except (ValueError, TypeError):
+        return None
+    return event if isinstance(event, dict) and event.get("state") == "drift" else None
+
+
 def newest_partition(data_root: str) -> str:
     """The newest entry of ``data_root`` by name (hidden and ``_``-prefixed entries left out).
 
@@ -252,6 +268,7 @@ __all__ = [
     "DriftListener",
     "ListenerStats",
     "check_command",
+    "drift_event",
     "fill",
     "newest_partition",
 ]

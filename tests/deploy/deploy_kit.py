@@ -14,6 +14,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -338,6 +339,49 @@ def markdown_code(path: Path) -> str:
     return "\n".join(blocks + inline)
 
 
+def module_constants(path: Path) -> dict[str, Any]:
+    """The values of a Python file's top-level assignments that evaluate from literals and the
+    names before them (strings, dicts, lists), without importing the file."""
+    namespace: dict[str, Any] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            try:
+                value = eval(compile(ast.Expression(node.value), str(path), "eval"), namespace)
+            except Exception:
+                continue
+            for target in node.targets:
+                namespace[target.id] = value
+    return namespace
+
+
+def airflow_invocations(path: Path) -> list[Invocation]:
+    """The training jobs an Airflow DAG file runs through the providers' operators:
+    ``BeamRunPythonPipelineOperator(py_file="pipelines.JOB", pipeline_options={...})`` and
+    ``DataflowStartFlexTemplateOperator(body=...)`` of an ``ae-pipeline-JOB.json`` template (its
+    ``parameters``), as ``--name=value`` arguments."""
+    namespace = module_constants(path)
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+            continue
+        kwargs = {k.arg: k.value for k in node.keywords if k.arg}
+
+        def value(name: str, kwargs: dict = kwargs) -> Any:
+            return eval(compile(ast.Expression(kwargs[name]), str(path), "eval"), namespace)
+
+        if node.func.id == "BeamRunPythonPipelineOperator":
+            job, options = value("py_file").split(".")[-1], value("pipeline_options")
+        elif node.func.id == "DataflowStartFlexTemplateOperator":
+            launch = value("body")["launchParameter"]
+            job = re.search(r"ae-pipeline-(\w+)\.json$", launch["containerSpecGcsPath"])[1]
+            options = launch["parameters"]
+        else:
+            continue
+        where = f"{rel(path)} {node.func.id}({value('task_id')})"
+        out.append(Invocation(job, [f"--{k}={v}" for k, v in options.items()], where, "airflow"))
+    return out
+
+
 def all_invocations() -> list[Invocation]:
     """Every job invocation in the deploy files of this issue."""
     out: list[Invocation] = []
@@ -351,6 +395,7 @@ def all_invocations() -> list[Invocation]:
         for s in python_strings(path):
             for tokens in shell_commands(s):
                 out += invocations_in_tokens(tokens, rel(path))
+        out += airflow_invocations(path)
     for path in deploy_files("*.md"):
         for tokens in shell_commands(markdown_code(path)):
             out += invocations_in_tokens(tokens, rel(path))

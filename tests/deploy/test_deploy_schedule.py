@@ -8,7 +8,6 @@ import ast
 import datetime as dt
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from deploy_kit import DEPLOY, REPO, invocations_in_tokens, shell_commands, yaml_docs
+from deploy_kit import (
+    DEPLOY,
+    REPO,
+    invocations_in_tokens,
+    module_constants,
+    shell_commands,
+    yaml_docs,
+)
 
 from ae_pipeline.registry import ModelRegistry
 
@@ -132,24 +138,34 @@ def _assigned(tree: ast.Module, name: str) -> ast.AST:
     raise AssertionError(f"{name} is not assigned in {DAG.name}")
 
 
-def test_dag_file_parses_and_compiles():
+# The providers' operators the DAGs are built from (no shell commands).
+PROVIDER_IMPORTS = {
+    "airflow.providers.apache.beam.operators.beam": {"BeamRunPythonPipelineOperator"},
+    "airflow.providers.apache.kafka.sensors.kafka": {"AwaitMessageSensor"},
+    "airflow.providers.google.cloud.operators.dataflow": {
+        "DataflowStartFlexTemplateOperator",
+        "DataflowConfiguration",
+    },
+    "airflow.providers.standard.sensors.python": {"PythonSensor"},
+}
+
+
+def test_dag_file_parses_and_uses_the_providers_operators():
     tree = _dag_tree()
     compile(tree, str(DAG), "exec")
     imports = {
-        (n.module or "")
+        n.module: {a.name for a in n.names}
         for n in ast.walk(tree)
         if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("airflow")
     }
-    # Airflow 3 (providers + SDK) and Airflow 2 import paths, tried in that order.
-    assert {"airflow.sdk", "airflow.providers.standard.operators.bash", "airflow"} <= imports
-    try:
-        import airflow  # noqa: F401
-    except ImportError:
-        return
-    from airflow.models import DagBag  # pragma: no cover - only where Airflow is installed
-
-    bag = DagBag(dag_folder=str(DAG), include_examples=False)
-    assert not bag.import_errors and "ae_pipeline_retrain" in bag.dags
+    for module, names in PROVIDER_IMPORTS.items():
+        assert names <= imports.get(module, set()), (module, imports)
+    called = {
+        n.func.id
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    }
+    assert "BashOperator" not in called and "BashOperator" not in DAG.read_text()
 
 
 def _dag_call() -> ast.Call:
@@ -178,13 +194,25 @@ def test_dag_runs_one_partition_at_a_time_in_order():
     assert literal["default_args"]["depends_on_past"] is True
 
 
-def _render(template: str, ds: str) -> str:
+def _render(template, ds: str):
+    """``template`` (a string, or dicts and lists of them) rendered as Airflow would, with the
+    Variables at their defaults."""
     import jinja2
+
+    if isinstance(template, dict):
+        return {k: _render(v, ds) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_render(v, ds) for v in template]
 
     class _Vars:
         @staticmethod
         def get(_name, default=None):
             return default
+
+    class _Macros:
+        @staticmethod
+        def ds_add(day: str, days: int) -> str:
+            return (dt.date.fromisoformat(day) + dt.timedelta(days=days)).isoformat()
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     return env.from_string(template).render(
@@ -192,45 +220,62 @@ def _render(template: str, ds: str) -> str:
         ds_nodash=ds.replace("-", ""),
         ts_nodash=ds.replace("-", "") + "T000000",
         var={"value": _Vars()},
+        macros=_Macros(),
     )
 
 
-def test_dag_train_command_renders_to_a_real_training_run():
-    namespace: dict = {}
-    tree = _dag_tree()
-    for name in ("PROJECT", "REGION", "BUCKET", "IMAGE", "PARTITION", "REFUSED_EXIT_CODE"):
-        namespace[name] = eval(
-            compile(ast.Expression(_assigned(tree, name)), "dag", "eval"), namespace
-        )
-    command = eval(
-        compile(ast.Expression(_assigned(tree, "TRAIN_COMMAND")), "dag", "eval"), namespace
-    )
-    rendered = _render(command, "2026-11-26")
-    (inv,) = invocations_in_tokens(shlex.split(rendered), "dag")
-    args = inv.args
-    assert args[args.index("--input") + 1] == "gs://my-project-ae-pipeline/events/dt=2026-11-26/"
-    assert args[args.index("--model_root") + 1] == "gs://my-project-ae-pipeline/models"
-    assert "--warm_start" in args and "--max_val_loss_increase" in args
-    assert args[args.index("--job_name") + 1] == "ae-train-20261126-20261126t000000"
-    # The DAG skips the task on the training job's "refused" exit status: the same status the
-    # job returns when the gate refuses a model.
+def _train_args(options: dict) -> list[str]:
+    """The training job's command line for an operator's options, checked by the job's own
+    parser (a typo in the DAG fails here)."""
+    from ae_pipeline.beam.options import parse_options
     from pipelines import train
 
-    refused = {"published": None, "refused": "worse"}
-    original = train.run
-    try:
-        train.run = lambda argv: refused
-        assert train.main([]) == namespace["REFUSED_EXIT_CODE"]
-    finally:
-        train.run = original
-    call = next(
-        n
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "BashOperator"
+    args = [f"--{k}={v}" for k, v in options.items()]
+    parse_options(args, train.TrainOptions, "ae-pipeline train", train.__doc__)
+    return args
+
+
+def test_the_daily_dag_launches_the_training_template_on_the_days_partition():
+    constants = module_constants(DAG)
+    body = _render(constants["FLEX_TEMPLATE_BODY"], "2026-11-26")["launchParameter"]
+    assert (
+        body["containerSpecGcsPath"]
+        == "gs://my-project-ae-pipeline/templates/ae-pipeline-train.json"
     )
-    kwargs = {k.arg: k.value for k in call.keywords}
-    assert kwargs["skip_on_exit_code"].id == "REFUSED_EXIT_CODE"
-    assert kwargs["bash_command"].id == "TRAIN_COMMAND"
+    assert body["jobName"] == "ae-train-20261126-20261126t000000"
+    params = body["parameters"]
+    assert params["input"] == "gs://my-project-ae-pipeline/events/dt=2026-11-26/"
+    assert params["model_root"] == "gs://my-project-ae-pipeline/models"
+    assert params["warm_start"] == "true" and 0 < float(params["max_val_loss_increase"]) < 1
+    _train_args(params)
+    # Every parameter is one the train Flex Template declares.
+    metadata = json.loads((DEPLOY / "dataflow/templates/train-metadata.json").read_text())
+    declared = {p["name"] for p in metadata["parameters"]}
+    assert set(params) <= declared, set(params) - declared
+
+
+def test_the_drift_dag_waits_for_a_drift_event_then_trains_on_yesterdays_partition():
+    from ae_pipeline.ops import retrain
+
+    constants = module_constants(DAG)
+    module, _, name = constants["DRIFT_EVENT_FUNCTION"].rpartition(".")
+    assert module == retrain.__name__ and callable(getattr(retrain, name))
+    assert constants["DRIFT_TOPIC"] == "ae-drift"  # deploy/kafka/topics.yaml
+    tree = _dag_tree()
+    calls = {
+        n.func.id: {k.arg: k.value for k in n.keywords}
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    }
+    sensor = calls["AwaitMessageSensor"]
+    assert sensor["apply_function"].id == "DRIFT_EVENT_FUNCTION"
+    beam = calls["BeamRunPythonPipelineOperator"]
+    assert ast.literal_eval(beam["py_file"]) == "pipelines.train"
+    assert ast.literal_eval(beam["py_options"]) == ["-m"]
+    options = eval(compile(ast.Expression(beam["pipeline_options"]), "dag", "eval"), constants)
+    rendered = _render(options, "2026-11-26")
+    assert rendered["input"] == "gs://my-project-ae-pipeline/events/dt=2026-11-25/"
+    _train_args(rendered)
 
 
 def test_dag_sensor_waits_for_the_partitions_success_marker(tmp_path):
@@ -258,3 +303,54 @@ def test_schedules_publish_where_the_streaming_jobs_read(path):
         assert "--model_root=gs://ae-pipeline-models/models" in stream_roots["flink"]
     else:
         assert "/models" in text and "MODEL_ROOT:=${BUCKET}/models" in stream_roots["dataflow"]
+
+
+_DAGBAG = """
+import json
+from airflow.models import DagBag
+bag = DagBag(dag_folder={dag!r})
+print(json.dumps({{
+    "errors": {{str(k): str(v) for k, v in bag.import_errors.items()}},
+    "dags": {{
+        dag_id: {{t.task_id: type(t).__module__ + "." + type(t).__name__ for t in dag.tasks}}
+        for dag_id, dag in bag.dags.items()
+    }},
+    "schedules": {{dag_id: str(dag.schedule) for dag_id, dag in bag.dags.items()}},
+}}))
+"""
+
+
+def test_the_dags_import_in_airflow_with_the_provider_packages(tmp_path):
+    """In the Airflow side environment (deploy/local/airflow_env.sh, built by make setup):
+    Airflow's own DagBag loads both DAGs, and their tasks are the providers' operators."""
+    python = REPO / ".venv-airflow" / "bin" / "python"
+    assert python.exists(), "no Airflow side environment: run make setup"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    proc = subprocess.run(
+        [str(python), "-c", _DAGBAG.format(dag=str(DAG))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["errors"] == {}
+    beam = "airflow.providers.apache.beam.operators.beam.BeamRunPythonPipelineOperator"
+    assert found["dags"] == {
+        "ae_pipeline_retrain": {
+            "wait_for_partition": "airflow.providers.standard.sensors.python.PythonSensor",
+            "train": "airflow.providers.google.cloud.operators.dataflow."
+            "DataflowStartFlexTemplateOperator",
+        },
+        "ae_pipeline_retrain_on_drift": {
+            "await_drift": "airflow.providers.apache.kafka.sensors.kafka.AwaitMessageSensor",
+            "train_on_drift": beam,
+        },
+    }
+    assert found["schedules"]["ae_pipeline_retrain"] == "@daily"

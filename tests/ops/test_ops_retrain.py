@@ -72,3 +72,20 @@ def test_the_command_line_refuses_a_missing_command(capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ae-pipeline retrain-on-drift: error: give the retraining command (after --)"]
+
+
+def test_the_airflow_sensors_function_accepts_drift_events_only():
+    from ae_pipeline.kafka import KafkaRecord
+    from ae_pipeline.ops.retrain import drift_event
+
+    class Message:  # confluent-kafka's Message: value() is a method
+        def __init__(self, value):
+            self._value = value
+
+        def value(self):
+            return self._value
+
+    assert drift_event(Message(_event("drift", "v3")))["model_version"] == "v3"
+    assert drift_event(KafkaRecord("t", 0, 0, 0, None, _event("drift"), ()))["state"] == "drift"
+    for value in (_event("recovered"), b"{junk", None, b"[1]"):
+        assert drift_event(Message(value)) is None
