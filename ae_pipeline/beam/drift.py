@@ -21,12 +21,13 @@ Elements may be result dicts (``score``, ``model_version``), their JSON (bytes o
 messages ``(key, value, headers)`` or records holding it, or lists of any of these (the
 batches :class:`~ae_pipeline.beam.ScoreKafkaTopic` emits); elements without a score are skipped.
 
-Example:
-    >>> import apache_beam as beam                                        # doctest: +SKIP
-    >>> scored = p | ScoreKafkaTopic("events", ..., mode="flag", model_root="/models")
-    >>> events = scored.results | MonitorScoreDrift(                      # doctest: +SKIP
-    ...     model_root="/models", window_s=300, period_s=60, drift_topic="ae-drift",
-    ...     kafka_config={"bootstrap.servers": "broker:9092"})
+Example (a streaming job's results; see README "Operating")::
+
+    scored = p | ScoreKafkaTopic("events", output_topic="scores", dead_letter_topic="dlq",
+                                 kafka_config=config, mode="flag", model_root="/models")
+    events = scored.results | MonitorScoreDrift(
+        model_root="/models", window_s=300, period_s=60, drift_topic="ae-drift",
+        kafka_config=config)
 """
 
 from __future__ import annotations
