@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ae_pipeline.kafka.client import DEFAULT_CLIENT, create_consumer, scrubbed_errors
+from ae_pipeline.kafka.client import DEFAULT_CLIENT, _module, create_consumer, scrubbed_errors
 from ae_pipeline.kafka.config import KafkaConfig
 from ae_pipeline.kafka.records import TopicPartition
 from ae_pipeline.kafka.redaction import guard_logs
@@ -31,6 +31,7 @@ def create_topics(
     replication_factor: int = 1,
     exist_ok: bool = True,
     timeout_s: float = 30.0,
+    client: str = DEFAULT_CLIENT,
 ) -> None:
     """Create topics and wait until their metadata is visible.
 
@@ -41,30 +42,27 @@ def create_topics(
         replication_factor: replicas per partition.
         exist_ok: do not fail on a topic that already exists.
         timeout_s: how long to wait for the broker.
+        client: the Kafka client whose admin API creates them (each client module's
+            ``create_topics``).
+
+    Raises:
+        ae_pipeline.kafka.KafkaClientError: the broker refused (a topic that exists with
+            ``exist_ok=False``: reason in the message), or cannot be reached.
+        TimeoutError: a topic's partitions did not all show within ``timeout_s``.
     """
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    from ae_pipeline.kafka.kafka_python_client import client_kwargs
-
     config = KafkaConfig.from_dict(config)
     guard_logs(config.secrets())
     wanted = dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, partitions)
     with scrubbed_errors(config, "create topics"):
-        admin = KafkaAdminClient(**client_kwargs(config, KafkaAdminClient))
-        try:
-            for name, count in wanted.items():
-                try:
-                    topic = NewTopic(name, count, replication_factor)
-                    admin.create_topics([topic], timeout_ms=int(timeout_s * 1000))
-                except TopicAlreadyExistsError:
-                    if not exist_ok:
-                        raise
-        finally:
-            admin.close()
+        _module(client).create_topics(
+            config,
+            wanted,
+            replication_factor=replication_factor,
+            exist_ok=exist_ok,
+            timeout_s=timeout_s,
+        )
     deadline = time.monotonic() + timeout_s
-    with create_consumer(config.with_group(None)) as consumer:
+    with create_consumer(config.with_group(None), client) as consumer:
         for name, count in wanted.items():
             while len(consumer.partitions(name, timeout_s=timeout_s)) < count:
                 if time.monotonic() > deadline:

@@ -278,6 +278,32 @@ class Consumer(KafkaConsumerClient):
             raise KafkaClientError(f"{what} needs a consumer group: set group_id in the config")
 
 
+def create_topics(
+    config: KafkaConfig,
+    wanted: Mapping[str, int],
+    *,
+    replication_factor: int,
+    exist_ok: bool,
+    timeout_s: float,
+) -> None:
+    """Creates ``{name: partitions}`` with confluent-kafka's ``AdminClient``
+    (:func:`ae_pipeline.kafka.create_topics` waits for their metadata)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(settings(config))
+    futures = admin.create_topics(
+        [NewTopic(name, count, replication_factor) for name, count in wanted.items()],
+        operation_timeout=timeout_s,
+        request_timeout=timeout_s,
+    )
+    for future in futures.values():
+        try:
+            future.result(timeout=timeout_s)
+        except ck.KafkaException as err:
+            if not (exist_ok and err.args[0].code() == ck.KafkaError.TOPIC_ALREADY_EXISTS):
+                raise
+
+
 def call_with_deadline(call: Any, args: Sequence[Any], deadline_s: float, *, name: str) -> bool:
     """Runs ``call(*args)`` in a daemon thread and waits at most ``deadline_s`` for it.
 

@@ -141,6 +141,33 @@ def _record(r: Any) -> KafkaRecord:
     )
 
 
+def create_topics(
+    config: KafkaConfig,
+    wanted: Mapping[str, int],
+    *,
+    replication_factor: int,
+    exist_ok: bool,
+    timeout_s: float,
+) -> None:
+    """Creates ``{name: partitions}`` with kafka-python's admin client
+    (:func:`ae_pipeline.kafka.create_topics` waits for their metadata)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(**client_kwargs(config, KafkaAdminClient))
+    try:
+        for name, count in wanted.items():
+            try:
+                topic = NewTopic(name, count, replication_factor)
+                admin.create_topics([topic], timeout_ms=int(timeout_s * 1000))
+            except TopicAlreadyExistsError:
+                if not exist_ok:
+                    raise
+    finally:
+        admin.close()
+
+
 class Consumer(KafkaConsumerClient):
     """A kafka-python ``KafkaConsumer``; auto-commit off, no topic auto-creation.
 

@@ -199,3 +199,16 @@ def test_coordinator_moves_are_debug_not_warnings(kafka_config, caplog):
         BaseCoordinator.coordinator_dead(coordinator, errors.NotCoordinatorError())
     dead = [r for r in caplog.records if "coordinator dead" in r.getMessage()]
     assert [r.levelname for r in dead] == ["DEBUG"]
+
+
+def test_create_topics_with_either_clients_admin_api(client, kafka_config):
+    from ae_pipeline.kafka import create_topics
+
+    tag = uuid.uuid4().hex[:8]
+    wanted = {f"adm-a-{tag}": 3, f"adm-b-{tag}": 1}
+    create_topics(kafka_config, wanted, client=client)
+    for name, count in wanted.items():
+        assert len(topic_partitions(kafka_config, name, client=client)) == count
+    create_topics(kafka_config, wanted, client=client)  # exist_ok: nothing happens
+    with pytest.raises(KafkaClientError, match=r"(?i)already exists|TOPIC_ALREADY_EXISTS"):
+        create_topics(kafka_config, [f"adm-a-{tag}"], exist_ok=False, client=client)
