@@ -9,7 +9,8 @@
 #   2. the Java classpaths of the Kafka broker, the Beam Flink job server and the Beam KafkaIO
 #      expansion service (Beam 2.62.0), resolved by Maven from deploy/local/*/pom.xml;
 #   3. the Prism runner binary at each environment's Beam version, from the Go module proxy;
-#   4. the cached environment the installed-wheel test runs in (deploy/local/wheel_env.sh).
+#   4. the cached environment the installed-wheel test runs in (deploy/local/wheel_env.sh);
+#   5. the Airflow side environment for the DAG import test (deploy/local/airflow_env.sh).
 # Cache: $AE_PIPELINE_CACHE, default ~/.cache/ae-pipeline.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -145,4 +146,6 @@ done
 
 # ---- 4. the installed-wheel environment (tests/packaging): ae-pipeline's dependencies only ----
 bash "$ROOT/deploy/local/wheel_env.sh" "$VENV" >/dev/null
+# ---- 5. the Airflow side environment (tests/deploy/test_deploy_schedule.py loads the DAGs) -----
+bash "$ROOT/deploy/local/airflow_env.sh" "$PYTHON"
 echo "bootstrap: ready (venvs $VENV on $BASE and $VENV_262 on $BASE_262, cache $CACHE)"
