@@ -209,6 +209,9 @@ def pytest_collection_modifyitems(config, items):
     ``beam_jars``: the Flink runner, the KafkaIO expansion service) run only on the Beam those
     jars are for, 2.62.0 (``.venv-beam-2.62``); elsewhere they are skipped, saying where they
     run. README "Beam versions"."""
+    gated = [i for i in items if i.get_closest_marker("flink") or i.get_closest_marker("beam_jars")]
+    if not gated:
+        return
     from kit.beam_envs import FLINK, INSTALLED, has_the_java_jars
 
     if has_the_java_jars():
@@ -217,6 +220,5 @@ def pytest_collection_modifyitems(config, items):
         reason=f"needs Beam {FLINK}'s Java jars (Flink runner / KafkaIO expansion service); "
         f"this is Beam {INSTALLED}: `make test` runs it in .venv-beam-2.62"
     )
-    for item in items:
-        if item.get_closest_marker("flink") or item.get_closest_marker("beam_jars"):
-            item.add_marker(skip)
+    for item in gated:
+        item.add_marker(skip)
