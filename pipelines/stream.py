@@ -51,6 +51,7 @@ from ae_pipeline.beam.options import (
     run_command,
 )
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT, KafkaConfig
+from ae_pipeline.kafka.client import producer_limit
 from ae_pipeline.serving import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MESSAGE_KEY,
@@ -260,21 +261,15 @@ def _check_drift(opts: StreamOptions) -> None:
         raise UsageError("--drift_period_s must not exceed --drift_window_s")
 
 
-# The producers' own message limits when the config does not set them (bytes).
-_PRODUCER_LIMITS = {
-    "confluent": ("confluent", "message.max.bytes", 1_000_000),
-    "kafka-python": ("kafka_python", "max_request_size", 1_048_576),
-}
-
-
 def _check_producer_limit(config: KafkaConfig, client: str, max_message_bytes: int) -> None:
     """Refuses a ``--max_message_bytes`` the producer itself would refuse (a message must also
     fit in its request, with room for the record batch's own bytes)."""
-    section, name, default = _PRODUCER_LIMITS.get(client, (None, None, None))
-    if section is None:
+    declared = producer_limit(config, client)
+    if declared is None:
         return
-    limit = int(getattr(config, section).get(name, default))
+    name, limit = declared
     if max_message_bytes > limit - 1024:
+        section = client.replace("-", "_")
         raise UsageError(
             f"--max_message_bytes {max_message_bytes} does not fit the {client} producer's "
             f"{name} of {limit}: lower it, or raise {name} in the {section!r} section of "

@@ -244,6 +244,13 @@ def check_client(client: str) -> str:
     return client
 
 
+def producer_limit(config: KafkaConfig, client: str) -> tuple[str, int] | None:
+    """``(setting, bytes)`` of the client's own limit on one produce request, from its module's
+    ``producer_limit`` (None where the client declares none)."""
+    declared = getattr(_module(client), "producer_limit", None)
+    return declared(config) if declared is not None else None
+
+
 def close_quietly(client: Any, what: str = "client") -> None:
     """Closes a Kafka client (or None), logging instead of raising: closing is best effort."""
     if client is None:
