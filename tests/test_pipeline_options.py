@@ -62,6 +62,7 @@ FLAG_OF = {
     "consume": "--dead_letter_topic",
     "demo": "--records",
     "score": "--label_column",
+    "retrain-on-drift": "--cooldown_s",
 }
 
 

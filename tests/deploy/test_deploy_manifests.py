@@ -82,6 +82,23 @@ MOUNT = obj(
     ("name", "mountPath"),
 )
 STRINGS = array({"type": "string"})
+PROBE = obj(
+    {
+        "httpGet": obj(
+            {
+                "path": {"type": "string", "pattern": "^/"},
+                "port": {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 15}]},
+            },
+            ("port",),
+        ),
+        "initialDelaySeconds": {"type": "integer", "minimum": 0},
+        "periodSeconds": {"type": "integer", "minimum": 1},
+        "timeoutSeconds": {"type": "integer", "minimum": 1},
+        "failureThreshold": {"type": "integer", "minimum": 1},
+        "successThreshold": {"type": "integer", "minimum": 1},
+    },
+    ("httpGet",),
+)
 CONTAINER = obj(
     {
         "name": NAME,
@@ -94,6 +111,8 @@ CONTAINER = obj(
         "resources": RESOURCES,
         "volumeMounts": array(MOUNT),
         "workingDir": {"type": "string"},
+        "livenessProbe": PROBE,
+        "readinessProbe": PROBE,
     },
     ("name",),
 )
@@ -148,7 +167,47 @@ JOB_SPEC = obj(
 # Kubernetes' Job/CronJob pods must not restart in place ("Always" is refused for Jobs).
 JOB_POD_RESTART = {"enum": ["OnFailure", "Never"]}
 
+RBAC_SUBJECT = obj(
+    {"kind": {"enum": ["ServiceAccount", "User", "Group"]}, "name": NAME, "namespace": NAME},
+    ("kind", "name"),
+)
+RBAC_RULE = obj(
+    {
+        "apiGroups": STRINGS,
+        "resources": STRINGS,
+        "resourceNames": STRINGS,
+        "verbs": array(
+            {"enum": ["get", "list", "watch", "create", "update", "patch", "delete"]}, minItems=1
+        ),
+    },
+    ("apiGroups", "resources", "verbs"),
+)
+
 SCHEMAS = {
+    ("v1", "ServiceAccount"): obj(
+        {"apiVersion": {}, "kind": {}, "metadata": META}, ("apiVersion", "kind", "metadata")
+    ),
+    ("rbac.authorization.k8s.io/v1", "Role"): obj(
+        {"apiVersion": {}, "kind": {}, "metadata": META, "rules": array(RBAC_RULE, minItems=1)},
+        ("apiVersion", "kind", "metadata", "rules"),
+    ),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): obj(
+        {
+            "apiVersion": {},
+            "kind": {},
+            "metadata": META,
+            "subjects": array(RBAC_SUBJECT, minItems=1),
+            "roleRef": obj(
+                {
+                    "apiGroup": {"const": "rbac.authorization.k8s.io"},
+                    "kind": {"enum": ["Role", "ClusterRole"]},
+                    "name": NAME,
+                },
+                ("apiGroup", "kind", "name"),
+            ),
+        },
+        ("apiVersion", "kind", "metadata", "subjects", "roleRef"),
+    ),
     ("batch/v1", "Job"): obj(
         {"apiVersion": {}, "kind": {}, "metadata": META, "spec": JOB_SPEC},
         ("apiVersion", "kind", "metadata", "spec"),
