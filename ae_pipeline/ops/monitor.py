@@ -6,8 +6,8 @@ scored batch (:meth:`~ConsumerMonitor.batch`) and each turn of its loop
 
 * counts into :class:`~ae_pipeline.ops.metrics.ScoringMetrics`, served with ``/healthz`` and
   ``/readyz`` by :class:`~ae_pipeline.ops.http.OpsServer` when a metrics port is given;
-* reads the consumer lag per partition every ``lag_interval_s`` (end offset less the committed
-  offset, as ``kafka-consumer-groups.sh --describe`` shows it);
+* with metrics, reads the consumer lag per partition every ``lag_interval_s`` (end offset less
+  the committed offset, as ``kafka-consumer-groups.sh --describe`` shows it);
 * logs a progress line every ``progress_interval_s`` (records/s, lag, anomalies, dead letters,
   version; its figures as ``fields`` for ``--log_format json``);
 * feeds the results' scores to a :class:`~ae_pipeline.drift.DriftMonitor` against the serving
@@ -190,8 +190,11 @@ class ConsumerMonitor:
         if now >= self._next_lag:
             self._next_lag = now + (self.lag_interval_s or 0.0)
             self.assigned = assigned(consumer)
-            self.lag = consumer_lag(consumer)
             if self.metrics is not None:
+                # Broker round trips (end and committed offsets): only where metrics are asked
+                # for. A client may block in them while its group rebalances or its
+                # transaction is fenced; progress lines alone never make the loop wait.
+                self.lag = consumer_lag(consumer)
                 self.metrics.consumer_lag(self.lag)
                 failures = stats.commit_failures - self._commit_failures
                 if failures > 0:
