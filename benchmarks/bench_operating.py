@@ -57,8 +57,11 @@ class _Scraper:
             consumer = self.holder.get("consumer")
             port = consumer.monitor.port if consumer is not None else None
             if port:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    r.read()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                        r.read()
+                except OSError:  # the run ended and its server closed between two scrapes
+                    continue
                 self.scrapes += 1
 
     def __enter__(self) -> _Scraper:
