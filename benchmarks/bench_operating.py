@@ -12,7 +12,7 @@ The figure is the median over pairs of ``operating / plain`` records/s (goal: at
 issue "Operating it"). One local broker (``ae_pipeline.local.kafka_broker``); 2 cores here,
 shared, so quote the median.
 
-    python -m benchmarks.bench_operating            # 50,000 records x 5 pairs, ~3 minutes
+    python -m benchmarks.bench_operating            # 300,000 records x 5 pairs, ~5 minutes
     python -m benchmarks.bench_operating --quick    # 20,000 x 2
 
 Writes ``benchmarks/results/operating.json`` (``operating_quick.json`` with ``--quick``).
@@ -100,8 +100,10 @@ def _run(kind: str, bootstrap: str, topic: str, n: int, version_dir: str) -> dic
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--records", type=int, default=None, help="records per run (default 300,000)")
     args = ap.parse_args(argv)
-    n, pairs = (20_000, 2) if args.quick else (50_000, 5)
+    n, pairs = (20_000, 2) if args.quick else (300_000, 5)
+    n = args.records or n
     logging.basicConfig(level=logging.WARNING)
     from ae_pipeline.kafka import create_topics
     from ae_pipeline.local.kafka_broker import KafkaBroker
