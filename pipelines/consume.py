@@ -34,7 +34,7 @@ from ae_pipeline.consumer import (
 )
 from ae_pipeline.drift import DriftMonitor
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT, DeliveryError, KafkaClientError
-from ae_pipeline.ops.logs import LOG_FORMATS, use_log_format
+from ae_pipeline.ops.logs import LOG_FORMATS
 from ae_pipeline.ops.monitor import DEFAULT_PROGRESS_INTERVAL_S
 from ae_pipeline.scoring_process import ScoringProcessError
 from ae_pipeline.serving import (
@@ -45,6 +45,7 @@ from ae_pipeline.serving import (
     mode_names,
 )
 from pipelines.drift_options import add_drift_options, drift_limits
+from pipelines.plain_cli import configure_logging, kafka_config
 
 _log = logging.getLogger("pipelines.consume")
 
@@ -197,20 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k < 0 or args.torch_threads < 0:
         name = "--top_k" if args.top_k < 0 else "--torch_threads"
         return _refuse(f"{name} must be 0 or more (0: all / torch's default)")
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
-    use_log_format(args.log_format)
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    config: dict = {}
+    configure_logging(args.log_level, args.log_format)
     try:
-        if args.kafka_config:
-            from ae_pipeline.beam.options import read_json_config  # local, gs://, s3://, ...
-
-            config.update(read_json_config(args.kafka_config))
-        config.update({"bootstrap.servers": args.bootstrap_servers, "group.id": args.group_id})
+        config = kafka_config(args)
         check_run_args(args.max_records, args.idle_timeout_s)
         consumer = _consumer(args, config)
     except ValueError as err:  # also ServingError, KafkaConfig's errors

@@ -20,8 +20,9 @@ import sys
 from dataclasses import asdict
 
 from ae_pipeline.kafka import CLIENTS, DEFAULT_CLIENT, KafkaClientError
-from ae_pipeline.ops.logs import LOG_FORMATS, use_log_format
+from ae_pipeline.ops.logs import LOG_FORMATS
 from ae_pipeline.ops.retrain import DriftListener
+from pipelines.plain_cli import configure_logging, kafka_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,20 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     )
     args = build_parser().parse_args(own)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
-    use_log_format(args.log_format)
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    config: dict = {}
+    configure_logging(args.log_level, args.log_format)
     try:
-        if args.kafka_config:
-            from ae_pipeline.beam.options import read_json_config
-
-            config.update(read_json_config(args.kafka_config))
-        config.update({"bootstrap.servers": args.bootstrap_servers, "group.id": args.group_id})
+        config = kafka_config(args)
         listener = DriftListener(
             config,
             drift_topic=args.drift_topic,

@@ -245,10 +245,14 @@ def check_client(client: str) -> str:
 
 
 def producer_limit(config: KafkaConfig, client: str) -> tuple[str, int] | None:
-    """``(setting, bytes)`` of the client's own limit on one produce request, from its module's
-    ``producer_limit`` (None where the client declares none)."""
-    declared = getattr(_module(client), "producer_limit", None)
-    return declared(config) if declared is not None else None
+    """``(setting, bytes)`` of the client's own limit on one produce request: its module's
+    ``PRODUCER_LIMIT`` (``KafkaConfig`` section, setting, default), read from the config
+    (None where the client declares none)."""
+    declared = getattr(_module(client), "PRODUCER_LIMIT", None)
+    if declared is None:
+        return None
+    section, name, default = declared
+    return name, int(getattr(config, section).get(name, default))
 
 
 def close_quietly(client: Any, what: str = "client") -> None:

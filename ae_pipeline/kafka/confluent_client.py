@@ -278,15 +278,9 @@ class Consumer(KafkaConsumerClient):
             raise KafkaClientError(f"{what} needs a consumer group: set group_id in the config")
 
 
-PRODUCER_LIMIT = ("message.max.bytes", 1_000_000)
+PRODUCER_LIMIT = ("confluent", "message.max.bytes", 1_000_000)
 """librdkafka's limit on one message (the setting in the ``confluent`` section, and its default
 in bytes)."""
-
-
-def producer_limit(config: KafkaConfig) -> tuple[str, int]:
-    """``(setting, bytes)``: the most bytes one produce request of this client may hold."""
-    name, default = PRODUCER_LIMIT
-    return name, int(config.confluent.get(name, default))
 
 
 def create_topics(

@@ -141,15 +141,9 @@ def _record(r: Any) -> KafkaRecord:
     )
 
 
-PRODUCER_LIMIT = ("max_request_size", 1_048_576)
+PRODUCER_LIMIT = ("kafka_python", "max_request_size", 1_048_576)
 """The producer's own limit on one request (the setting in the ``kafka_python`` section, and its
 default in bytes): a message must fit in it."""
-
-
-def producer_limit(config: KafkaConfig) -> tuple[str, int]:
-    """``(setting, bytes)``: the most bytes one produce request of this client may hold."""
-    name, default = PRODUCER_LIMIT
-    return name, int(config.kafka_python.get(name, default))
 
 
 def create_topics(
