@@ -1,6 +1,7 @@
 """Beam's cross-language Java KafkaIO with ae-pipeline's Kafka config: :func:`java_read` /
 :func:`java_write` build ``ReadFromKafka`` / ``WriteToKafka`` with the Java client properties
-of a :class:`~ae_pipeline.kafka.KafkaConfig` (SASL/SSL settings included).
+of a :class:`~ae_pipeline.kafka.KafkaConfig` (SASL/SSL settings included), as the Java
+client module translates it (:mod:`ae_pipeline.kafka.java_client`).
 
 They need an expansion service: Beam's default (which downloads its jar), one of your own, or,
 without Docker or network, :func:`ae_pipeline.local.java_xlang.java_expansion_service` with a
@@ -14,58 +15,19 @@ from typing import Any
 
 import apache_beam as beam
 
-from ae_pipeline.kafka import KafkaConfig
-
-_JAAS_MODULES = {
-    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
-    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
-    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
-}
+from ae_pipeline.kafka import KafkaConfig, java_client
 
 
 def java_properties(config: KafkaConfig) -> dict[str, str]:
     """The Java Kafka client's translation of a :class:`KafkaConfig` (for Beam's
-    cross-language KafkaIO), the ``java`` section last.
+    cross-language KafkaIO), the ``java`` section last: the Java client module's own
+    :func:`ae_pipeline.kafka.java_client.settings`.
 
     Raises:
         ValueError: for mutual TLS with separate certificate and key files (Java reads one
             PEM key store; pass ``ssl.keystore.*`` in the ``java`` section instead).
     """
-    props = {
-        "bootstrap.servers": config.bootstrap_servers,
-        "client.id": config.client_id,
-        "security.protocol": config.security_protocol,
-    }
-    if config.group_id is not None:
-        props["group.id"] = config.group_id
-    if config.uses_sasl:
-        props["sasl.mechanism"] = config.sasl_mechanism or ""
-        module = _JAAS_MODULES.get(config.sasl_mechanism or "")
-        if module and config.sasl_username is not None:
-            props["sasl.jaas.config"] = (
-                f'{module} required username="{config.sasl_username}" '
-                f'password="{config.sasl_password or ""}";'
-            )
-    if config.uses_ssl:
-        if not config.ssl_check_hostname:
-            props["ssl.endpoint.identification.algorithm"] = ""
-        if config.ssl_cafile:
-            props["ssl.truststore.type"] = "PEM"
-            props["ssl.truststore.location"] = config.ssl_cafile
-        if config.ssl_certfile or config.ssl_keyfile:
-            if config.ssl_certfile != config.ssl_keyfile:
-                raise ValueError(
-                    "Java KafkaIO reads the client certificate and key from one PEM file; "
-                    "set ssl_certfile == ssl_keyfile or pass ssl.keystore.* in 'java'"
-                )
-            props["ssl.keystore.type"] = "PEM"
-            props["ssl.keystore.location"] = config.ssl_certfile or ""
-            if config.ssl_key_password:
-                props["ssl.key.password"] = config.ssl_key_password
-    if config.compression_type is not None:
-        props["compression.type"] = config.compression_type
-    props.update({k: str(v) for k, v in config.java.items()})
-    return props
+    return java_client.settings(config)
 
 
 def java_read(

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import importlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import ae_pipeline.kafka.clients as clients
 from ae_pipeline.kafka.config import KafkaConfig
 from ae_pipeline.kafka.errors import BrokerUnreachableError, KafkaClientError
 from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
@@ -28,13 +28,10 @@ from ae_pipeline.kafka.redaction import guard_logs, scrub
 
 _log = logging.getLogger(__name__)
 
-CLIENTS = ("kafka-python", "confluent")
+CLIENTS = clients.in_process_clients()
+"""The clients with a consumer and a producer in this process, from the registry
+(:mod:`ae_pipeline.kafka.clients`): ``kafka-python`` and ``confluent``."""
 DEFAULT_CLIENT = "kafka-python"
-
-_MODULES = {
-    "kafka-python": "ae_pipeline.kafka.kafka_python_client",
-    "confluent": "ae_pipeline.kafka.confluent_client",
-}
 
 
 class KafkaConsumerClient(abc.ABC):
@@ -228,9 +225,11 @@ class KafkaProducerClient(abc.ABC):
 
 
 def _module(client: str):
-    if client not in _MODULES:
-        raise ValueError(f"unknown Kafka client {client!r}; choose one of {', '.join(CLIENTS)}")
-    return importlib.import_module(_MODULES[client])
+    """The module of the in-process client ``client`` (see :mod:`ae_pipeline.kafka.clients`)."""
+    names = clients.in_process_clients()
+    if client not in names:
+        raise ValueError(f"unknown Kafka client {client!r}; choose one of {', '.join(names)}")
+    return clients.load(client)
 
 
 def check_client(client: str) -> str:
@@ -252,7 +251,7 @@ def producer_limit(config: KafkaConfig, client: str) -> tuple[str, int] | None:
     if declared is None:
         return None
     section, name, default = declared
-    return name, int(getattr(config, section).get(name, default))
+    return name, int(config.section(section).get(name, default))
 
 
 def close_quietly(client: Any, what: str = "client") -> None:

@@ -1,32 +1,40 @@
-"""One Kafka configuration for both clients, with secrets that never show.
+"""One Kafka configuration for every client, with secrets that never show.
 
 :class:`KafkaConfig` holds what every Kafka connection needs (bootstrap servers, group,
 security) under one set of names; each client translates it itself (kafka-python's keyword
 arguments: :func:`ae_pipeline.kafka.kafka_python_client.settings`; librdkafka properties:
 :func:`ae_pipeline.kafka.confluent_client.settings`; Beam's Java KafkaIO:
-:func:`ae_pipeline.beam.kafka_xlang.java_properties`). Client-specific settings pass through
-unchanged in the ``kafka_python``, ``confluent`` and ``java`` sections.
+:func:`ae_pipeline.kafka.java_client.settings`). Client-specific settings pass through
+unchanged, to that client alone, in its section: one per client registered in
+:mod:`ae_pipeline.kafka.clients` (``kafka_python``, ``confluent``, ``java``).
 
 Example:
     >>> cfg = KafkaConfig.from_dict({
     ...     "bootstrap.servers": "broker:9093", "group.id": "scorers",
     ...     "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
     ...     "sasl.username": "alice", "sasl.password": "hunter2",
-    ...     "confluent": {"fetch.wait.max.ms": 50},
+    ...     "confluent": {"fetch.wait.max.ms": 50, "sasl.oauthbearer.client.secret": "s3"},
     ... })
-    >>> "hunter2" in repr(cfg)
+    >>> "hunter2" in repr(cfg) or "s3" in repr(cfg)
     False
     >>> cfg.sasl_password
     'hunter2'
+    >>> cfg.section("confluent")["fetch.wait.max.ms"], cfg.section("java")
+    (50, {})
+    >>> KafkaConfig.from_dict({"bootstrap.servers": "b:1", "rdkafka": {"linger.ms": 5}})
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: unknown Kafka client section 'rdkafka'; the sections are kafka_python, confluent...
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import ae_pipeline.kafka.clients as clients
 from ae_pipeline.kafka.redaction import redact, secret_values
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -57,13 +65,10 @@ _ALIASES = {
     "ssl_check_hostname": "ssl_check_hostname",
     "compression_type": "compression_type",
     "unreachable_timeout_s": "unreachable_timeout_s",
-    "kafka_python": "kafka_python",
-    "confluent": "confluent",
-    "java": "java",
 }
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, init=False)
 class KafkaConfig:
     """Connection settings shared by consumers, producers and admin clients.
 
@@ -88,30 +93,79 @@ class KafkaConfig:
             (since it was created, or since its last connection) raises
             :class:`~ae_pipeline.kafka.errors.BrokerUnreachableError` from ``poll`` or
             ``subscribe``.
-        kafka_python: extra keyword arguments for kafka-python, passed through.
-        confluent: extra librdkafka properties for confluent-kafka, passed through.
-        java: extra Java client properties for Beam's cross-language KafkaIO, passed through.
+        sections: ``{section: {setting: value}}``, client-specific settings passed through
+            unchanged to that client alone (after its translation of the fields above).
+        **named_sections: the same, one keyword per section: ``kafka_python`` (extra keyword
+            arguments for kafka-python), ``confluent`` (extra librdkafka properties),
+            ``java`` (extra Java client properties for Beam's cross-language KafkaIO); a
+            section's name is its client's registration (:mod:`ae_pipeline.kafka.clients`).
+            Read one with :meth:`section` (or as an attribute: ``config.confluent``).
+
+    Raises:
+        ValueError: for invalid settings, or a section no client has registered (the error
+            names the sections; a value is never shown).
+        TypeError: for a keyword that is neither a field nor a section (a mapping).
     """
 
     bootstrap_servers: str
-    group_id: str | None = None
-    client_id: str = "ae-pipeline"
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = None
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_key_password: str | None = None
-    ssl_check_hostname: bool = True
-    compression_type: str | None = None
-    unreachable_timeout_s: float = DEFAULT_UNREACHABLE_TIMEOUT_S
-    kafka_python: Mapping[str, Any] = field(default_factory=dict)
-    confluent: Mapping[str, Any] = field(default_factory=dict)
-    java: Mapping[str, Any] = field(default_factory=dict)
+    group_id: str | None
+    client_id: str
+    security_protocol: str
+    sasl_mechanism: str | None
+    sasl_username: str | None
+    sasl_password: str | None
+    ssl_cafile: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    ssl_key_password: str | None
+    ssl_check_hostname: bool
+    compression_type: str | None
+    unreachable_timeout_s: float
+    sections: Mapping[str, Mapping[str, Any]]
+    """The non-empty pass-through sections, by name."""
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group_id: str | None = None,
+        client_id: str = "ae-pipeline",
+        security_protocol: str = "PLAINTEXT",
+        sasl_mechanism: str | None = None,
+        sasl_username: str | None = None,
+        sasl_password: str | None = None,
+        ssl_cafile: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_key_password: str | None = None,
+        ssl_check_hostname: bool = True,
+        compression_type: str | None = None,
+        unreachable_timeout_s: float = DEFAULT_UNREACHABLE_TIMEOUT_S,
+        *,
+        sections: Mapping[str, Mapping[str, Any]] | None = None,
+        **named_sections: Mapping[str, Any],
+    ) -> None:
+        for name, value in named_sections.items():
+            if not isinstance(value, Mapping) and name not in clients.sections():
+                raise TypeError(f"KafkaConfig() got an unexpected keyword argument {name!r}")
+        set_ = object.__setattr__  # frozen: fields are set once, here
+        set_(self, "bootstrap_servers", bootstrap_servers)
+        set_(self, "group_id", group_id)
+        set_(self, "client_id", client_id)
+        set_(self, "security_protocol", security_protocol)
+        set_(self, "sasl_mechanism", sasl_mechanism)
+        set_(self, "sasl_username", sasl_username)
+        set_(self, "sasl_password", sasl_password)
+        set_(self, "ssl_cafile", ssl_cafile)
+        set_(self, "ssl_certfile", ssl_certfile)
+        set_(self, "ssl_keyfile", ssl_keyfile)
+        set_(self, "ssl_key_password", ssl_key_password)
+        set_(self, "ssl_check_hostname", ssl_check_hostname)
+        set_(self, "compression_type", compression_type)
+        set_(self, "unreachable_timeout_s", unreachable_timeout_s)
+        set_(self, "sections", _checked_sections({**(sections or {}), **named_sections}))
+        self._check()
+
+    def _check(self) -> None:
         if not self.bootstrap_servers:
             raise ValueError("bootstrap_servers is required")
         protocol = self.security_protocol.upper()
@@ -143,27 +197,50 @@ class KafkaConfig:
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | KafkaConfig) -> KafkaConfig:
         """Build from one dict in Kafka (``sasl.password``), kafka-python (``sasl_plain_password``)
-        or field (``sasl_password``) spelling.
+        or field (``sasl_password``) spelling, with client sections under their names
+        (``"confluent": {...}``).
 
         Raises:
-            ValueError: for unknown keys (named, values never shown) or invalid settings.
+            ValueError: for unknown keys or sections (named, values never shown) or invalid
+                settings.
         """
         if isinstance(config, KafkaConfig):
             return config
         fields: dict[str, Any] = {}
+        named_sections: dict[str, Any] = {}
         unknown = []
+        known_sections = clients.sections()
         for key, value in config.items():
-            name = _ALIASES.get(key.lower().replace(".", "_").replace("-", "_"))
-            if name is None:
-                unknown.append(key)
-            else:
+            spelled = key.lower().replace(".", "_").replace("-", "_")
+            name = _ALIASES.get(spelled)
+            if name is not None:
                 fields[name] = value
+            elif spelled in known_sections or isinstance(value, Mapping):
+                named_sections[spelled] = value  # an unknown one is refused with the others
+            else:
+                unknown.append(key)
         if unknown:
             raise ValueError(
                 f"unknown Kafka config keys {sorted(unknown)}; put client-specific settings in "
-                "the 'kafka_python', 'confluent' or 'java' section"
+                f"a client's section ({', '.join(known_sections)})"
             )
-        return cls(**fields)
+        return cls(**fields, sections=named_sections)
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """The settings of section ``name`` (empty when the config has none).
+
+        Raises:
+            ValueError: when no registered client has a section called ``name``.
+        """
+        if name not in self.sections and name not in clients.sections():
+            raise ValueError(_unknown_section(name))
+        return self.sections.get(name, {})
+
+    def __getattr__(self, name: str) -> Mapping[str, Any]:
+        # Only for names that are not attributes: a registered section (config.confluent).
+        if name.startswith("_") or name not in clients.sections():
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.section(name)
 
     @property
     def uses_sasl(self) -> bool:
@@ -182,15 +259,20 @@ class KafkaConfig:
         return dataclasses.replace(self, unreachable_timeout_s=seconds)
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields by name, secrets included (use :meth:`redacted` to show it)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """All fields by name, then every registered section by name (empty ones too), secrets
+        included (use :meth:`redacted` to show it); :meth:`from_dict` reads it back."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del shared["sections"]
+        names = dict.fromkeys([*clients.sections(), *self.sections])
+        return {**shared, **{name: self.sections.get(name, {}) for name in names}}
 
     def redacted(self) -> dict[str, Any]:
-        """:meth:`to_dict` with every secret masked."""
+        """:meth:`to_dict` with every secret masked (in the sections too)."""
         return redact(self.to_dict())
 
     def secrets(self) -> list[str]:
-        """Every secret value of this config, for scrubbing error messages."""
+        """Every secret value of this config (in the sections too), for scrubbing error
+        messages."""
         return secret_values(self.to_dict())
 
     def __repr__(self) -> str:
@@ -198,3 +280,31 @@ class KafkaConfig:
         return "KafkaConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     __str__ = __repr__
+
+
+def _unknown_section(name: str) -> str:
+    return (
+        f"unknown Kafka client section {name!r}; the sections are {', '.join(clients.sections())}"
+    )
+
+
+def _checked_sections(given: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The non-empty sections, each a plain dict with string keys.
+
+    Raises:
+        ValueError: for a section that no registered client has (naming the known ones), or
+            one that is not a mapping of settings.
+    """
+    known = clients.sections()
+    checked: dict[str, dict[str, Any]] = {}
+    for name, settings in given.items():
+        if name not in known:
+            raise ValueError(_unknown_section(name))
+        if not isinstance(settings, Mapping) or not all(isinstance(k, str) for k in settings):
+            raise ValueError(
+                f"the {name!r} section is a mapping of setting names to values, "
+                f"not a {type(settings).__name__}"
+            )
+        if settings:
+            checked[name] = dict(settings)
+    return checked

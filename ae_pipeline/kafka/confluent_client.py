@@ -36,6 +36,10 @@ from ae_pipeline.kafka.redaction import scrub
 # librdkafka insists on a group id even for a consumer that only assigns partitions.
 UNSET_GROUP = "ae-pipeline-unset"
 # librdkafka's own log lines go through Python logging (served by poll/consume/flush).
+SECTION = "confluent"
+"""This client's pass-through section of ``KafkaConfig`` (as registered in ``kafka/clients.py``):
+librdkafka properties, applied last."""
+
 _LIBRDKAFKA_LOG = logging.getLogger("ae_pipeline.kafka.librdkafka")
 _TIMEOUT_S = 30.0
 # A transactional call that has not returned this long after its own timeout is given up.
@@ -100,7 +104,7 @@ def settings(config: KafkaConfig) -> dict[str, Any]:
         ):
             if value is not None:
                 conf[key] = value
-    conf.update(config.confluent)
+    conf.update(config.section(SECTION))
     return conf
 
 
@@ -278,7 +282,7 @@ class Consumer(KafkaConsumerClient):
             raise KafkaClientError(f"{what} needs a consumer group: set group_id in the config")
 
 
-PRODUCER_LIMIT = ("confluent", "message.max.bytes", 1_000_000)
+PRODUCER_LIMIT = (SECTION, "message.max.bytes", 1_000_000)
 """librdkafka's limit on one message (the setting in the ``confluent`` section, and its default
 in bytes)."""
 
@@ -350,7 +354,7 @@ class Producer(KafkaProducerClient):
     ):
         self._config = config
         conf = settings(config)
-        if "group.id" not in config.confluent:
+        if "group.id" not in config.section(SECTION):
             conf.pop("group.id", None)  # a consumer property
         conf.setdefault("acks", "all")
         if transactional_id is not None:

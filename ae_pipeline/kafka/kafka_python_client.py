@@ -30,6 +30,10 @@ from ae_pipeline.kafka.redaction import scrub
 
 _log = logging.getLogger(__name__)
 
+SECTION = "kafka_python"
+"""This client's pass-through section of ``KafkaConfig`` (as registered in ``kafka/clients.py``):
+keyword arguments, each given to the kafka-python classes that accept it."""
+
 _KNOWN = (
     set(KafkaConsumer.DEFAULT_CONFIG)
     | set(KafkaProducer.DEFAULT_CONFIG)
@@ -117,7 +121,8 @@ def client_kwargs(config: KafkaConfig, cls: type, **defaults: Any) -> dict[str, 
     Raises:
         ValueError: for a ``kafka_python`` key that no kafka-python client accepts.
     """
-    unknown = sorted(set(config.kafka_python) - _KNOWN)
+    section = config.section(SECTION)
+    unknown = sorted(set(section) - _KNOWN)
     if unknown:
         raise ValueError(f"kafka-python accepts no setting named {unknown}")
     kwargs = settings(config)
@@ -125,7 +130,7 @@ def client_kwargs(config: KafkaConfig, cls: type, **defaults: Any) -> dict[str, 
         kwargs["bootstrap_timeout_ms"] = int(config.unreachable_timeout_s * 1000)
     kwargs.update(defaults)
     accepted = cls.DEFAULT_CONFIG
-    kwargs.update({k: v for k, v in config.kafka_python.items() if k in accepted})
+    kwargs.update({k: v for k, v in section.items() if k in accepted})
     return kwargs
 
 
@@ -141,7 +146,7 @@ def _record(r: Any) -> KafkaRecord:
     )
 
 
-PRODUCER_LIMIT = ("kafka_python", "max_request_size", 1_048_576)
+PRODUCER_LIMIT = (SECTION, "max_request_size", 1_048_576)
 """The producer's own limit on one request (the setting in the ``kafka_python`` section, and its
 default in bytes): a message must fit in it."""
 
