@@ -33,13 +33,13 @@ from ae_pipeline.kafka.errors import DeliveryError, KafkaClientError, Transactio
 from ae_pipeline.kafka.records import Headers, KafkaRecord, TopicPartition
 from ae_pipeline.kafka.redaction import scrub
 
-# librdkafka insists on a group id even for a consumer that only assigns partitions.
-UNSET_GROUP = "ae-pipeline-unset"
-# librdkafka's own log lines go through Python logging (served by poll/consume/flush).
 SECTION = "confluent"
 """This client's pass-through section of ``KafkaConfig`` (as registered in ``kafka/clients.py``):
 librdkafka properties, applied last."""
 
+# librdkafka insists on a group id even for a consumer that only assigns partitions.
+UNSET_GROUP = "ae-pipeline-unset"
+# librdkafka's own log lines go through Python logging (served by poll/consume/flush).
 _LIBRDKAFKA_LOG = logging.getLogger("ae_pipeline.kafka.librdkafka")
 _TIMEOUT_S = 30.0
 # A transactional call that has not returned this long after its own timeout is given up.
