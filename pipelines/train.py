@@ -47,7 +47,7 @@ from ae_pipeline.beam.training import TrainAutoencoder
 from ae_pipeline.calibration import DEFAULT_PARAMS, METHODS, check_threshold, describe_param
 from ae_pipeline.features import FeatureSpec
 from ae_pipeline.models.config import architecture_names
-from ae_pipeline.training import JOB_BUDGET_DEFAULTS, TrainJob, summarize, to_json
+from ae_pipeline.training import JOB_BUDGET_DEFAULTS, SCORES, TrainJob, summarize, to_json
 
 PROG = "ae-pipeline train"
 log = logging.getLogger(__name__)
@@ -92,6 +92,11 @@ def _ints(text: str, flag: str = "--hidden_dims") -> list[int]:
     return values
 
 
+def int_or_auto(text: str) -> int | None:
+    """An integer, or None for ``auto`` (for argparse's ``type``)."""
+    return None if text.strip().lower() == "auto" else int(text)
+
+
 def _json_object(text: str, flag: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -127,8 +132,18 @@ class TrainOptions(
             "model (with --warm_start: taken from the newest version unless given here)"
         )
         g.add_argument("--architecture", default="mlp", choices=architecture_names())
-        g.add_argument("--hidden_dims", default="64", help="encoder widths, input side first")
-        g.add_argument("--latent_dim", type=int, default=8, help="width of the code")
+        g.add_argument(
+            "--hidden_dims",
+            default="auto",
+            help="encoder widths, input side first (default auto: one layer, the power of two "
+            "nearest half the features' number, 16 to 256)",
+        )
+        g.add_argument(
+            "--latent_dim",
+            type=int_or_auto,
+            default=None,
+            help="width of the code (default auto: ceil(sqrt(features)), 2 to 32)",
+        )
         g.add_argument("--activation", default="relu")
         g.add_argument("--output_activation", default="identity", help="sigmoid for data in [0, 1]")
         g.add_argument(
@@ -190,6 +205,14 @@ class TrainOptions(
             default="standard",
             choices=["none", "standard", "minmax"],
             help="feature scaling fitted on the training rows",
+        )
+        g.add_argument(
+            "--score",
+            default="normalized",
+            choices=list(SCORES),
+            help="the anomaly score: normalized (each feature's error over its validation "
+            "error, plus the code's Mahalanobis distance; each term over its validation "
+            "median), reconstruction (the first term only) or mse (mean squared error)",
         )
         g.add_argument(
             "--validation_fraction",
@@ -301,8 +324,10 @@ def _model_from_flags(opts: TrainOptions, given: set[str] | None) -> dict[str, A
     for flag, key in plain.items():
         if wanted(flag):
             model[key] = getattr(opts, flag)
-    if wanted("hidden_dims"):
+    if wanted("hidden_dims") and opts.hidden_dims != "auto":
         model["hidden_dims"] = _ints(opts.hidden_dims)
+    if model.get("latent_dim") is None:
+        model.pop("latent_dim", None)  # auto: sized from the data's width
     if opts.sparsity and wanted("sparsity", "sparsity_rho", "sparsity_beta"):
         model["sparsity"] = {
             "kind": opts.sparsity,
@@ -481,6 +506,7 @@ def build_job(opts: TrainOptions, given: set[str] | None = None) -> tuple[Featur
         max_val_loss_increase=opts.max_val_loss_increase,
         pretrain_epochs=opts.pretrain_epochs,
         finetune_epochs=opts.finetune_epochs,
+        score=opts.score,
     )
     return spec, job
 

@@ -30,8 +30,14 @@ from ae_pipeline.models.factory import (
     check_state_shapes,
     expected_shapes,
 )
+from ae_pipeline.models.score_function import ScoreFunction
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format this library writes: 2 adds ``score_function`` (a version scored by
+anything but the mean squared error is written as 2, so a library that reads only 1 refuses it
+instead of scoring it with the wrong function); a version scored by the MSE is still written
+as 1, readable by older libraries."""
+READABLE_FORMATS = (1, 2)
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 CHECKSUMS_FILE = "checksums.json"
@@ -60,6 +66,9 @@ class LoadedArtifact:
         threshold: the anomaly threshold and how it was calibrated (opaque dict), if saved.
         metrics: training / evaluation metrics, if saved.
         meta: the whole ``config.json``.
+
+    The score function (how errors and codes become the anomaly score the threshold is
+    calibrated on) is :attr:`score_function`.
     """
 
     path: str
@@ -76,6 +85,11 @@ class LoadedArtifact:
     def variant(self) -> str:
         """The model's variant name, e.g. ``"denoising"``."""
         return self.model_config.variant
+
+    @property
+    def score_function(self) -> ScoreFunction:
+        """How this version scores records (``mse`` for versions saved without one)."""
+        return score_function_of(self.meta, self.model_config)
 
     @property
     def input_dim(self) -> int:
@@ -103,7 +117,19 @@ class LoadedArtifact:
         from ae_pipeline.models.scoring import Scorer
 
         device = device or str(next(self.model.parameters()).device)
-        return Scorer(self.model, batch_size=batch_size, device=device)
+        return Scorer(
+            self.model, batch_size=batch_size, device=device, score_function=self.score_function
+        )
+
+
+def score_function_of(meta: Mapping[str, Any], model_config: ModelConfig) -> ScoreFunction:
+    """The :class:`ScoreFunction` stored in ``meta``, its shapes checked against the model's
+    widths (a ValueError names what is wrong)."""
+    return ScoreFunction.from_dict(
+        meta.get("score_function"),
+        input_dim=int(model_config.input_dim),  # type: ignore[arg-type]
+        latent_dim=int(model_config.latent_dim),
+    )
 
 
 # --------------------------------------------------------------------------- save
@@ -121,6 +147,7 @@ def save_artifact(
     train_config: TrainConfig | None = None,
     data_fingerprint: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    score_function: ScoreFunction | None = None,
 ) -> str:
     """Writes a model version into directory ``path`` (created if needed).
 
@@ -139,6 +166,8 @@ def save_artifact(
         train_config: the training settings used.
         data_fingerprint: e.g. :func:`data_fingerprint` of the training data.
         extra: any other JSON-serialisable metadata (stored under ``"extra"``).
+        score_function: how records are scored (None: the mean squared error); the threshold
+            must be calibrated on its scores.
 
     Returns:
         ``path``.
@@ -164,9 +193,15 @@ def save_artifact(
         raise ArtifactError(
             f"{len(columns)} feature_columns given, the model has input_dim={config.input_dim}"
         )
+    scoring = score_function.to_dict() if score_function is not None else {"kind": "mse"}
+    try:
+        score_function_of({"score_function": scoring}, config)
+    except ValueError as err:
+        raise ArtifactError(f"score_function does not fit the model: {err}") from None
     weights = safetensors.torch.save(state, metadata={"format": "pt"})
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if scoring["kind"] == "mse" else FORMAT_VERSION,
+        "score_function": scoring,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "variant": config.variant,
         "model_config": config.to_dict(),
@@ -300,11 +335,15 @@ def verify_artifact(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     except (ValueError, KeyError, TypeError) as err:
         kind = "invalid model config" if isinstance(err, ConfigError) else "corrupt"
         raise ArtifactError(f"{path}: {CONFIG_FILE}: {kind}: {err}") from None
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_FORMATS:
         raise ArtifactError(
             f"{path}: {CONFIG_FILE}: format_version {meta.get('format_version')!r}, "
-            f"this library reads {FORMAT_VERSION}"
+            f"this library reads {', '.join(map(str, READABLE_FORMATS))}"
         )
+    try:
+        score_function_of(meta, model_config)
+    except ValueError as err:
+        raise ArtifactError(f"{path}: {CONFIG_FILE}: invalid score_function: {err}") from None
     try:
         tensors = safetensors.torch.load(weights)
     except Exception as err:  # safetensors raises its own SafetensorError

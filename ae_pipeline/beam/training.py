@@ -38,6 +38,7 @@ they pass; everything without Beam is in :mod:`ae_pipeline.training`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -52,10 +53,12 @@ from apache_beam.metrics import Metrics
 from ae_pipeline.beam.parquet import NAMESPACE, REJECTED, Block, ReadFeatureBlocks, validation_mask
 from ae_pipeline.features import ColumnStats, FeatureSpec, Scaler, fingerprint
 from ae_pipeline.training import (
+    SCORES,
     DataCounts,
     TrainedLayer,
     TrainedModel,
     TrainJob,
+    finish_score_function,
     publish,
     train_dict,
 )
@@ -347,19 +350,73 @@ def finetune_stack(job: TrainJob, layers: list[TrainedLayer], train, val, stats)
     )
 
 
+def _shard_scorer(shard: Shard, trained: TrainedModel):
+    """The trained model's Scorer and the shard's scaled rows (None for a refused model)."""
+    from ae_pipeline.artifact import load_artifact
+    from ae_pipeline.models.scoring import Scorer
+
+    if trained.refused:
+        return None, None
+    model = load_artifact(trained.model_path).model
+    x, _ = read_shard(shard.path)
+    return Scorer(model), Scaler.from_dict(trained.scaler).transform(x)
+
+
 class _ScoreShard(beam.DoFn):
-    """Reconstruction errors of one validation shard (the same Scorer as streaming)."""
+    """What calibrates the threshold, for one validation shard (the same Scorer as
+    streaming): the reconstruction errors (``mse``), or the raw values of the score function's
+    terms (an ``N x terms`` array; their medians finish the function)."""
+
+    def process(self, shard: Shard, trained: TrainedModel, unfitted):
+        scorer, x = _shard_scorer(shard, trained)
+        if scorer is None:
+            return
+        if unfitted is None:
+            yield scorer.errors(x)
+        else:
+            yield np.stack(scorer.term_values(unfitted, x), axis=1)
+
+
+class _ScoreStatsShard(beam.DoFn):
+    """The score function's statistics of one shard: the per-feature squared errors of a
+    validation shard, or the latent moments of a training shard."""
+
+    def __init__(self, part: str):
+        self.part = part
 
     def process(self, shard: Shard, trained: TrainedModel):
-        from ae_pipeline.artifact import load_artifact
-        from ae_pipeline.models.scoring import Scorer
-
-        if trained.refused:
+        scorer, x = _shard_scorer(shard, trained)
+        if scorer is None or not len(x):
             return
-        model = load_artifact(trained.model_path).model
-        x, _ = read_shard(shard.path)
-        x = Scaler.from_dict(trained.scaler).transform(x)
-        yield Scorer(model).errors(x)
+        yield scorer.feature_error_stats(x) if self.part == "val" else scorer.latent_stats(x)
+
+
+class _MergeStatsFn(beam.CombineFn):
+    """Merges :class:`FeatureErrorStats` or :class:`LatentStats` (None when there are none)."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, acc, stats):
+        return stats if acc is None else acc.merge(stats)
+
+    def merge_accumulators(self, accs):
+        out = None
+        for acc in accs:
+            if acc is not None:
+                out = acc if out is None else out.merge(acc)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _fit_score_function(_, features, latent, terms):
+    from ae_pipeline.models.score_function import ScoreFunction
+
+    if features is None or ("latent" in terms and latent is None):
+        return None  # a refused model or no validation rows: publishing says why
+    return ScoreFunction.fit(features, latent, terms)
 
 
 def _concat(arrays) -> np.ndarray:
@@ -397,11 +454,13 @@ class TrainAutoencoder(beam.PTransform):
         super().__init__()
         self.read = ReadFeatureBlocks(location, spec, block_rows=block_rows)
         self.spec = self.read.resolved_spec
-        self.job = job
         from ae_pipeline.models import ModelConfig
+        from ae_pipeline.models.sizing import sized
 
+        # A model config without hidden_dims / latent_dim is sized from the data's width.
+        self.job = dataclasses.replace(job, model_config=sized(job.model_config, self.spec.dim))
         # Fail before the pipeline runs when the options do not make a valid model.
-        ModelConfig.from_dict({**job.model_config, "input_dim": self.spec.dim})
+        ModelConfig.from_dict({**self.job.model_config, "input_dim": self.spec.dim})
 
     def expand(self, pbegin):
         from ae_pipeline.models import ModelConfig
@@ -470,9 +529,31 @@ class TrainAutoencoder(beam.PTransform):
             trained = once("Train") | "Train" >> beam.Map(
                 lambda _, s, v, st: train_single(job, s, v, st), train_list, val_list, stats
             )
+        trained_side = beam.pvalue.AsSingleton(trained)
+        terms = SCORES[job.score]
+        if terms is None:
+            unfitted = once("ScoreFunction") | "ScoreFunction" >> beam.Map(lambda _: None)
+        else:
+
+            def score_stats(label: str, shards, part: str):
+                if part == "train" and "latent" not in terms:
+                    return once(label) | label >> beam.Map(lambda _: None)
+                return (
+                    replay(label, shards)
+                    | label >> beam.ParDo(_ScoreStatsShard(part), trained_side)
+                    | f"Merge{label}" >> beam.CombineGlobally(_MergeStatsFn())
+                )
+
+            unfitted = once("ScoreFunction") | "ScoreFunction" >> beam.Map(
+                _fit_score_function,
+                beam.pvalue.AsSingleton(score_stats("FeatureErrors", val, "val")),
+                beam.pvalue.AsSingleton(score_stats("LatentStats", train, "train")),
+                terms,
+            )
+        unfitted_side = beam.pvalue.AsSingleton(unfitted)
         errors = (
             replay("Calibrate", val)
-            | "Calibrate" >> beam.ParDo(_ScoreShard(), beam.pvalue.AsSingleton(trained))
+            | "Calibrate" >> beam.ParDo(_ScoreShard(), trained_side, unfitted_side)
             | "AllErrors" >> beam.CombineGlobally(_ConcatFn())
         )
         rejected_count = rejected | "CountRejected" >> beam.combiners.Count.Globally()
@@ -488,7 +569,10 @@ class TrainAutoencoder(beam.PTransform):
             "fingerprint": fingerprint([json.dumps(spec.to_dict(), sort_keys=True), *files]),
         }
         result = trained | "Publish" >> beam.Map(
-            lambda t, e, r, ex: publish(job, spec, t, e, DataCounts(r, ex, data)),
+            lambda t, fn, e, r, ex: publish(
+                job, spec, t, *finish_score_function(fn, e), DataCounts(r, ex, data)
+            ),
+            unfitted_side,
             beam.pvalue.AsSingleton(errors),
             beam.pvalue.AsSingleton(rejected_count),
             beam.pvalue.AsSingleton(rejected_examples),

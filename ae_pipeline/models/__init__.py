@@ -45,7 +45,8 @@ from ae_pipeline.models.layerwise import (
 from ae_pipeline.models.losses import bce_loss, get_loss, mse_loss, register_loss, total_variation
 from ae_pipeline.models.mlp import MLPAutoencoder
 from ae_pipeline.models.objective import ClassificationObjective, ReconstructionObjective
-from ae_pipeline.models.scoring import Scorer, ScoreResult
+from ae_pipeline.models.score_function import FeatureErrorStats, LatentStats, ScoreFunction
+from ae_pipeline.models.scoring import Scorer, ScoreResult, fit_score_function
 from ae_pipeline.models.stacked import StackedAutoencoder, layer_config, n_layers
 from ae_pipeline.models.trainer import EpochStats, History, Trainer
 from ae_pipeline.models.vae import VariationalAutoencoder
@@ -59,11 +60,14 @@ __all__ = [
     "ConvAutoencoder",
     "CorruptionConfig",
     "EpochStats",
+    "FeatureErrorStats",
     "History",
+    "LatentStats",
     "LayerOptions",
     "MLPAutoencoder",
     "ModelConfig",
     "ReconstructionObjective",
+    "ScoreFunction",
     "ScoreResult",
     "Scorer",
     "SparsityConfig",
@@ -81,6 +85,7 @@ __all__ = [
     "expected_shapes",
     "fine_tune",
     "fit",
+    "fit_score_function",
     "get_loss",
     "layer_config",
     "load_weights",

@@ -484,7 +484,7 @@ class ServingModel:
         if batch.index:
             scaled = self.scaler.transform(batch.matrix)
             _torch_threads_here(self.torch_threads)
-            error = self.scorer.score(scaled, latent=False, reconstruction=False).error
+            error = self.scorer.scores(scaled)
             scores[np.asarray(batch.index)] = error
         return scores, reasons
 

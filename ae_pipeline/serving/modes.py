@@ -145,9 +145,11 @@ class Denoise(OutputMode):
 
 
 class Flag(OutputMode):
-    """``score`` (mean squared reconstruction error of the scaled record), ``threshold``,
-    ``is_anomaly`` (``score > threshold``) and ``contributions`` (the ``top_k`` largest
-    per-feature squared errors, largest first)."""
+    """``score`` (the version's anomaly score: its
+    :class:`~ae_pipeline.models.score_function.ScoreFunction` of the scaled record, the mean
+    squared reconstruction error for versions without one), ``threshold``, ``is_anomaly``
+    (``score > threshold``) and ``contributions`` (the ``top_k`` largest per-feature squared
+    errors, largest first)."""
 
     name = "flag"
     summary = "score, threshold, is_anomaly, per-feature contributions"
@@ -162,8 +164,8 @@ class Flag(OutputMode):
             )
         result = model.scorer.score(scaled, latent=False, reconstruction=False)
         return {
-            "score": result.error,
-            "is_anomaly": result.error > model.threshold,
+            "score": result.score,
+            "is_anomaly": result.score > model.threshold,
             "contributions": result.contributions,
         }
 
@@ -222,8 +224,8 @@ class Explain(OutputMode):
             )
         result = model.scorer.score(scaled, latent=False, reconstruction=False)
         return {
-            "score": result.error,
-            "rank": ranks.rank(result.error),
+            "score": result.score,
+            "rank": ranks.rank(result.score),
             "feature_errors": result.contributions,
         }
 

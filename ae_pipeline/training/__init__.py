@@ -6,24 +6,33 @@ end; everything here is usable and tested without a runner.
 
 * :class:`TrainJob`, :func:`validate_job` (:mod:`.job`): settings, checked before any read;
 * :class:`TrainedModel`, :class:`TrainedLayer`, :class:`DataCounts` (:mod:`.records`);
-* :func:`publish`, :func:`calibrate_job`, :func:`val_loss_guard` (:mod:`.publishing`);
+* :func:`publish`, :func:`calibrate_job`, :func:`finish_score_function`,
+  :func:`val_loss_guard` (:mod:`.publishing`);
 * :func:`summarize`, :func:`to_json` (:mod:`.summary`).
 """
 
 from ae_pipeline.training.job import (
     JOB_BUDGET_DEFAULTS,
+    SCORES,
     SMALL_CALIBRATION_ROWS,
     THRESHOLD_DEFAULTS,
     TrainJob,
     train_dict,
     validate_job,
 )
-from ae_pipeline.training.publishing import calibrate_job, publish, target_fpr, val_loss_guard
+from ae_pipeline.training.publishing import (
+    calibrate_job,
+    finish_score_function,
+    publish,
+    target_fpr,
+    val_loss_guard,
+)
 from ae_pipeline.training.records import DataCounts, TrainedLayer, TrainedModel
 from ae_pipeline.training.summary import summarize, to_json
 
 __all__ = [
     "JOB_BUDGET_DEFAULTS",
+    "SCORES",
     "SMALL_CALIBRATION_ROWS",
     "THRESHOLD_DEFAULTS",
     "DataCounts",
@@ -31,6 +40,7 @@ __all__ = [
     "TrainedLayer",
     "TrainedModel",
     "calibrate_job",
+    "finish_score_function",
     "publish",
     "summarize",
     "target_fpr",

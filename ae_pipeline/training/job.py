@@ -29,6 +29,14 @@ from ae_pipeline.models.config import ConfigError
 THRESHOLD_DEFAULTS = DEFAULT_PARAMS
 #: The training budget of a job unless its ``train_config`` sets these keys.
 JOB_BUDGET_DEFAULTS = {"min_steps": 2000, "max_batch_fraction": 0.125}
+#: The anomaly scores a job can calibrate (``--score``): the terms of a ``normalized``
+#: :class:`~ae_pipeline.models.score_function.ScoreFunction`, or None for the plain mean
+#: squared error. ``normalized`` is the default (see the README's "Choosing settings").
+SCORES: dict[str, tuple[str, ...] | None] = {
+    "normalized": ("reconstruction", "latent"),
+    "reconstruction": ("reconstruction",),
+    "mse": None,
+}
 #: Below this many validation rows the threshold's quantile is poorly estimated: warn.
 SMALL_CALIBRATION_ROWS = 100
 
@@ -56,6 +64,7 @@ class TrainJob:
             config's ``epochs``).
         finetune_epochs: epochs of the stacked model's end-to-end fine-tuning (None: the
             fine-tuning config's ``epochs``).
+        score: the anomaly score the threshold is calibrated on, one of :data:`SCORES`.
 
     ``threshold_param=None`` takes the method's default (:data:`THRESHOLD_DEFAULTS`). Unless
     ``train_config`` sets them, training uses :data:`JOB_BUDGET_DEFAULTS` (``"min_steps": None``
@@ -80,6 +89,7 @@ class TrainJob:
     report: bool = True
     pretrain_epochs: int | None = None
     finetune_epochs: int | None = None
+    score: str = "normalized"
 
     def __post_init__(self) -> None:
         if self.threshold_param is None and self.threshold_method in THRESHOLD_DEFAULTS:
@@ -105,6 +115,8 @@ def validate_job(job: TrainJob) -> None:
 
     if job.scaler not in SCALERS:
         raise ConfigError(f"scaler {job.scaler!r} is not one of {', '.join(SCALERS)}")
+    if job.score not in SCORES:
+        raise ConfigError(f"score {job.score!r} is not one of {', '.join(SCORES)}")
     if not (_number(job.validation_fraction) and 0.0 < job.validation_fraction < 1.0):
         raise ConfigError(
             f"validation_fraction must be in (0, 1), got {job.validation_fraction!r}: the "

@@ -17,7 +17,7 @@ import numpy as np
 from ae_pipeline.artifact import load_artifact, save_artifact
 from ae_pipeline.calibration import calibrate
 from ae_pipeline.features import FeatureSpec
-from ae_pipeline.models import TrainConfig
+from ae_pipeline.models import ScoreFunction, TrainConfig
 from ae_pipeline.registry import ModelRegistry, PublishRefused
 from ae_pipeline.training.job import SMALL_CALIBRATION_ROWS, TrainJob, train_dict
 from ae_pipeline.training.records import DataCounts, TrainedModel
@@ -83,6 +83,21 @@ def _refused(reason: str, summary: dict, metrics: dict, current: str | None = No
     }
 
 
+def finish_score_function(
+    unfitted: ScoreFunction | None, values: np.ndarray
+) -> tuple[np.ndarray, ScoreFunction | None]:
+    """The calibration scores and the finished score function: ``values`` are the validation
+    rows' reconstruction errors when ``unfitted`` is None (the ``mse`` score), else the raw
+    values of its terms (``N x terms``), whose medians finish it."""
+    values = np.asarray(values, dtype=np.float64)
+    if unfitted is None:
+        return values.reshape(-1), None
+    values = values.reshape(-1, len(unfitted.terms))
+    fn = unfitted.with_medians(*values.T)
+    medians = np.array([fn.medians[t] for t in fn.terms])
+    return (values / medians).sum(axis=1), fn
+
+
 def calibrate_job(job: TrainJob, errors: np.ndarray) -> tuple[dict | None, str | None]:
     """The threshold, or None and why not."""
     if not len(errors):
@@ -125,6 +140,7 @@ def publish(
     spec: FeatureSpec,
     trained: TrainedModel,
     errors: np.ndarray,
+    score_function: ScoreFunction | None = None,
     counts: DataCounts | None = None,
 ) -> dict:
     """Calibrate, compare with the current version, and publish (or refuse, saying why).
@@ -137,7 +153,9 @@ def publish(
         job: the job's settings.
         spec: the features the model reads (saved with the version).
         trained: the trained model (or the refusal of the training stage).
-        errors: reconstruction errors of the validation rows (they calibrate the threshold).
+        errors: anomaly scores of the validation rows (they calibrate the threshold).
+        score_function: how those scores were made (None: the mean squared error), saved
+            with the version.
         counts: what the read rejected, and the data's fingerprint.
     """
     counts = counts if counts is not None else DataCounts()
@@ -192,6 +210,7 @@ def publish(
             metrics=metrics,
             train_config=TrainConfig.from_dict(train_dict(job)),
             data_fingerprint=counts.data,
+            score_function=score_function,
             extra={
                 "feature_spec": spec.to_dict(),
                 "job": {

@@ -73,9 +73,13 @@ def test_train_publish_and_flag_planted_anomalies(tmp_path):
     assert art.threshold["method"] == "fpr" and art.threshold["n_calibration"] > 1000
     assert sum(art.threshold["histogram"]["counts"]) > 1000
     assert art.metrics["val_loss"] < 0.2, art.metrics["val_loss"]
+    # The default score: normalized, its statistics fitted by the job and kept in the version
+    fn = art.score_function
+    assert fn.kind == "normalized" and fn.terms == ("reconstruction", "latent")
+    assert fn.feature_scale.shape == (D,) and set(fn.medians) == set(fn.terms)
     # Fresh data with planted anomalies: the published threshold finds them.
     fresh, planted = _data(np.random.default_rng(7), 4000, anomalies=80)
-    scores = Scorer(art.model).errors(Scaler.from_dict(art.scaler).transform(fresh))
+    scores = art.scorer().scores(Scaler.from_dict(art.scaler).transform(fresh))
     flagged = scores > art.threshold["value"]
     recall = flagged[planted].mean()
     fpr = flagged[~planted].mean()
