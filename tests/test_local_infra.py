@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from ae_pipeline.local import paths
 from ae_pipeline.local.kafka_broker import BrokerStartError, KafkaBroker
 from ae_pipeline.local.paths import DEPLOY_LOCAL
 from ae_pipeline.local.runners import runner_args
@@ -48,3 +49,27 @@ def test_console_script_runs():
         [sys.executable, "-m", "ae_pipeline.cli", "--version"], capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stdout.strip()
+
+
+def test_logs_dir_is_the_checkouts_when_running_from_it(monkeypatch):
+    monkeypatch.delenv("AE_PIPELINE_LOGS", raising=False)
+    root = paths.checkout_root()
+    assert root is not None and (root / "ae_pipeline" / "local" / "paths.py").is_file()
+    assert paths.logs_dir() == root / "logs"
+
+
+def test_logs_dir_installed_from_the_wheel_is_in_the_users_cache(monkeypatch, tmp_path):
+    """Installed, ``REPO_ROOT`` is site-packages: logs go to the cache, never beside the code."""
+    site = tmp_path / "site-packages"
+    (site / "ae_pipeline" / "local").mkdir(parents=True)
+    monkeypatch.setattr(paths, "REPO_ROOT", site)
+    monkeypatch.setattr(paths, "DEPLOY_LOCAL", site / "deploy" / "local")
+    monkeypatch.setenv("AE_PIPELINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("AE_PIPELINE_LOGS", raising=False)
+    assert paths.checkout_root() is None
+    assert paths.logs_dir() == tmp_path / "cache" / "logs"
+    assert (tmp_path / "cache" / "logs").is_dir()
+    assert not (site / "logs").exists()
+    # $AE_PIPELINE_LOGS wins everywhere.
+    monkeypatch.setenv("AE_PIPELINE_LOGS", str(tmp_path / "mine"))
+    assert paths.logs_dir() == tmp_path / "mine" and (tmp_path / "mine").is_dir()

@@ -20,9 +20,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AE_PIPELINE_CACHE", Path.home() / ".cache" / "ae-pipeline"))
 
 
+def checkout_root() -> Path | None:
+    """The repository this code runs from, or None when it runs installed (from the wheel).
+
+    ``REPO_ROOT`` is two levels above this file: the checkout when ae-pipeline runs from one,
+    ``site-packages`` when it is installed, where neither ``pyproject.toml`` nor ``deploy/``
+    sits beside the package.
+    """
+    if (REPO_ROOT / "pyproject.toml").is_file() and DEPLOY_LOCAL.is_dir():
+        return REPO_ROOT
+    return None
+
+
 def logs_dir() -> Path:
-    """Where local servers keep their logs (``$AE_PIPELINE_LOGS`` or ``<repo>/logs``)."""
-    path = Path(os.environ.get("AE_PIPELINE_LOGS", REPO_ROOT / "logs"))
+    """Where local servers keep their logs, created if missing.
+
+    ``$AE_PIPELINE_LOGS`` if set; else ``<repo>/logs`` when running from a checkout; else
+    (installed from the wheel, where ``<repo>`` would be ``site-packages``)
+    ``<cache_dir()>/logs``, which the user can write.
+    """
+    if "AE_PIPELINE_LOGS" in os.environ:
+        path = Path(os.environ["AE_PIPELINE_LOGS"])
+    else:
+        root = checkout_root()
+        path = root / "logs" if root is not None else cache_dir() / "logs"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

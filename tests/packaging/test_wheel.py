@@ -149,6 +149,23 @@ def test_installed_wheel_is_not_the_checkout(installed, tmp_path):
     assert beam == NEWEST
 
 
+def test_installed_wheel_keeps_its_logs_in_the_users_cache(installed, tmp_path):
+    """Installed, the checkout's ``logs/`` would be ``site-packages/logs``: the local tools'
+    logs go to ``$AE_PIPELINE_CACHE/logs`` instead."""
+    code = (
+        "import json; from ae_pipeline.local import paths; "
+        "print(json.dumps([str(paths.checkout_root()), str(paths.logs_dir())]))"
+    )
+    env = {**_clean_env(), "AE_PIPELINE_CACHE": str(tmp_path / "cache")}
+    env.pop("AE_PIPELINE_LOGS", None)
+    root, logs = json.loads(
+        _run([str(installed / "python"), "-c", code], cwd=tmp_path, env=env).stdout
+    )
+    assert root == "None"
+    assert Path(logs) == tmp_path / "cache" / "logs" and Path(logs).is_dir()
+    assert not any(installed.parent.glob("lib/python*/site-packages/logs"))
+
+
 def test_installed_cli_trains_and_scores_on_fnapi(installed, tmp_path):
     rng = np.random.default_rng(0)
     n, cols = 400, [f"f{i}" for i in range(6)]
