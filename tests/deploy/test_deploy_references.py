@@ -4,6 +4,7 @@ images the manifests run, and the versions they pin; every entry point's ``--hel
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -169,20 +170,25 @@ def test_scripts_the_deploy_files_run_exist():
 
 
 def test_dockerfiles_copy_files_that_exist_and_pin_the_tested_versions():
-    # deploy/ runs the Flink-compatible Beam (2.62.0, tested in .venv-beam-2.62): one Beam for
-    # every image, Dataflow's and Flink's alike. README "Beam versions".
-    from kit.beam_envs import FLINK as FLINK_BEAM
+    # The images default to the newest tested Beam (requirements/lock.txt, .venv); build.sh
+    # builds the Flink ones at the Flink Beam (next tests). deploy/dataflow/README.md "Which
+    # image runs which Beam".
+    from kit.beam_envs import NEWEST
 
     pins = _lock_pins()
+    assert pins["apache-beam"] == NEWEST
     for path in deploy_files("Dockerfile*"):
         text = path.read_text()
         for line in re.findall(r"^COPY (?!--from)(.+)$", text, flags=re.M):
             *sources, _ = line.split()
             for source in sources:
                 assert (REPO / source).exists(), f"{rel(path)}: COPY {source}: not in the repo"
-        assert re.search(r"^ARG BEAM_VERSION=(\S+)$", text, flags=re.M)[1] == FLINK_BEAM, (
-            f"{rel(path)}: Beam version differs from the tested one"
+        assert re.search(r"^ARG BEAM_VERSION=(\S+)$", text, flags=re.M)[1] == NEWEST, (
+            f"{rel(path)}: Beam version differs from the newest tested one"
         )
+        # The installed Beam is checked against BEAM_VERSION after the install.
+        assert "assert apache_beam.__version__ == '${BEAM_VERSION}'" in text, rel(path)
+        assert 'constraints.py requirements/lock.txt "${BEAM_PINS}"' in text, rel(path)
         base = re.search(r"^FROM apache/beam_python(\d+)\.(\d+)_sdk:", text, flags=re.M)
         assert base, f"{rel(path)}: not based on Beam's Python SDK image"
         assert (int(base[1]), int(base[2])) >= (3, 10) and (int(base[1]), int(base[2])) < (3, 13)
@@ -201,10 +207,84 @@ def test_dockerfiles_copy_files_that_exist_and_pin_the_tested_versions():
             assert (DEPLOY / "dataflow" / "flex" / f"{job}_main.py").exists(), (path.name, job)
 
 
+def _built_images() -> dict[str, dict[str, str]]:
+    """build.sh's images: name -> the Dockerfile, the job and the build args it passes."""
+    build = (DEPLOY / "dataflow" / "build.sh").read_text()
+    arrays = {
+        name: dict(re.findall(r"--build-arg (\w+)=(\S+)", body))
+        for name, body in re.findall(r"^(\w+)=\((.*)\)$", build, flags=re.M)
+    }
+    images = {}
+    for dockerfile, job, name, rest in re.findall(
+        r'^build (\S+) (\w+) "\$REPOSITORY/([\w-]+):\$VERSION"(.*)$', build, flags=re.M
+    ):
+        args = dict(re.findall(r"--build-arg (\w+)=(\S+)", rest))
+        for array in re.findall(r'"\$\{(\w+)\[@\]\}"', rest):
+            args.update(arrays[array])
+        images[name] = {"dockerfile": dockerfile, "job": job, **args}
+    return images
+
+
+def test_flink_images_run_the_job_servers_beam_and_the_others_the_newest():
+    """Flink: the submitter, the job server and the SDK harness run one Beam (2.62.0, the Flink
+    runner's); every other image runs the newest tested Beam (the Dockerfiles' default)."""
+    from kit.beam_envs import FLINK as FLINK_BEAM
+    from kit.beam_envs import NEWEST
+
+    images = _built_images()
+    flink = {n for n in images if n.startswith("ae-pipeline-flink-")}
+    assert flink == {"ae-pipeline-flink-cpu", "ae-pipeline-flink-gpu"}
+    for name, spec in images.items():
+        if name in flink:
+            assert spec.get("BEAM_VERSION") == FLINK_BEAM, (name, spec)
+            overlay = (REPO / spec["BEAM_PINS"]).read_text()
+            assert f"\napache-beam=={FLINK_BEAM}\n" in f"\n{overlay}", (name, spec)
+        else:
+            assert "BEAM_VERSION" not in spec and "BEAM_PINS" not in spec, (name, spec)
+            assert _lock_pins()["apache-beam"] == NEWEST
+    # Who runs which: under deploy/flink only the Flink images, elsewhere never.
+    for path in deploy_files("*.yaml", "*.yml", "*.sh", "*.py"):
+        used = set(re.findall(r"/ae-pipeline/(ae-pipeline-[\w-]+):", path.read_text()))
+        if rel(path).startswith("deploy/flink/"):
+            assert used <= flink, f"{rel(path)}: {used - flink} is not at the Flink Beam"
+        else:
+            assert not used & flink, f"{rel(path)}: {used & flink} is a Flink image"
+    fd = (DEPLOY / "flink" / "k8s" / "flink-deployment.yaml").read_text()
+    submit = (DEPLOY / "flink" / "k8s" / "stream-job.yaml").read_text()
+    assert "/ae-pipeline-flink-gpu:" in fd and "/ae-pipeline-flink-cpu:" in submit
+    job_server = (DEPLOY / "flink" / "k8s" / "beam-job-server.yaml").read_text()
+    assert f"apache/beam_flink1.19_job_server:{FLINK_BEAM}" in job_server
+
+
+def test_image_constraints_are_the_lock_or_the_flink_environments():
+    """deploy/dataflow/constraints.py composes what bootstrap.sh composes for .venv-beam-2.62."""
+    spec = importlib.util.spec_from_file_location(
+        "deploy_constraints", DEPLOY / "dataflow" / "constraints.py"
+    )
+    constraints = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(constraints)
+    from kit.beam_envs import FLINK as FLINK_BEAM
+    from kit.beam_envs import NEWEST
+
+    lock = REPO / "requirements" / "lock.txt"
+    overlay = REPO / "requirements" / "beam-2.62.txt"
+    newest = constraints.pins_of(constraints.compose(str(lock)))
+    assert newest == constraints.pins(str(lock))
+    assert newest["apache-beam"] == f"apache-beam=={NEWEST}"
+    over = constraints.pins(str(overlay))
+    flink = constraints.pins_of(constraints.compose(str(lock), str(overlay)))
+    assert flink["apache-beam"] == f"apache-beam=={FLINK_BEAM}"
+    # The overlay's pins, and everything else as the lock has it.
+    assert flink == {**newest, **over}
+    assert constraints.compose(str(lock), "") == constraints.compose(str(lock))
+
+
 def test_every_image_a_manifest_runs_is_built_here_or_pinned():
     build = (DEPLOY / "dataflow" / "build.sh").read_text()
     built = set(re.findall(r'"\$REPOSITORY/([\w-]+):\$VERSION"', build))
-    assert built == {"ae-pipeline-cpu", "ae-pipeline-gpu", "ae-pipeline-gpu-train"}
+    dataflow = {"ae-pipeline-cpu", "ae-pipeline-gpu", "ae-pipeline-gpu-train"}
+    flink = {"ae-pipeline-flink-cpu", "ae-pipeline-flink-gpu"}
+    assert built == set(_built_images()) == dataflow | flink
     text = "\n".join(p.read_text() for p in deploy_files("*.yaml", "*.yml", "*.sh", "*.py"))
     ours = set(re.findall(r"/ae-pipeline/(ae-pipeline-[\w-]+):", text))
     ours |= set(re.findall(r"\$REPOSITORY/(ae-pipeline-[\w-]+):", text))

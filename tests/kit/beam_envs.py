@@ -3,7 +3,8 @@
 ``NEWEST``: requirements/lock.txt, the main environment ``.venv`` (unit, FnApiRunner, Prism,
 AnomalyDetection tests). ``FLINK``: requirements/beam-2.62.txt, ``.venv-beam-2.62``, the newest
 Beam whose Java artifacts (Flink runner, KafkaIO expansion service) Maven serves here; the
-Flink and Java cross-language tests run there, and ``deploy/`` pins it.
+Flink and Java cross-language tests run there, and ``deploy/``'s Flink images and job server
+pin it (every other image runs ``NEWEST``).
 """
 
 from __future__ import annotations
