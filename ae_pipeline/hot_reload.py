@@ -49,7 +49,11 @@ from ae_pipeline.registry import (
     Published,
     RegistryError,
 )
-from ae_pipeline.serving import NoModelError, ServingModel
+
+# From the submodules, not the package: ``ae_pipeline.serving`` re-exports this module's names
+# (lazily, by ``__getattr__``), and a package import here would make that a cycle.
+from ae_pipeline.serving.errors import NoModelError
+from ae_pipeline.serving.model import ServingModel
 from ae_pipeline.serving.modes import OutputMode, get_mode
 
 _log = logging.getLogger(__name__)

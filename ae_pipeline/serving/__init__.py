@@ -11,14 +11,17 @@ so ``len(results) + len(dead_letters) == len(records)`` always holds. Four outpu
 * ``encode``: ``latent`` (list of floats);
 * ``denoise``: ``reconstruction`` in the records' original units (the scaler is inverted), keyed
   by feature name (a list when the features have no names, e.g. a ``vector_field`` of pixels);
-* ``flag``: ``score`` (mean squared reconstruction error of the scaled record, the same number
-  :class:`~ae_pipeline.models.Scorer` computes offline), ``threshold``, ``is_anomaly``
-  (``score > threshold``) and ``contributions``: the ``top_k`` features with the largest
-  squared errors, ``{feature: squared error}`` in descending order (over all features they sum
+* ``flag``: ``score`` (the version's anomaly score: its
+  :class:`~ae_pipeline.models.score_function.ScoreFunction`, stored in the artifact, the same
+  number :class:`~ae_pipeline.models.Scorer` computes offline; ``normalized`` for newly trained
+  versions, ``mse``, the mean squared reconstruction error of the scaled record, for versions
+  saved without one), ``threshold``, ``is_anomaly`` (``score > threshold``) and
+  ``contributions``: the ``top_k`` features with the largest squared errors,
+  ``{feature: squared error}`` in descending order (with ``mse``, over all features they sum
   to ``score * D``);
-* ``explain``: ``score``, ``rank`` (the fraction of calibration records that scored at or
-  below it, from the histogram kept with the model) and ``feature_errors`` (every feature's
-  squared error, keyed by name).
+* ``explain``: ``score`` (as in ``flag``), ``rank`` (the fraction of calibration records that
+  scored at or below it, from the histogram kept with the model) and ``feature_errors`` (every
+  feature's squared error, keyed by name).
 
 Every result and dead letter carries ``model_version`` and the record's ``key``; when the
 record came from Kafka, ``topic``, ``partition`` and ``offset`` too. A dead letter has the
@@ -36,7 +39,10 @@ letter. A result's message key is the input message's key by default (``message_
 so results and dead letters join and are partitioned like the input; the record's own key field
 stays in the body as ``key``.
 
-Hot reload (which version serves, and when it changes) is :mod:`ae_pipeline.hot_reload`.
+Hot reload (which version serves, and when it changes) is :mod:`ae_pipeline.hot_reload`; its
+:class:`~ae_pipeline.hot_reload.FixedModel`, :class:`~ae_pipeline.hot_reload.ModelWatcher` and
+:func:`~ae_pipeline.hot_reload.open_model` still import from here, loaded on first use (that
+module builds on this package, so importing it here at once would be a cycle).
 
 This module imports nothing from Apache Beam itself; the registry and artifact modules it uses
 read files through Beam's ``FileSystems`` (so ``gs://`` and ``s3://`` roots work).
@@ -54,6 +60,8 @@ Example:
     >>> sorted(results[0]), dead[0]["reason"]
     (['contributions', 'is_anomaly', 'key', 'model_version', 'score', 'threshold'], 'missing_field')
 """
+
+from typing import Any
 
 from ae_pipeline.serving.errors import NoModelError, ServingError
 from ae_pipeline.serving.inputs import Source, as_input, as_inputs
@@ -85,13 +93,28 @@ from ae_pipeline.serving.modes import (
 )
 from ae_pipeline.serving.threads import set_torch_threads
 
+# Names that moved to ae_pipeline.hot_reload (which imports this package's modules), loaded by
+# __getattr__ when first asked for (PEP 562).
+_HOT_RELOAD = ("FixedModel", "ModelWatcher", "open_model")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOT_RELOAD:
+        from ae_pipeline import hot_reload
+
+        return getattr(hot_reload, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MESSAGE_KEY",
     "MESSAGE_KEYS",
     "MIN_MAX_MESSAGE_BYTES",
     "MODES",
+    "FixedModel",
     "Message",
+    "ModelWatcher",
     "NoModelError",
     "OutputMode",
     "ScoredMessages",
@@ -108,6 +131,7 @@ __all__ = [
     "get_mode",
     "message_headers",
     "mode_names",
+    "open_model",
     "register_mode",
     "result_fields",
     "set_torch_threads",
