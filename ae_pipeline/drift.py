@@ -179,7 +179,12 @@ def ks_pvalue(d: float, n: int, m: int) -> float:
     lam = (root + 0.12 + 0.11 / root) * d
     if lam < 0.2:
         return 1.0
-    total = sum((-1) ** (k - 1) * math.exp(-2.0 * k * k * lam * lam) for k in range(1, 101))
+    total = 0.0
+    for k in range(1, 101):
+        term = math.exp(-2.0 * k * k * lam * lam)
+        if term == 0.0:  # underflowed: so would every later term (the same sum, fewer steps)
+            break
+        total += term if k % 2 else -term
     return float(min(1.0, max(0.0, 2.0 * total)))
 
 

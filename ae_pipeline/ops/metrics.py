@@ -27,6 +27,7 @@ not share counters); :mod:`ae_pipeline.ops.http` serves it.
 
 from __future__ import annotations
 
+from collections import Counter as _Tally
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -134,7 +135,11 @@ class ScoringMetrics:
             "ae_pipeline_drift_events", "drift events, by state", ["state"], registry=registry
         )
         self._version: str | None = None
+        self._swaps: int | None = None
         self._refused: dict[str, int] = {}
+        # Labelled children, looked up once per reason (``labels()`` costs a lock and a dict
+        # lookup of the label tuple on every call).
+        self._dead_letter_children: dict[str, Counter] = {}
         self._lag_keys: set[tuple[str, str]] = set()
 
     def batch(
@@ -146,11 +151,17 @@ class ScoringMetrics:
         anomalies: int,
         seconds: float | None,
     ) -> None:
-        """Counts one scored batch."""
+        """Counts one scored batch (one increment per counter and reason, one observation per
+        histogram: the cost does not grow with the records in it)."""
         self.records_in.inc(records)
-        self.results.inc(results)
-        for reason in dead_reasons:
-            self.dead_letters.labels(reason).inc()
+        if results:
+            self.results.inc(results)
+        if dead_reasons:
+            for reason, count in _Tally(dead_reasons).items():
+                child = self._dead_letter_children.get(reason)
+                if child is None:
+                    child = self._dead_letter_children[reason] = self.dead_letters.labels(reason)
+                child.inc(count)
         if anomalies:
             self.anomalies.inc(anomalies)
         self.batch_size.observe(records)
@@ -162,7 +173,9 @@ class ScoringMetrics:
         if version is not None and version != self._version:
             self._version = version
             self.model.info({"version": version})
-        self.model_swaps.set(swaps)
+        if swaps != self._swaps:
+            self._swaps = swaps
+            self.model_swaps.set(swaps)
 
     def refusals(self, totals: Mapping[str, int]) -> None:
         """The provider's refused versions so far, by reason (counted once each)."""

@@ -14,8 +14,10 @@ scored batch (:meth:`~ConsumerMonitor.batch`) and each turn of its loop
   version's calibration, exports its figures and hands its events to ``drift_sink`` (the
   consumer sends them to the drift topic).
 
-None of it runs on the scoring path: a batch costs a few counter increments, and the drift
-window a copy of the batch's scores.
+None of it runs on the scoring path: a batch costs a few counter increments and one observation
+per histogram, whatever its size, and the drift window keeps a reference to the batch's scores;
+the drift figures are computed and exported at most every ``every_s``
+(``benchmarks/bench_operating.py`` measures the cost).
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ class ConsumerMonitor:
         self._next_progress = time.monotonic() + (progress_interval_s or float("inf"))
         self._last_progress = (time.monotonic(), 0)
         self._drift_version: str | None = None
+        self._swaps: int | None = None
+        # The drift figures last exported as gauges: the monitor makes a new dict each time it
+        # judges (at most every ``every_s``), so the gauges are set then, not after each batch.
+        self._exported_figures: dict[str, Any] | None = None
         self._commit_failures = 0
         self._next_drift = 0.0
 
@@ -145,10 +151,11 @@ class ConsumerMonitor:
 
     def loaded(self, version: str | None, swaps: int = 0) -> None:
         """A model version serves (at start, or after an idle refresh)."""
-        self.heartbeat()
-        if version is None:
-            return
+        self._beat = time.monotonic()
+        if version is None or (version == self.version and swaps == self._swaps):
+            return  # each batch tells it again: nothing changed
         self.version = version
+        self._swaps = swaps
         if self.metrics is not None:
             self.metrics.version(version, swaps)
         self._set_drift_reference(version)
@@ -253,8 +260,10 @@ class ConsumerMonitor:
 
     def _drift_events(self, events: list[DriftEvent]) -> None:
         assert self.drift is not None
-        if self.metrics is not None and self.drift.figures:
-            self.metrics.drift_figures(self.drift.figures, self.drift.drifting)
+        figures = self.drift.figures
+        if self.metrics is not None and figures and figures is not self._exported_figures:
+            self._exported_figures = figures
+            self.metrics.drift_figures(figures, self.drift.drifting)
         for event in events:
             log = _log.warning if event.state == "drift" else _log.info
             log(

@@ -119,3 +119,74 @@ def test_json_log_lines_carry_fields_and_tracebacks():
     assert line["time"].endswith("+00:00")
     with pytest.raises(ValueError, match="text, json"):
         use_log_format("yaml")
+
+
+def _value(metrics: ScoringMetrics, name: str, labels: dict | None = None) -> float | None:
+    return metrics.registry.get_sample_value(name, labels or {})
+
+
+def test_a_batch_costs_one_update_per_metric_and_the_drift_gauges_follow_each_judgement():
+    """Batch-level counting (dead letters tallied by reason, the version and swaps only when
+    they change, the drift gauges when the drift monitor judged) gives the same figures as
+    counting each record and exporting after each batch."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from ae_pipeline.calibration import calibrate
+    from ae_pipeline.drift import DriftMonitor, DriftReference
+
+    rng = np.random.default_rng(0)
+    calibration = calibrate(rng.exponential(size=5000))
+    now = [1000.0]
+    drift = DriftMonitor(window=1000, every_s=1.0, clock=lambda: now[0])
+    monitor = ConsumerMonitor(
+        metrics_port=0,
+        progress_interval_s=0,
+        drift=drift,
+        reference_of=lambda v: DriftReference(calibration, v),
+    )
+    metrics = monitor.metrics
+    assert metrics is not None
+
+    def batch(version, swaps, reasons, scale=1.0):
+        scores = scale * rng.exponential(size=100)
+        monitor.batch(
+            SimpleNamespace(
+                outputs=[b""] * 100,
+                letters=[b""] * len(reasons),
+                dead_reasons=reasons,
+                anomalies=1,
+                version=version,
+                swaps=swaps,
+                scores=scores,
+                seconds=0.001,
+                refusals={},
+            )
+        )
+
+    batch("v1", 1, ["bad_json", "too_large", "bad_json"])
+    judged = drift.figures
+    assert _value(metrics, "ae_pipeline_drift_window_records") == judged["n"] == 100
+    assert _value(metrics, "ae_pipeline_drift_psi") == judged["psi"]
+    for _ in range(3):  # within every_s: no judgement, the gauges keep the last figures
+        now[0] += 0.1
+        batch("v1", 1, ["bad_json"], scale=5.0)
+    assert drift.figures is judged and _value(metrics, "ae_pipeline_drift_window_records") == 100
+    now[0] += 1.0
+    batch("v1", 2, [], scale=5.0)
+    assert drift.figures is not judged
+    assert _value(metrics, "ae_pipeline_drift_window_records") == drift.figures["n"] == 500
+    assert _value(metrics, "ae_pipeline_drift_psi") == drift.figures["psi"] > judged["psi"]
+    assert _value(metrics, "ae_pipeline_drift_state") == 0
+    total = "ae_pipeline_scoring_dead_letters_total"
+    assert _value(metrics, total, {"reason": "bad_json"}) == 5
+    assert _value(metrics, total, {"reason": "too_large"}) == 1
+    assert _value(metrics, "ae_pipeline_scoring_records_in_total") == 500 + 6
+    assert _value(metrics, "ae_pipeline_scoring_batch_size_count") == 5
+    assert _value(metrics, "ae_pipeline_scoring_model_swaps") == 2
+    now[0] += 1.5
+    batch("v2", 2, [])  # a new version: its info, and the drift window starts over
+    assert _value(metrics, "ae_pipeline_scoring_model_info", {"version": "v2"}) == 1
+    assert monitor.version == drift.version == "v2"
+    assert _value(metrics, "ae_pipeline_drift_window_records") == drift.figures["n"] == 100
