@@ -13,12 +13,14 @@ same messages either way.
 
 The child loads the model itself (a fixed version, or a
 :class:`~ae_pipeline.hot_reload.ModelWatcher` that hot-reloads), and the two processes exchange
-only plain data over its stdin and stdout, as length-prefixed MessagePack frames (``msgspec``):
-record values and coordinates one way, message keys and values the other. Nothing is
-unpickled. The child's log records come back with its replies and are emitted through this
-process's loggers (same names and levels), so one logging configuration covers both. The child
-ignores SIGINT and SIGTERM (the parent decides when to stop and drains its batches first) and
-exits when the parent closes the pipe or dies.
+typed messages over its stdin and stdout (:mod:`ae_pipeline.scoring_protocol`: ``msgspec``
+structs as length-prefixed MessagePack frames): record values and coordinates one way, message
+keys and values the other. Nothing is unpickled. The child gets the mode's name and the module
+that defines it, which it imports first (:func:`mode_module`): a mode of one's own serves there
+too when its module registers it. The child's log records come back with its replies and are
+emitted through this process's loggers (same names and levels), so one logging configuration
+covers both. The child ignores SIGINT and SIGTERM (the parent decides when to stop and drains
+its batches first) and exits when the parent closes the pipe or dies.
 
 Example:
     >>> scorer = ScoringProcess(                                       # doctest: +SKIP
@@ -38,6 +40,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import queue
@@ -68,6 +71,7 @@ from ae_pipeline.serving import (
     check_message_key,
     check_mode,
     check_passthrough,
+    get_mode,
     message_headers,
 )
 
@@ -178,6 +182,20 @@ def score_batch(
     )
 
 
+def mode_module(mode: str | OutputMode) -> str:
+    """The module that defines a registered mode's class, which the scoring child imports
+    before it looks the mode up by name (the module registers it when imported); empty for a
+    built-in mode.
+
+    Example:
+        >>> from ae_pipeline.serving import get_mode
+        >>> mode_module("explain"), mode_module(get_mode("flag"))
+        ('', '')
+    """
+    module = type(get_mode(mode)).__module__
+    return "" if module == OutputMode.__module__ else module  # built-ins live beside it
+
+
 def refresh(provider: FixedModel | ModelWatcher) -> tuple[str | None, int]:
     """Lets a hot-reloading provider check for a new version now (cheap when its interval has
     not passed: :meth:`~ae_pipeline.hot_reload.ModelWatcher.current`), so that a quiet topic
@@ -209,6 +227,7 @@ class _Scorer:
     ) -> None:
         self.model_args = dict(model_args)
         self.mode = check_mode(mode)
+        self.mode_module = mode_module(mode)
         self.passthrough = check_passthrough(passthrough, mode)
         self.max_message_bytes = check_max_message_bytes(max_message_bytes)
         self.message_key = check_message_key(message_key)
@@ -341,6 +360,8 @@ def _child_main() -> None:
             if isinstance(request, protocol.Close):
                 return
             if provider is None:
+                if settings.mode_module:  # a mode of the user's: its module registers it
+                    importlib.import_module(settings.mode_module)
                 provider = open_model(**model_args)
                 # This process only scores: its long-lived objects (torch, the model) need not
                 # be traced by every collection the per-record result dicts trigger.
@@ -400,7 +421,9 @@ class ScoringProcess(_Scorer):
         model_args: :func:`ae_pipeline.hot_reload.open_model` arguments (``version_dir`` or
             ``root``, ``interval_s``, ``device``, ``top_k``, ``torch_threads``...).
         mode: an output mode, by name or as an :class:`~ae_pipeline.serving.modes.OutputMode`
-            (the child gets its name).
+            (the child gets its name and the module that defines it, :func:`mode_module`, and
+            imports that module first: a mode of your own must be registered when its module
+            is imported).
         passthrough: record fields copied into each result.
     """
 
@@ -408,6 +431,12 @@ class ScoringProcess(_Scorer):
 
     def __init__(self, model_args: dict[str, Any], **options: Any) -> None:
         super().__init__(model_args, **options)
+        if self.mode_module == "__main__":
+            raise ValueError(
+                f"output mode {self.mode!r} is defined in __main__, which the scoring process "
+                "cannot import: define it in a module that registers it, or score inline "
+                "(scoring_process=False)"
+            )
         self._process: subprocess.Popen | None = None
         self._submitted = 0
         self._headers: dict[tuple[str | None, str | None], list[tuple[str, bytes]]] = {}
@@ -434,6 +463,7 @@ class ScoringProcess(_Scorer):
             passthrough=list(self.passthrough),
             options=self._options(),
             log_level=logging.getLogger().getEffectiveLevel(),
+            mode_module=self.mode_module,
         )
         self._request(settings)
         _log.info("scoring process started (pid %d)", process.pid)
@@ -568,6 +598,7 @@ __all__ = [
     "ScoredBatch",
     "ScoringProcess",
     "ScoringProcessError",
+    "mode_module",
     "score_batch",
 ]
 

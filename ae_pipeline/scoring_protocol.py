@@ -40,13 +40,16 @@ class _Message(msgspec.Struct, array_like=True, tag=True):
 
 class Settings(_Message, tag="settings"):
     """The first frame: how to open the model and score (``open_model`` arguments, the mode,
-    passthrough fields, ``score_messages`` options), and the parent's log level."""
+    passthrough fields, ``score_messages`` options), the parent's log level, and the module that
+    defines the mode (empty for a built-in one): the child imports it before it looks the mode
+    up by name, so a mode registered when its module is imported serves there too."""
 
     model: dict[str, Any]
     mode: str
     passthrough: list[str]
     options: dict[str, Any]
     log_level: int
+    mode_module: str = ""
 
 
 class Open(_Message, tag="open"):

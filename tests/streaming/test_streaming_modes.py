@@ -4,10 +4,13 @@ own added as one class."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import apache_beam as beam
 import kit
@@ -23,8 +26,8 @@ from ae_pipeline.calibration import ScoreRanks
 from ae_pipeline.consumer import ScoringConsumer
 from ae_pipeline.hot_reload import open_model
 from ae_pipeline.registry import ModelRegistry
+from ae_pipeline.scoring_process import ScoringProcess, mode_module
 from ae_pipeline.serving import (
-    OutputMode,
     ServingError,
     ServingModel,
     check_passthrough,
@@ -98,36 +101,29 @@ def test_modes_are_objects_looked_up_by_name_with_a_suggestion_for_typos():
 
 # ---- a mode of one's own: one class, no edit anywhere else -------------------------------------
 
-
-class MaxError(OutputMode):
-    """The largest per-feature squared error and its feature (a mode a user might add)."""
-
-    name = "max_error"
-    summary = "the largest per-feature squared error and its feature"
-    fields = ("max_error", "worst_feature")
-
-    def compute(self, model, scaled):
-        errors = model.scorer.score(scaled, latent=False, reconstruction=False).contributions
-        return {"max_error": errors.max(axis=1), "worst": errors.argmax(axis=1)}
-
-    def results(self, model, keys, extras, arrays):
-        names = model.feature_names
-        rows = zip(keys, arrays["max_error"].tolist(), arrays["worst"].tolist(), strict=True)
-        extras = extras if extras is not None else [{}] * len(keys)
-        return [
-            {
-                "key": k,
-                "model_version": model.version,
-                **e,
-                "max_error": m,
-                "worst_feature": names[w],
-            }
-            for (k, m, w), e in zip(rows, extras, strict=True)
-        ]
+HERE = Path(__file__).resolve().parent
 
 
-def test_a_mode_of_ones_own_serves_through_serving_beam_and_the_handler(beam_options, version_dir):
-    mode = MaxError()
+@pytest.fixture
+def max_error(monkeypatch):
+    """The ``max_error`` mode (``max_error_mode.py`` beside this file), registered by importing
+    its module, as a user's mode is; unregistered afterwards. The scoring child process finds
+    the module on ``PYTHONPATH``, as it would find a user's installed package."""
+    monkeypatch.delitem(sys.modules, "max_error_mode", raising=False)
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
+    monkeypatch.setenv("PYTHONPATH", path)
+    module = importlib.import_module("max_error_mode")
+    try:
+        yield module.MAX_ERROR
+    finally:
+        modes_module._REGISTRY.pop("max_error", None)
+        sys.modules.pop("max_error_mode", None)
+
+
+def test_a_mode_of_ones_own_serves_through_serving_beam_and_the_handler(
+    beam_options, version_dir, max_error
+):
+    mode = max_error
     model = ServingModel.load(version_dir, device="cpu", top_k=None)
     values = _values(60, 0)
     mine, _ = model.score_records(values, mode)
@@ -147,14 +143,55 @@ def test_a_mode_of_ones_own_serves_through_serving_beam_and_the_handler(beam_opt
     assert_that(dead, equal_to([]), label="no dead letters")
     p.run().wait_until_finish()
 
-    # Registered, it is selectable by name (and listed); the name cannot be taken twice.
-    try:
-        register_mode(mode)
-        assert "max_error" in mode_names() and get_mode("max_error") == mode
-        with pytest.raises(ValueError, match="is taken"):
-            register_mode(type("Other", (MaxError,), {})())
-    finally:
-        modes_module._REGISTRY.pop("max_error", None)
+    # Registered (by importing its module), it is selectable by name (and listed); the name
+    # cannot be taken twice; the scoring process is told the module to import.
+    assert "max_error" in mode_names() and get_mode("max_error") == mode
+    register_mode(mode)  # the same mode again: nothing changes
+    with pytest.raises(ValueError, match="is taken"):
+        register_mode(type("Other", (type(mode),), {})())
+    assert mode_module("max_error") == mode_module(mode) == "max_error_mode"
+    assert mode_module("flag") == mode_module("explain") == ""
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("scoring_process", [False, True], ids=["inline", "scoring-process"])
+def test_the_consumer_serves_a_mode_of_ones_own(
+    bootstrap_servers, model_root, version_dir, max_error, scoring_process
+):
+    """The scoring child gets the mode's name and its module, imports the module (which
+    registers the mode) and serves it; by name or as the object."""
+    inp, out, dlq = kit.new_topics(bootstrap_servers)
+    values = _values(80, 0)
+    kit.produce(bootstrap_servers, inp, values)
+    consumer = ScoringConsumer(
+        {"bootstrap.servers": bootstrap_servers, "group.id": f"g-{uuid.uuid4().hex[:8]}"},
+        input_topic=inp,
+        output_topic=out,
+        dead_letter_topic=dlq,
+        mode="max_error" if scoring_process else max_error,
+        model_root=model_root,
+        device="cpu",
+        max_batch=30,
+        scoring_process=scoring_process,
+    )
+    stats = consumer.run(max_records=len(values), idle_timeout_s=20)
+    assert stats.records_in == stats.results == len(values) and stats.dead_letters == 0
+    found = [json.loads(r.value) for r in kit.read_records(bootstrap_servers, out)]
+    offline, _ = ServingModel.load(version_dir, device="cpu").score_records(values, max_error)
+    want = {r["key"]: r for r in offline}
+    assert sorted(r["key"] for r in found) == sorted(want)
+    for r in found:
+        assert {"topic", "partition", "offset", "max_error", "worst_feature"} <= set(r)
+        assert r["worst_feature"] == want[r["key"]]["worst_feature"]
+        assert r["max_error"] == pytest.approx(want[r["key"]]["max_error"], rel=1e-4, abs=1e-7)
+
+
+def test_the_scoring_process_refuses_a_mode_defined_in_main(version_dir):
+    """The child cannot import the parent's ``__main__``: said at construction, not as a
+    child that does not know the mode."""
+    main_mode = type("MainMode", (get_mode("flag").__class__,), {"__module__": "__main__"})()
+    with pytest.raises(ValueError, match="defined in __main__"):
+        ScoringProcess({"version_dir": version_dir, "device": "cpu"}, mode=main_mode)
 
 
 # ---- explain through Beam, RunInference, the consumer and the CLI ------------------------------

@@ -32,6 +32,7 @@ REPLIES = [
     "message",
     [
         protocol.Settings({"version_dir": "/m"}, "flag", ["site"], {"message_key": "input"}, 20),
+        protocol.Settings({"root": "/m"}, "max_error", [], {}, 20, mode_module="my.modes"),
         protocol.Open(),
         protocol.Refresh(),
         protocol.Close(),
