@@ -28,7 +28,10 @@ COMMANDS = {
         "flag a Parquet dataset: score, threshold, is_anomaly, contributions "
         "(and evaluate with --label_column)",
     ),
-    "stream": ("pipelines.stream", "streaming Beam job: encode / denoise / flag Kafka records"),
+    "stream": (
+        "pipelines.stream",
+        "streaming Beam job: score Kafka records in any output mode (flag, explain, encode, ...)",
+    ),
     "consume": ("pipelines.consume", "the same scoring as a plain Kafka consumer group"),
     "retrain-on-drift": (
         "pipelines.retrain_on_drift",

@@ -33,7 +33,12 @@ from ae_pipeline.beam.kafka_write import WriteKafkaRecords, message_size
 from ae_pipeline.beam.transforms import ScoreRecords
 from ae_pipeline.features import TOO_LARGE
 from ae_pipeline.kafka import DEFAULT_CLIENT, KafkaConfig
-from ae_pipeline.serving import DEFAULT_MAX_MESSAGE_BYTES, check_max_message_bytes, to_messages
+from ae_pipeline.serving import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    OutputMode,
+    check_max_message_bytes,
+    to_messages,
+)
 
 # ScoreRecords arguments that ScoreKafkaTopic sets itself.
 _FIXED = frozenset({"mode", "emit_batches", "as_messages", "max_message_bytes", "prebatched"})
@@ -50,7 +55,10 @@ class ScoreKafkaTopic(beam.PTransform):
         kafka_config: a :class:`~ae_pipeline.kafka.KafkaConfig` or config dict (with a
             ``group.id``, the read commits the group's offsets once a bundle's outputs are
             durable: at least once).
-        mode: ``"encode"``, ``"denoise"`` or ``"flag"``.
+        mode: any registered output mode, by name or as an
+            :class:`~ae_pipeline.serving.modes.OutputMode` (the built-in ones: ``"encode"``,
+            ``"denoise"``, ``"flag"``, ``"explain"``; every name:
+            :func:`~ae_pipeline.serving.mode_names`).
         model_root: follow the newest version published under this root (hot reload).
         model_version_dir: or score with this one version.
         client: the Kafka client of the read and the writes (``"kafka-python"``,
@@ -77,7 +85,7 @@ class ScoreKafkaTopic(beam.PTransform):
         output_topic: str,
         dead_letter_topic: str,
         kafka_config: KafkaConfig | Mapping[str, Any],
-        mode: str = "flag",
+        mode: str | OutputMode = "flag",
         model_root: str | None = None,
         model_version_dir: str | None = None,
         client: str = DEFAULT_CLIENT,

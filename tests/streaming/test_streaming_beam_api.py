@@ -68,8 +68,9 @@ def test_score_kafka_topic_refuses_bad_arguments_at_construction(version_dir, kw
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("mode", ["flag", "explain"])
 def test_score_kafka_topic_scores_a_topic_in_three_lines(
-    bootstrap_servers, model_root, beam_options
+    bootstrap_servers, model_root, beam_options, mode
 ):
     tag = uuid.uuid4().hex[:8]
     inp, out, dlq, group = f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"g-{tag}"
@@ -84,6 +85,7 @@ def test_score_kafka_topic_scores_a_topic_in_three_lines(
             output_topic=out,
             dead_letter_topic=dlq,
             kafka_config={**config, "group.id": group},
+            mode=mode,
             model_root=model_root,
             device="cpu",
             read_options={"bounded": True},
@@ -93,7 +95,13 @@ def test_score_kafka_topic_scores_a_topic_in_three_lines(
     letters = kit.read_all(bootstrap_servers, dlq)
     assert len(results) == 120 and len(letters) == n_poison
     assert sorted(r["key"] for r in results) == list(range(120))
-    assert sum(r["is_anomaly"] for r in results) >= 4
+    if mode == "flag":
+        assert sum(r["is_anomaly"] for r in results) >= 4
+    else:  # explain: every feature's error and the rank against the calibration histogram
+        for r in results:
+            assert {"score", "rank", "feature_errors"} <= set(r) and "is_anomaly" not in r
+            assert list(r["feature_errors"]) == kit.COLUMNS and 0.0 <= r["rank"] <= 1.0
+        assert sum(r["rank"] > 0.99 for r in results) >= 4  # the records moved off the manifold
     assert all(d["reason"] for d in letters)
     # The group's offsets cover the topic: a restart reads nothing again.
     assert committed_offsets({**config, "group.id": group}, inp) == end_offsets(config, inp)
