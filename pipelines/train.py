@@ -47,7 +47,14 @@ from ae_pipeline.beam.training import TrainAutoencoder
 from ae_pipeline.calibration import DEFAULT_PARAMS, METHODS, check_threshold, describe_param
 from ae_pipeline.features import FeatureSpec
 from ae_pipeline.models.config import architecture_names
-from ae_pipeline.training import JOB_BUDGET_DEFAULTS, SCORES, TrainJob, summarize, to_json
+from ae_pipeline.training import (
+    JOB_BUDGET_DEFAULTS,
+    SCORES,
+    TRAIN_DEFAULTS,
+    TrainJob,
+    summarize,
+    to_json,
+)
 
 PROG = "ae-pipeline train"
 log = logging.getLogger(__name__)
@@ -166,7 +173,12 @@ class TrainOptions(
         g.add_argument("--num_classes", type=int, default=None, help="supervised head")
         g.add_argument("--model_config_json", default="{}", help="any ModelConfig fields")
         g = parser.add_argument_group("training")
-        g.add_argument("--epochs", type=int, default=20, help="maximum passes over the data")
+        g.add_argument(
+            "--epochs",
+            type=int,
+            default=TRAIN_DEFAULTS["epochs"],
+            help="maximum passes over the data",
+        )
         g.add_argument(
             "--pretrain_epochs",
             type=int,
@@ -189,13 +201,18 @@ class TrainOptions(
         g.add_argument(
             "--batch_size",
             type=int,
-            default=256,
+            default=TRAIN_DEFAULTS["batch_size"],
             help="rows per optimiser step, at most "
             f"{JOB_BUDGET_DEFAULTS['max_batch_fraction']:g} of the training rows",
         )
-        g.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+        g.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"], help="learning rate")
         g.add_argument("--optimizer", default="adam", choices=["adam", "adamw"])
-        g.add_argument("--patience", type=int, default=5, help="early stopping; 0 disables")
+        g.add_argument(
+            "--patience",
+            type=int,
+            default=TRAIN_DEFAULTS["patience"],
+            help="early stopping; 0 disables",
+        )
         g.add_argument("--seed", type=int, default=0)
         g.add_argument("--train_config_json", default="{}", help="any TrainConfig fields")
         add_switch(g, "--progress", default=True, help="print per-epoch training progress")

@@ -495,3 +495,53 @@ def test_a_version_with_other_features_is_refused(tmp_path):
     check_servable(unnamed, expect_features=3)
     _refused(unnamed, "features", "it reads 3 unnamed", expect_features=["a", "b", "c"])
     _refused(unnamed, "features", "reads 4 unnamed", expect_features=4)
+
+
+def test_score_function_is_saved_applied_and_bumps_the_format(tmp_path):
+    from ae_pipeline.models import ScoreFunction, fit_score_function
+
+    cfg = ModelConfig(6, hidden_dims=[8], latent_dim=2)
+    model = build_model(cfg, seed=0)
+    x = np.random.default_rng(0).normal(size=(300, 6)).astype(np.float32)
+    fn = fit_score_function(Scorer(model), x[:200], x[200:])
+    save_artifact(str(tmp_path / "n"), model, cfg, score_function=fn)
+    save_artifact(str(tmp_path / "m"), model, cfg)
+    normalized, plain = load_artifact(str(tmp_path / "n")), load_artifact(str(tmp_path / "m"))
+    # an older library reads only format 1: a version it would score wrongly says 2
+    assert normalized.meta["format_version"] == 2 and plain.meta["format_version"] == 1
+    assert normalized.score_function == fn and plain.score_function == ScoreFunction()
+    np.testing.assert_allclose(
+        normalized.scorer().scores(x), Scorer(model, score_function=fn).scores(x), rtol=1e-6
+    )
+    np.testing.assert_array_equal(plain.scorer().scores(x), Scorer(model).errors(x))
+
+
+def test_a_score_function_that_does_not_fit_the_model_is_refused(tmp_path):
+    from ae_pipeline.models import fit_score_function
+
+    cfg = ModelConfig(6, hidden_dims=[8], latent_dim=2)
+    model = build_model(cfg, seed=0)
+    x = np.random.default_rng(0).normal(size=(300, 6)).astype(np.float32)
+    fn = fit_score_function(Scorer(model), x[:200], x[200:])
+    other = build_model(ModelConfig(5, hidden_dims=[8], latent_dim=2), seed=0)
+    with pytest.raises(ArtifactError, match="score_function does not fit the model"):
+        save_artifact(str(tmp_path / "x"), other, other.config, score_function=fn)
+    path = tmp_path / "v"
+    save_artifact(str(path), model, cfg, score_function=fn)
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    meta["score_function"]["latent_mean"] = [0.0, 0.0, 0.0]
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    _rewrite_checksums(path)
+    with pytest.raises(ArtifactError, match=r"invalid score_function: .*latent_mean has shape"):
+        load_artifact(str(path))
+
+
+def test_a_future_format_is_refused_naming_what_this_library_reads(tmp_path):
+    cfg = ModelConfig(6, hidden_dims=[8], latent_dim=2)
+    save_artifact(str(tmp_path), build_model(cfg, seed=0), cfg)
+    meta = json.loads((tmp_path / CONFIG_FILE).read_text())
+    meta["format_version"] = 3
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))
+    _rewrite_checksums(tmp_path)
+    with pytest.raises(ArtifactError, match="format_version 3, this library reads 1, 2"):
+        load_artifact(str(tmp_path))

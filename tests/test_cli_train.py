@@ -72,6 +72,36 @@ def test_console_run_is_quiet_and_ends_with_the_summary(tmp_path, sensors):
     assert any("threshold" in line for line in out), done.stdout
     art = load_artifact(ModelRegistry(str(tmp_path / "models")).path(version))
     assert art.feature_columns == [f"f{i}" for i in range(10)]  # ts excluded, id the key
+    # the default recipe: sized from the 10 columns, scored by the normalized score
+    assert art.model_config.hidden_dims == [16] and art.model_config.latent_dim == 4
+    assert art.score_function.kind == "normalized"
+
+
+@pytest.mark.parametrize(
+    ("flags", "hidden", "latent", "score"),
+    [
+        ((), [16], 4, "normalized"),
+        (("--hidden_dims=auto", "--latent_dim=auto"), [16], 4, "normalized"),
+        (("--hidden_dims=32,8", "--score=mse"), [32, 8], 4, "mse"),
+        (("--latent_dim=2", "--score=reconstruction"), [16], 2, "reconstruction"),
+    ],
+)
+def test_model_size_defaults_to_the_data_width_and_flags_win(
+    tmp_path, sensors, flags, hidden, latent, score
+):
+    _, _, transform = pipelines.train.prepare(
+        _quick(tmp_path, sensors, "--exclude_columns=ts", *flags)
+    )
+    assert transform.job.model_config["hidden_dims"] == hidden
+    assert transform.job.model_config["latent_dim"] == latent
+    assert transform.job.score == score
+
+
+def test_a_bad_score_or_latent_dim_is_one_line(tmp_path, sensors):
+    for flag, words in (("--score=zscore", "--score"), ("--latent_dim=big", "--latent_dim")):
+        done = _run_cli("train", *_quick(tmp_path, sensors, flag))
+        assert done.returncode == 2 and words in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_console_typo_is_one_line_and_exit_2(tmp_path, sensors):

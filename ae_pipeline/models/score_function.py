@@ -158,7 +158,7 @@ class ScoreFunction:
         return cls(
             "normalized",
             tuple(terms),
-            feature_scale=np.maximum(mean_sq, floor),
+            feature_scale=np.maximum(mean_sq, floor) if "reconstruction" in terms else None,
             latent_mean=mean,
             latent_precision=precision,
         )

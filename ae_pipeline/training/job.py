@@ -27,6 +27,10 @@ from ae_pipeline.models.config import ConfigError
 #: Each threshold method's default parameter (quantile q; target false-positive rate;
 #: expected contamination): :data:`ae_pipeline.calibration.DEFAULT_PARAMS`.
 THRESHOLD_DEFAULTS = DEFAULT_PARAMS
+#: ``ae-pipeline train``'s training settings unless its flags say otherwise (the default recipe,
+#: with :data:`JOB_BUDGET_DEFAULTS`, the model sized by :mod:`ae_pipeline.models.sizing` and the
+#: ``normalized`` score; see the README's "Choosing settings").
+TRAIN_DEFAULTS = {"epochs": 20, "batch_size": 256, "lr": 1e-3, "patience": 5}
 #: The training budget of a job unless its ``train_config`` sets these keys.
 JOB_BUDGET_DEFAULTS = {"min_steps": 2000, "max_batch_fraction": 0.125}
 #: The anomaly scores a job can calibrate (``--score``): the terms of a ``normalized``
