@@ -11,6 +11,17 @@ confirmed and committed, and what happens when that fails.
 
 :class:`~ae_pipeline.consumer.ScoringConsumer` polls and scores; its guarantee object
 (:func:`guarantee_for`) does the rest, so the loop never asks which guarantee it runs.
+
+Example:
+    >>> PROCESSING_GUARANTEES
+    ('at_least_once', 'exactly_once')
+    >>> check_processing_guarantee("exactly_once")
+    'exactly_once'
+    >>> try:
+    ...     check_processing_guarantee("exactly-once")
+    ... except ValueError as err:
+    ...     print(err)
+    processing_guarantee must be one of at_least_once, exactly_once, got 'exactly-once'
 """
 
 from __future__ import annotations

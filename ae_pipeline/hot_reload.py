@@ -25,6 +25,23 @@ What the watcher guarantees:
 * **Quiet topics.** With ``background=True`` a thread polls every ``interval_s`` whether or not
   records arrive; otherwise :meth:`ModelWatcher.current` polls when ``interval_s`` has passed.
   Every swap is logged.
+
+Example:
+    >>> import tempfile
+    >>> from ae_pipeline.serving import NoModelError
+    >>> watcher = open_model(root=tempfile.mkdtemp(), mode="flag", device="cpu")
+    >>> type(watcher).__name__, watcher.version
+    ('ModelWatcher', None)
+    >>> try:  # nothing published under the root yet: ask again later
+    ...     watcher.current()
+    ... except NoModelError as err:
+    ...     print(str(err).split(" under ")[0])
+    no loadable model version
+    >>> try:
+    ...     open_model(mode="flag")
+    ... except ValueError as err:
+    ...     print(err)
+    give exactly one of a model version directory and a model root
 """
 
 from __future__ import annotations

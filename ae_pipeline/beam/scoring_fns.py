@@ -54,6 +54,16 @@ DEAD_LETTERS = "dead_letters"
 class ModelSource:
     """Where a scoring DoFn gets its model: one version directory, or the newest under a root.
 
+    Example:
+        >>> source = ModelSource(root="gs://bucket/models", device="cpu")
+        >>> {k: source.load_kwargs()[k] for k in ("device", "top_k", "batch_size")}
+        {'device': 'cpu', 'top_k': 5, 'batch_size': 8192}
+        >>> try:
+        ...     ModelSource(root="gs://bucket/models", version_dir="gs://bucket/models/v1")
+        ... except ValueError as err:
+        ...     print(err)
+        give exactly one of model_version_dir and model_root
+
     Attributes:
         version_dir: a fixed version directory.
         root: a registry root to follow (newest published version).
@@ -110,6 +120,15 @@ class ModelSource:
 @dataclass(frozen=True)
 class OutputForm:
     """What the scoring DoFns emit.
+
+    Example:
+        >>> OutputForm(emit_batches=True, as_messages=True, message_key="record").message_key
+        'record'
+        >>> try:
+        ...     OutputForm(as_messages=True, message_key="value")
+        ... except ValueError as err:  # a ServingError
+        ...     print(err)
+        message_key 'value' is not one of input, record
 
     Attributes:
         emit_batches: one list of results (and one of dead letters) per scored batch instead

@@ -1,5 +1,23 @@
 """The Kafka message format of results and dead letters: JSON values, keys, headers, and
-the size limit every message keeps (:func:`to_messages`)."""
+the size limit every message keeps (:func:`to_messages`).
+
+Example:
+    >>> key, value, headers = to_message({"key": "k1", "model_version": "v1", "score": 0.5})
+    >>> key, value, headers
+    (b'k1', b'{"key":"k1","model_version":"v1","score":0.5}', [('model_version', b'v1')])
+    >>> message_headers("v1", reason="bad_json")  # a dead letter's headers
+    [('model_version', b'v1'), ('reason', b'bad_json')]
+    >>> import numpy as np
+    >>> to_json({"latent": np.array([0.5, 1.0], dtype=np.float32), "n": np.int64(3)})
+    b'{"latent":[0.5,1.0],"n":3}'
+
+    A result too large for ``max_message_bytes`` becomes a ``too_large`` dead letter:
+
+    >>> [(key, headers)] = [(m[0], m[2]) for m in to_messages(
+    ...     [{"key": "k2", "model_version": "v1", "latent": [0.0] * 3000}], max_message_bytes=4096)]
+    >>> key, headers
+    (b'k2', [('model_version', b'v1'), ('reason', b'too_large')])
+"""
 
 from __future__ import annotations
 
