@@ -110,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beam_large_repeats", type=int, default=3, help=argparse.SUPPRESS)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c")
     ap.add_argument(
+        "--score",
+        default="normalized",
+        choices=["normalized", "mse"],
+        help="the model's anomaly score (the training job's default, or the plain MSE: the "
+        "figures before the score function existed)",
+    )
+    ap.add_argument(
         "--torch_threads",
         type=int,
         default=1,
@@ -159,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": q,
         "features": D,
         "model": f"{D}-16-4-16-{D}",
+        "score": args.score,
         "torch_threads": args.torch_threads or "default",
         "machine": {
             "cores": os.cpu_count(),
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        version_dir, model, scaler = publish_model(tmp / "models")
+        version_dir, model, scaler = publish_model(tmp / "models", args.score)
         print(f"model published: {version_dir}", flush=True)
         if "a" not in skip:
             beam = run_part_a(

@@ -1,19 +1,28 @@
 """Anomaly detection: ROC-AUC and average precision of our AEs against PyOD, IForest and PCA.
 
 Every detector is fit on normal training rows only and scores the same test rows of the same
-seeded split. Our scores are per-row reconstruction MSE (``Scorer.errors``). Our AEs train for
-at most the dataset's epoch budget with early stopping (patience 10) on a validation split of
-15% carved from the normal training rows, restoring the best epoch; tabular data are
-standardised with the normal training rows' statistics, images stay in [0, 1] (sigmoid output).
-PyOD's AutoEncoder (torch) gets the same hidden sizes, epoch budget (all of it: it has no early
-stopping), batch size and learning rate as ours and otherwise its defaults (batch norm, dropout
-0.2, its own standardisation). Models are never pickled or unpickled.
+seeded split. Two columns of ours:
 
-Beam's own detectors (``apache_beam.ml.anomaly``, Beam >= 2.64, so not in the pinned 2.62.0) run
-in the Beam 2.70 side environment ``.venv-beam-anomaly`` (``beam_detectors_side.py``): a
-``ZScore`` + ``IQR`` ensemble per feature with max aggregation, on the data sets they suit
-(low-dimensional tabular data and the univariate ECG stream, scored per sample, a window's score
-being its samples' maximum); skipped (and said so) where the side environment is missing.
+* ``ae_default``: ``ae-pipeline train`` with every default, the same recipe on every data set
+  (:func:`default_recipe`: the model sized from the width, the job's training settings and
+  budget, the standard scaler, the ``normalized`` score); chosen on validation folds of the
+  training portions only (``recipe_selection.py``), never on these test rows;
+* ``ae`` / ``dae``: configured per data set (hidden sizes, code size, epoch budget; images in
+  [0, 1] with a sigmoid output), scored by the plain reconstruction MSE (``Scorer.errors``);
+  they train for at most the data set's epoch budget with early stopping (patience 10) on 15%
+  of the normal training rows, restoring the best epoch. The gap between the two columns is
+  what tuning buys.
+
+PyOD's AutoEncoder (torch) gets the same hidden sizes, epoch budget (all of it: it has no early
+stopping), batch size and learning rate as the tuned ``ae`` and otherwise its defaults (batch
+norm, dropout 0.2, its own standardisation). Models are never pickled or unpickled.
+
+Beam's own detectors (``apache_beam.ml.anomaly``, Beam >= 2.64) run in the main environment
+(Beam 2.77), or in the Beam 2.70 side environment ``.venv-beam-anomaly`` under an older Beam
+(``beam_detectors_side.py``): a ``ZScore`` + ``IQR`` ensemble per feature with max aggregation,
+on the data sets they suit (low-dimensional tabular data and the univariate ECG stream, scored
+per sample, a window's score being its samples' maximum); skipped (and said so) where neither
+has them.
 """
 
 from __future__ import annotations
@@ -37,14 +46,14 @@ from ae_pipeline.models import CorruptionConfig, ModelConfig, Scorer, fit
 from benchmarks.quality.common import Settings, log, summary, timed, train_config
 
 BEAM_NOTE = (
-    "apache_beam.ml.anomaly (ZScore, IQR; Beam 2.70 side environment .venv-beam-anomaly, as the "
-    "pinned 2.62.0 lacks it): beam_zscore_iqr = per-feature ZScore + IQR with Beam's defaults "
-    "(sliding windows of 1,000), max score, streamed over the normal training rows then the "
-    "test rows (score, then learn); only on shuttle, breast_cancer and mitdb_ecg (per sample)."
+    "apache_beam.ml.anomaly (ZScore, IQR; Beam 2.77 in the main environment): beam_zscore_iqr "
+    "= per-feature ZScore + IQR with Beam's defaults (sliding windows of 1,000), max score, "
+    "streamed over the normal training rows then the test rows (score, then learn); on the "
+    "low-dimensional tabular data sets and mitdb_ecg (per sample, a window's score the max)."
 )
-METHODS = ("ae", "dae", "pyod_ae", "iforest", "pca")
+METHODS = ("ae_default", "ae", "dae", "pyod_ae", "iforest", "pca")
 BEAM_METHOD = "beam_zscore_iqr"
-BEAM_DATASETS = ("shuttle", "breast_cancer", "mitdb_ecg")
+BEAM_DATASETS = ("shuttle", "breast_cancer", "mitdb_ecg", "wine_ovr", "phishing")
 SIDE_PYTHON = Path(__file__).resolve().parents[2] / ".venv-beam-anomaly" / "bin" / "python"
 SIDE_SCRIPT = Path(__file__).resolve().parent / "beam_detectors_side.py"
 FPR_GRID = np.linspace(0.0, 1.0, 101)
@@ -107,6 +116,49 @@ def _our_ae(task: Task, seed: int, epochs: int, denoise: bool) -> np.ndarray:
     return Scorer(model).errors(task.x_test)
 
 
+def default_recipe(x_train: np.ndarray, seed: int, score: str = "normalized") -> _Scaled:
+    """``ae-pipeline train`` with every default, in memory: 20% of the rows held out for early
+    stopping and calibration (the job splits by key hash; here at random), the standard scaler
+    fitted on the rest, the model sized from the width (:mod:`ae_pipeline.models.sizing`), the
+    job's training settings and budget, and the ``score`` the job calibrates. Returns a
+    scorer of raw rows (the scaler folded in by :func:`_scaled`)."""
+    from ae_pipeline.features import ColumnStats, Scaler
+    from ae_pipeline.models import TrainConfig, Trainer, build_model, fit_score_function
+    from ae_pipeline.models.sizing import sized
+    from ae_pipeline.training import JOB_BUDGET_DEFAULTS, SCORES, TRAIN_DEFAULTS, TrainJob
+
+    job = TrainJob("unused", "unused", {})
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x_train))
+    n_val = max(1, round(job.validation_fraction * len(x_train)))
+    raw_val, raw_tr = x_train[idx[:n_val]], x_train[idx[n_val:]]
+    scaler = Scaler.fit(job.scaler, ColumnStats.of(raw_tr))
+    tr, va = scaler.transform(raw_tr), scaler.transform(raw_val)
+    cfg = ModelConfig.from_dict(
+        sized({**job.model_config, "input_dim": x_train.shape[1]}, x_train.shape[1])
+    )
+    tc = TrainConfig(
+        **TRAIN_DEFAULTS, **JOB_BUDGET_DEFAULTS, seed=seed, device="cpu", progress=False
+    )
+    model = build_model(cfg, seed=seed)
+    Trainer(tc).fit(model, tr, val=va)
+    terms = SCORES[score]
+    scorer = Scorer(model)
+    if terms is not None:
+        scorer = scorer.with_score_function(fit_score_function(scorer, tr, va, terms=terms))
+    return _Scaled(scorer, scaler)
+
+
+class _Scaled:
+    """A scorer of raw rows: the job's scaler, then the scorer (as serving does)."""
+
+    def __init__(self, scorer: Scorer, scaler: Any) -> None:
+        self.scorer, self.scaler = scorer, scaler
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return self.scorer.scores(self.scaler.transform(x))
+
+
 def _pyod_ae(task: Task, seed: int, epochs: int) -> np.ndarray:
     from pyod.models.auto_encoder import AutoEncoder
 
@@ -140,6 +192,7 @@ def _pca(task: Task) -> np.ndarray:
 
 def _score_all(task: Task, seed: int, epochs: int) -> dict[str, tuple[np.ndarray, float]]:
     fns: dict[str, Callable[[], np.ndarray]] = {
+        "ae_default": lambda: default_recipe(task.x_train, seed).scores(task.x_test),
         "ae": lambda: _our_ae(task, seed, epochs, False),
         "dae": lambda: _our_ae(task, seed, epochs, True),
         "pyod_ae": lambda: _pyod_ae(task, seed, epochs),
@@ -173,14 +226,13 @@ def shuttle_tasks(s: Settings, seed: int) -> list[Task]:
 
 
 def breast_tasks(s: Settings, seed: int) -> list[Task]:
+    """60/40 stratified split (so the training portion's malignant rows, never trained on,
+    can serve the recipe selection's validation folds without touching the test rows)."""
     x, target = load_breast_cancer(standardize=False)
     y = (target == 0).astype(np.int64)  # 0 = malignant in scikit-learn's encoding
-    normal, anomalous = x[y == 0], x[y == 1]
-    ntr, nte = train_test_split(normal, test_size=0.4, random_state=seed)
-    te = np.concatenate([nte, anomalous])
-    yt = np.r_[np.zeros(len(nte)), np.ones(len(anomalous))]
-    tr, te = _standardize(ntr, te)
-    return [Task(tr, te, yt, [16], 6, False)]
+    xa, xb, ya, yb = train_test_split(x, y, test_size=0.4, random_state=seed, stratify=y)
+    tr, te = _standardize(xa[ya == 0], xb)
+    return [Task(tr, te, yb, [16], 6, False)]
 
 
 def mitdb_path() -> Path:
@@ -189,19 +241,35 @@ def mitdb_path() -> Path:
     return Path(os.path.dirname(sktime.__file__)) / "datasets" / "data" / "mitdb" / "mitdb.csv"
 
 
-def mitdb_tasks(s: Settings, seed: int, window: int = 64, train_end: int = 5000) -> list[Task]:
+def beat_period(signal: np.ndarray, lo: int = 20, hi: int = 2000) -> int:
+    """The signal's dominant period in samples: the highest autocorrelation after its first
+    zero crossing (for the ECG: one heartbeat)."""
+    v = np.asarray(signal, np.float64) - np.mean(signal)
+    ac = np.correlate(v, v, "full")[len(v) - 1 :]
+    ac = ac / ac[0]
+    first_zero = int(np.argmax(ac[lo:] < 0)) + lo
+    return first_zero + int(np.argmax(ac[first_zero:hi]))
+
+
+def mitdb_tasks(
+    s: Settings, seed: int, window: int | None = None, train_end: int = 5000
+) -> list[Task]:
+    """Sliding windows of one heartbeat (the period of the training signal, 301 samples; a
+    window shorter than a beat sees a fragment whose error says where the QRS complex falls,
+    not whether the beat is normal: 64-sample windows scored below chance)."""
     import pandas as pd
 
     df = pd.read_csv(mitdb_path())
     v = df["data"].to_numpy(np.float32)
     lab = df["label"].to_numpy(np.int64)
+    window = window or beat_period(v[:train_end])
     w = np.lib.stride_tricks.sliding_window_view(v, window)
     wl = np.lib.stride_tricks.sliding_window_view(lab, window).max(axis=1)
     starts = np.arange(len(w))
     train = (starts + window <= train_end) & (wl == 0)
     test = starts >= train_end
     mu, sd = v[:train_end].mean(), v[:train_end].std()
-    task = Task((w[train] - mu) / sd, (w[test] - mu) / sd, wl[test], [32], 8, False)
+    task = Task((w[train] - mu) / sd, (w[test] - mu) / sd, wl[test], [128], 16, False)
     task.stream = (v[:train_end], v[train_end:], window)
     return [task]
 
@@ -221,14 +289,59 @@ def fashion_tasks(s: Settings, seed: int) -> list[Task]:
     ]
 
 
+def wine_tasks(s: Settings, seed: int) -> list[Task]:
+    """scikit-learn's wine (13 chemical measurements): each cultivar normal in turn."""
+    from sklearn.datasets import load_wine
+
+    data = load_wine()
+    x, y = data.data.astype(np.float32), data.target
+    xa, xb, ya, yb = train_test_split(x, y, test_size=0.4, random_state=seed, stratify=y)
+    out = []
+    for c in np.unique(y):
+        tr, te = _standardize(xa[ya == c], xb)
+        out.append(Task(tr, te, (yb != c).astype(int), [8], 4, False))
+    return out
+
+
+def phishing_tasks(s: Settings, seed: int) -> list[Task]:
+    """river's Phishing (9 web-page features, 1,250 pages): legitimate pages normal."""
+    from river.datasets import Phishing
+
+    rows = list(Phishing())
+    x = np.array([[float(v) for v in f.values()] for f, _ in rows], dtype=np.float32)
+    y = np.array([int(label) for _, label in rows], dtype=np.int64)
+    xa, xb, ya, yb = train_test_split(x, y, test_size=0.4, random_state=seed, stratify=y)
+    tr, te = _standardize(xa[ya == 0], xb)
+    return [Task(tr, te, yb, [16], 4, False)]
+
+
 # cheapest first, so that an interrupted run keeps the most data sets
 DATASETS: dict[str, tuple[Callable[[Settings, int], list[Task]], str]] = {
     "breast_cancer": (breast_tasks, "sklearn breast cancer, malignant = anomaly"),
-    "mitdb_ecg": (mitdb_tasks, "sktime MIT-BIH excerpt, 64-sample windows, train on t<5000"),
+    "mitdb_ecg": (
+        mitdb_tasks,
+        "sktime MIT-BIH excerpt, one-beat (301-sample) windows, train on t<5000",
+    ),
     "digits_ovr": (digits_tasks, "sklearn digits, each class normal in turn, mean of 10"),
     "shuttle": (shuttle_tasks, "river Shuttle (ODDS), 60/40 stratified split, train on normal"),
     "fashion_ovr": (fashion_tasks, "Fashion-MNIST, each class normal in turn, mean of 10"),
+    # held out of the recipe selection (benchmarks/quality/recipe_selection.py)
+    "wine_ovr": (wine_tasks, "sklearn wine, each cultivar normal in turn, mean of 3 (held out)"),
+    "phishing": (phishing_tasks, "river Phishing, legitimate pages normal (held out)"),
 }
+
+
+def beam_python() -> str:
+    """A Python whose Beam has ``apache_beam.ml.anomaly`` (Beam >= 2.64): this one (the main
+    environment runs Beam 2.77), else the Beam 2.70 side environment."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("apache_beam.ml.anomaly") is not None:
+        return sys.executable
+    if not SIDE_PYTHON.exists():
+        raise FileNotFoundError(f"{SIDE_PYTHON} (make bench-deps builds the Beam 2.70 side env)")
+    return str(SIDE_PYTHON)
 
 
 def beam_scores(tasks: list[Task]) -> tuple[list[np.ndarray], float]:
@@ -237,8 +350,7 @@ def beam_scores(tasks: list[Task]) -> tuple[list[np.ndarray], float]:
     import tempfile
     import time
 
-    if not SIDE_PYTHON.exists():
-        raise FileNotFoundError(f"{SIDE_PYTHON} (make setup builds the Beam 2.70 side env)")
+    python = beam_python()
     arrays: dict[str, Any] = {"n": len(tasks)}
     for i, t in enumerate(tasks):
         if t.stream is not None:
@@ -253,7 +365,7 @@ def beam_scores(tasks: list[Task]) -> tuple[list[np.ndarray], float]:
         np.savez(src, **arrays)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         proc = subprocess.run(
-            [str(SIDE_PYTHON), str(SIDE_SCRIPT), str(src), str(dst)],
+            [python, str(SIDE_SCRIPT), str(src), str(dst)],
             capture_output=True,
             text=True,
             env=env,
@@ -304,6 +416,8 @@ def run(
         "fashion_ovr": 20,
         "breast_cancer": 100,
         "mitdb_ecg": 30,
+        "wine_ovr": 100,
+        "phishing": 60,
     }
     epochs = {k: max(2, round(v * s.epoch_scale)) for k, v in budget.items()}
     for name, (make, desc) in DATASETS.items():

@@ -1,9 +1,10 @@
 """Beam's own univariate detectors (``ZScore`` + ``IQR`` per feature, max score) on a stream.
 
-Runs in the Beam 2.70 side environment (``.venv-beam-anomaly``: ``apache_beam.ml.anomaly`` is
-not in the pinned Beam 2.62.0); called by ``benchmarks/quality/anomaly.py``:
+Runs under a Beam that has ``apache_beam.ml.anomaly`` (Beam >= 2.64: the main environment's
+2.77, or the 2.70 side environment ``.venv-beam-anomaly`` under an older Beam), in its own
+process; called by ``benchmarks/quality/anomaly.py``:
 
-    .venv-beam-anomaly/bin/python beam_detectors_side.py IN.npz OUT.npz
+    .venv/bin/python beam_detectors_side.py IN.npz OUT.npz
 
 ``IN.npz`` holds ``n`` and, per task ``i``, ``train_i`` and ``test_i`` (rows x features). Each
 feature gets a ``ZScore`` and an ``IQR`` detector with Beam's defaults (sliding windows of 1,000

@@ -36,13 +36,20 @@ def encode_records(rows: np.ndarray, start: int = 0) -> list[bytes]:
     return out
 
 
-def publish_model(root: Path) -> tuple[str, Any, Any]:
-    """Trains a small model on synthetic rows and publishes it; returns (version dir,
-    model, scaler)."""
+def publish_model(root: Path, score: str = "normalized") -> tuple[str, Any, Any]:
+    """Trains a small model on synthetic rows and publishes it, scored by ``score`` (the
+    training job's default ``normalized``, or ``mse``); returns (version dir, model, scaler)."""
     from ae_pipeline.artifact import save_artifact
     from ae_pipeline.calibration import calibrate
     from ae_pipeline.features import ColumnStats, FeatureSpec, Scaler
-    from ae_pipeline.models import ModelConfig, Scorer, TrainConfig, Trainer, build_model
+    from ae_pipeline.models import (
+        ModelConfig,
+        Scorer,
+        TrainConfig,
+        Trainer,
+        build_model,
+        fit_score_function,
+    )
     from ae_pipeline.registry import ModelRegistry
 
     x = normal_rows(20_000, 0)
@@ -51,8 +58,9 @@ def publish_model(root: Path) -> tuple[str, Any, Any]:
     model = build_model(cfg, seed=0)
     tcfg = TrainConfig(epochs=3, batch_size=256, lr=3e-3, progress=False, device="cpu", seed=0)
     Trainer(tcfg).fit(model, scaler.transform(x))
-    calib = normal_rows(5000, 7)
-    errors = Scorer(model).errors(scaler.transform(calib))
+    calib = scaler.transform(normal_rows(5000, 7))
+    fn = fit_score_function(Scorer(model), scaler.transform(x), calib, kind=score)
+    errors = Scorer(model, score_function=fn).scores(calib)
     # With its score histogram: the explain mode and drift monitoring read it.
     threshold = calibrate(errors, "quantile", 0.99)
     spec = FeatureSpec(columns=COLUMNS, key_column="id")
@@ -65,6 +73,7 @@ def publish_model(root: Path) -> tuple[str, Any, Any]:
             feature_columns=COLUMNS,
             scaler=scaler.to_dict(),
             threshold=threshold,
+            score_function=fn,
             extra={"feature_spec": spec.to_dict()},
         )
     )
