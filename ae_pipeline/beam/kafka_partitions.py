@@ -4,6 +4,7 @@ offset-range restrictions that track them, event time, and the coder of :class:`
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class PartitionToRead:
         start_offset: first offset to read.
         stop_offset: offset to stop before (None: unbounded).
         deadline: wall-clock time (seconds since the epoch) to stop at (None: never).
+        partitions: how many partitions the read covers, this one included.
     """
 
     topic: str
@@ -85,6 +87,7 @@ class PartitionToRead:
     start_offset: int
     stop_offset: int | None = None
     deadline: float | None = None
+    partitions: int = 1
 
     @property
     def topic_partition(self) -> TopicPartition:
@@ -116,7 +119,7 @@ class _DiscoverPartitions(beam.DoFn):
             if self._max_records is not None:
                 stop = min(stop if stop is not None else MAX_OFFSET, start + self._max_records)
             _LOG.info("reading %s[%d] from offset %d to %s", *tp, start, stop or "the end")
-            yield PartitionToRead(tp.topic, tp.partition, start, stop, deadline)
+            yield PartitionToRead(tp.topic, tp.partition, start, stop, deadline, len(tps))
 
     def _start_offsets(self, consumer: KafkaConsumerClient, tps) -> dict[TopicPartition, int]:
         if self._start == "earliest":
@@ -179,3 +182,40 @@ def _advance(watermark: ManualWatermarkEstimator, to: Timestamp) -> None:
     current = watermark.current_watermark()
     if current is None or to > current:
         watermark.set_watermark(to)
+
+
+class _SharedWatermarks:
+    """One watermark for all partitions of a read in this process: the least of theirs.
+
+    Prism (seen on 2.77) takes a stage's output watermark from the residuals of the bundle
+    that finished last, not the least over every restriction still pending or in progress.
+    When it splits the partitions of a slow first bundle into concurrent bundles, the
+    watermark one partition reports (its records, or "now" minus the idle lag) overtakes
+    records another partition has not emitted yet, or emitted in a bundle not yet finished,
+    and those are dropped downstream as late. Every partition of a read reporting the least
+    watermark of them all (and none until each has set one) keeps any one bundle's estimate
+    below what the others still hold. Sound only where every partition of the read is read
+    in this process: Prism's one SDK harness, not a runner with several workers.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._marks: dict[str, dict[TopicPartition, Timestamp]] = {}
+
+    def advance(
+        self, read_id: str, part: PartitionToRead, estimator: ManualWatermarkEstimator, to
+    ) -> None:
+        """Records ``to`` as ``part``'s watermark and advances ``estimator`` to the least
+        watermark of the read's partitions, once every one of them has one."""
+        with self._lock:
+            marks = self._marks.setdefault(read_id, {})
+            tp = part.topic_partition
+            if tp not in marks or to > marks[tp]:
+                marks[tp] = to
+            if len(marks) < part.partitions:
+                return
+            least = min(marks.values())
+        _advance(estimator, least)
+
+
+SHARED_WATERMARKS = _SharedWatermarks()

@@ -29,6 +29,12 @@ Runner notes (Beam 2.62):
   it, a bundle open at a checkpoint keeps its output until the step's next input, which the
   one-element partition-listing step never gets (no output at all; see deploy/flink/README).
 * On FnApiRunner and Prism the finalizer runs right after each bundle.
+* Prism (2.77) takes a step's output watermark from the residuals of the bundle that finished
+  last, and splits a slow first bundle's partitions into concurrent bundles: one partition's
+  watermark then overtook records other partitions had not emitted yet, which windows
+  downstream dropped as late. On Prism an unbounded read therefore reports, from every
+  partition, the least watermark of all its partitions (``shared_watermark``; Prism's one SDK
+  harness reads them all in one process).
 
 Unbounded by default; ``bounded=True`` stops every partition at the end offset it had when
 the pipeline started, ``max_records_per_partition`` after that many offsets, ``max_seconds``
@@ -48,6 +54,7 @@ import collections
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -66,6 +73,7 @@ from ae_pipeline.beam.kafka_commit import (
     _OffsetCommitter,
 )
 from ae_pipeline.beam.kafka_partitions import (
+    SHARED_WATERMARKS,
     STARTS,
     PartitionToRead,
     _advance,
@@ -107,6 +115,7 @@ class _ReadPartitionsFn(beam.DoFn):
         self._bundle_seconds = options["max_bundle_seconds"]
         self._idle_lag = Duration.of(options["idle_watermark_lag_s"])
         self._max_consumers = options["max_cached_consumers"]
+        self._shared_watermark_id = options.get("shared_watermark_id")
         self._records = Metrics.counter(NAMESPACE, "records_read")
         self._polls = Metrics.counter(NAMESPACE, "polls")
         self._read_errors = Metrics.counter(NAMESPACE, "read_client_errors")
@@ -154,6 +163,12 @@ class _ReadPartitionsFn(beam.DoFn):
             for r in records:
                 yield window.TimestampedValue(r, _event_time(r))
 
+    def _advance(self, part: PartitionToRead, watermark, to: Timestamp) -> None:
+        if self._shared_watermark_id is None:
+            _advance(watermark, to)
+        else:  # Prism: the least of the read's partitions (see _SharedWatermarks)
+            SHARED_WATERMARKS.advance(self._shared_watermark_id, part, watermark, to)
+
     def _read(self, part: PartitionToRead, tracker, watermark, finalizer) -> Iterator[Any]:
         if finalizer is not None:
             # Every bundle asks for finalization, also one that read nothing: Prism 2.62 sends
@@ -182,7 +197,7 @@ class _ReadPartitionsFn(beam.DoFn):
                     if consumer.position(tp) >= stop:  # offsets up to stop hold no records
                         tracker.try_claim(stop)
                         return
-                    _advance(watermark, Timestamp.now() - self._idle_lag)
+                    self._advance(part, watermark, Timestamp.now() - self._idle_lag)
                     tracker.defer_remainder(Duration.of(0))
                     return
                 self._positions[tp] = records[-1].offset + 1
@@ -197,7 +212,7 @@ class _ReadPartitionsFn(beam.DoFn):
                 if claimed:
                     self._records.inc(len(claimed))
                     yield from self._emit(claimed)
-                    _advance(watermark, max(_event_time(r) for r in claimed))
+                    self._advance(part, watermark, max(_event_time(r) for r in claimed))
                 if records[-1].offset >= stop - 1:
                     return  # claimed stop - 1, or a claim past stop failed: done
                 if time.monotonic() >= call_ends:
@@ -359,6 +374,10 @@ class ReadKafkaRecords(beam.PTransform):
             nothing from it and which, on Beam 2.62, finalizes the bundles of the step the
             reshuffle cuts off, making the SDK harness log "Bundle is not in a finalizable
             state" tracebacks).
+        shared_watermark: every partition reports the least watermark of all the read's
+            partitions, which must all be read in one process (default: on Prism, for an
+            unbounded read; Prism 2.77 lets the last finished bundle's watermark stand for
+            the whole step, so one partition's would make another's unread records late).
     """
 
     def __init__(
@@ -380,6 +399,7 @@ class ReadKafkaRecords(beam.PTransform):
         idle_watermark_lag_s: float = 2.0,
         max_cached_consumers: int = 16,
         redistribute: bool | None = None,
+        shared_watermark: bool | None = None,
     ):
         super().__init__()
         self._config = KafkaConfig.from_dict(config)
@@ -402,6 +422,7 @@ class ReadKafkaRecords(beam.PTransform):
         self._max_records = max_records_per_partition
         self._max_seconds = max_seconds
         self._redistribute = redistribute
+        self._shared_watermark = shared_watermark
         self._options = {
             "batch": batch,
             "max_batch_size": max_batch_size,
@@ -441,8 +462,13 @@ class ReadKafkaRecords(beam.PTransform):
                 "(apache/beam#19526), so a bounded read cannot commit offsets there: pass "
                 "commit_offsets=False, or run with --streaming"
             )
+        shared = self._shared_watermark
+        if shared is None:
+            shared = not self.is_bounded and _is_prism(pbegin.pipeline.options)
+        # One id per application of the transform: its partitions share a watermark.
+        options = {**self._options, "shared_watermark_id": uuid.uuid4().hex if shared else None}
         fn_class = _READ_FNS[self.is_bounded, commit]
-        read = beam.ParDo(fn_class(self._config, self._client, self._options))
+        read = beam.ParDo(fn_class(self._config, self._client, options))
         output_type = list[KafkaRecord] if self._options["batch"] else KafkaRecord
         return parts | "Read" >> read.with_output_types(output_type)
 

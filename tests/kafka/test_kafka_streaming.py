@@ -11,7 +11,6 @@ import apache_beam as beam
 import pytest
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms import window
-from kit.beam_envs import FLINK, INSTALLED
 
 from ae_pipeline.beam.kafka_read import ReadKafkaRecords
 from ae_pipeline.kafka import committed_offsets, end_offsets
@@ -23,15 +22,10 @@ pytestmark = [
     pytest.mark.usefixtures("quiet_abandoned_clients"),
 ]
 
-# Open (issue 21 follow-up): on Prism 2.77 the windows of this unbounded read sometimes never
-# close (measured here: kafka-python 2 of 4 runs, still open after 240 s; confluent 1 of 4),
-# while every record is read and committed; on Prism 2.62, 4 of 4 pass in about 20 s. Until the
-# watermark path is understood there, it runs on Prism 2.77 without failing the suite.
-PRISM_277_WINDOWS = pytest.mark.xfail(
-    INSTALLED != FLINK,
-    reason=f"Prism {INSTALLED}: windows of an unbounded ReadKafkaRecords sometimes never close",
-    strict=False,
-)
+# Prism 2.77 took this step's watermark from the last finished bundle alone; with a partition
+# per concurrent bundle, records of the slower partitions came in late and were dropped from
+# their windows (kafka-python 2 of 4 runs, confluent 1 of 4). The read now shares one watermark
+# among its partitions on Prism (ReadKafkaRecords(shared_watermark=...)).
 
 PARTITIONS = 3
 BEFORE, WHILE = 30, 30
@@ -67,8 +61,8 @@ def _wait_for(what: str, condition, result) -> None:
 @pytest.mark.parametrize(
     "runner, client",
     [
-        pytest.param("prism", "kafka-python", marks=[pytest.mark.prism, PRISM_277_WINDOWS]),
-        pytest.param("prism", "confluent", marks=[pytest.mark.prism, PRISM_277_WINDOWS]),
+        pytest.param("prism", "kafka-python", marks=pytest.mark.prism),
+        pytest.param("prism", "confluent", marks=pytest.mark.prism),
         pytest.param("flink", "confluent", marks=[pytest.mark.flink, pytest.mark.slow]),
     ],
 )
