@@ -7,9 +7,9 @@ measurements alternate their order and the medians are reported.
 (a) Beam flagging throughput: records/s of ``FlagAnomalies`` (JSON records in, one result per
     record out) on the FnApiRunner and on Prism (batch mode), against Beam's own
     ``AnomalyDetection(ZScore)`` in the same runner on the same records (goal >= 10x). Beam's
-    ``apache_beam.ml.anomaly`` needs Beam >= 2.64 and the project pins 2.62 (README), so part
-    (a) runs in the Beam 2.70 side environment (``.venv-beam-anomaly``, with Prism v2.70),
-    every variant alike. Variants, all reading the same JSON-lines files (``FlatMap`` over file
+    ``apache_beam.ml.anomaly`` needs Beam >= 2.64: part (a) runs in a child process of this
+    environment (Beam 2.77, Prism v2.77), or of the Beam 2.70 side environment
+    (``.venv-beam-anomaly``) under an older Beam, every variant alike. Variants, all reading the same JSON-lines files (``FlatMap`` over file
     names, so the source costs the same) and ending in the same counting sink:
     ``beam_zscore`` (the baseline: ``json.loads`` -> ``beam.Row`` -> ``AnomalyDetection(ZScore(
     features=["f0"]))``; univariate, so it does less work than a 24-feature model),

@@ -43,6 +43,7 @@ from sklearn.model_selection import train_test_split
 
 from ae_pipeline.datasets import load_breast_cancer, load_digits, load_fashion_mnist
 from ae_pipeline.models import CorruptionConfig, ModelConfig, Scorer, fit
+from benchmarks.beam_env import anomaly_beam_python
 from benchmarks.quality.common import Settings, log, summary, timed, train_config
 
 BEAM_NOTE = (
@@ -54,7 +55,6 @@ BEAM_NOTE = (
 METHODS = ("ae_default", "ae", "dae", "pyod_ae", "iforest", "pca")
 BEAM_METHOD = "beam_zscore_iqr"
 BEAM_DATASETS = ("shuttle", "breast_cancer", "mitdb_ecg", "wine_ovr", "phishing")
-SIDE_PYTHON = Path(__file__).resolve().parents[2] / ".venv-beam-anomaly" / "bin" / "python"
 SIDE_SCRIPT = Path(__file__).resolve().parent / "beam_detectors_side.py"
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 
@@ -331,26 +331,13 @@ DATASETS: dict[str, tuple[Callable[[Settings, int], list[Task]], str]] = {
 }
 
 
-def beam_python() -> str:
-    """A Python whose Beam has ``apache_beam.ml.anomaly`` (Beam >= 2.64): this one (the main
-    environment runs Beam 2.77), else the Beam 2.70 side environment."""
-    import importlib.util
-    import sys
-
-    if importlib.util.find_spec("apache_beam.ml.anomaly") is not None:
-        return sys.executable
-    if not SIDE_PYTHON.exists():
-        raise FileNotFoundError(f"{SIDE_PYTHON} (make bench-deps builds the Beam 2.70 side env)")
-    return str(SIDE_PYTHON)
-
-
 def beam_scores(tasks: list[Task]) -> tuple[list[np.ndarray], float]:
     """Scores of Beam's ZScore + IQR ensemble per task (side environment) and the wall time."""
     import subprocess
     import tempfile
     import time
 
-    python = beam_python()
+    python = anomaly_beam_python()
     arrays: dict[str, Any] = {"n": len(tasks)}
     for i, t in enumerate(tasks):
         if t.stream is not None:

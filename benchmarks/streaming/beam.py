@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmarks.beam_env import anomaly_beam_python
 from benchmarks.streaming.common import BATCH, COLUMNS, ROOT, D, encode_records, normal_rows
 
 BASELINE = "beam_zscore"
@@ -21,7 +22,6 @@ BEAM_KINDS = ("beam_zscore", "ae", "ae_batched", "ae_in_anomaly_detection", "nai
 LARGE_KINDS = ("beam_zscore", "ae", "ae_batched")
 # Which measurement the part (a) goals are judged on (see the module docstring).
 HEADLINE = "end_to_end_large"
-SIDE_PYTHON = ROOT / ".venv-beam-anomaly" / "bin" / "python"
 
 
 class NaiveZScore:
@@ -256,13 +256,16 @@ def run_part_a(
     large_n: int = 0,
     large_repeats: int = 3,
 ) -> dict:
-    """Part (a) in the Beam 2.70 side environment (``AnomalyDetection`` needs Beam >= 2.64)."""
-    if not SIDE_PYTHON.exists():
-        raise SystemExit(f"{SIDE_PYTHON} is missing: run `make bench-deps`")
+    """Part (a) in a child process whose Beam has ``AnomalyDetection`` (Beam >= 2.64: this
+    environment's 2.77, else the Beam 2.70 side environment)."""
+    try:
+        python = anomaly_beam_python()
+    except FileNotFoundError as err:
+        raise SystemExit(f"{err}: run `make bench-deps`") from None
     with tempfile.TemporaryDirectory() as tmpdir:
         out = Path(tmpdir) / "beam.json"
         cmd = [
-            str(SIDE_PYTHON), "-m", "benchmarks.bench_streaming", "--part_a_only", str(out),
+            python, "-m", "benchmarks.bench_streaming", "--part_a_only", str(out),
             "--version_dir", version_dir, "--beam_n", str(n), "--beam_repeats", str(repeats),
             "--beam_large_n", str(large_n), "--beam_large_repeats", str(large_repeats),
             "--torch_threads", str(torch_threads),
