@@ -31,8 +31,7 @@ format: setup
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
 
-bench-deps: setup  ## extra packages the benchmarks compare against (PyOD, river, Beam 2.70's Prism)
-	@bash deploy/local/beam_anomaly_env.sh .venv --prism
+bench-deps: setup  ## extra packages the benchmarks compare against (PyOD, river, sktime)
 	@if [ -f requirements/bench.txt ]; then .venv/bin/pip install -q --disable-pip-version-check -c requirements/lock.txt -r requirements/bench.txt; fi
 
 bench: bench-deps  ## every benchmark; figures under benchmarks/results/, report in REPORT.md
