@@ -9,8 +9,9 @@ measurements alternate their order and the medians are reported.
     ``AnomalyDetection(ZScore)`` in the same runner on the same records (goal >= 10x). Beam's
     ``apache_beam.ml.anomaly`` needs Beam >= 2.64: part (a) runs in a child process of this
     environment (Beam 2.77, Prism v2.77), or of the Beam 2.70 side environment
-    (``.venv-beam-anomaly``) under an older Beam, every variant alike. Variants, all reading the same JSON-lines files (``FlatMap`` over file
-    names, so the source costs the same) and ending in the same counting sink:
+    (``.venv-beam-anomaly``) under an older Beam, every variant alike. Variants, all reading
+    the same JSON-lines files (``FlatMap`` over file names, so the source costs the same) and
+    ending in the same counting sink:
     ``beam_zscore`` (the baseline: ``json.loads`` -> ``beam.Row`` -> ``AnomalyDetection(ZScore(
     features=["f0"]))``; univariate, so it does less work than a 24-feature model),
     ``ae`` (``FlagAnomalies`` on one record per element), ``ae_batched`` (the

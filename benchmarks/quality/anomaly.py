@@ -162,7 +162,8 @@ class _Scaled:
 def _pyod_ae(task: Task, seed: int, epochs: int) -> np.ndarray:
     from pyod.models.auto_encoder import AutoEncoder
 
-    batch = _batch(task)
+    # PyOD trains no batch at all when its batch exceeds the rows (wine: 35 per cultivar)
+    batch = min(_batch(task), max(4, len(task.x_train) // 4))
     det = AutoEncoder(
         hidden_neuron_list=[*task.hidden, task.latent],
         epoch_num=epochs,
