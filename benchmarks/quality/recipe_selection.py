@@ -139,6 +139,14 @@ class Calib:
         cov = np.cov(train.z, rowvar=False).reshape(len(mu), len(mu))
         shrink = 0.1 * np.trace(cov) / len(mu) + 1e-6
         self.zmu, self.zinv = mu, np.linalg.inv(cov + shrink * np.eye(len(mu)))
+        # Oracle Approximating Shrinkage (Chen et al. 2010): more shrinkage for fewer rows
+        n, p = len(train.z), len(mu)
+        tr, tr2 = np.trace(cov), np.trace(cov @ cov)
+        rho = ((1 - 2 / p) * tr2 + tr**2) / max((n + 1 - 2 / p) * (tr2 - tr**2 / p), 1e-12)
+        rho = float(min(max(rho, 0.0), 1.0))
+        target = tr / p * np.eye(p)
+        self.zinv_oas = np.linalg.inv((1 - rho) * cov + rho * target + 1e-6 * np.eye(p))
+        self.oas_rho = rho
         self.val = val
 
     def raw(self, p: Parts) -> dict[str, np.ndarray]:
@@ -147,6 +155,7 @@ class Calib:
             "mse": p.sq.mean(axis=1),
             "feat": (p.sq / self.feat).mean(axis=1),
             "maha": np.einsum("ij,jk,ik->i", dz, self.zinv, dz),
+            "maha_oas": np.einsum("ij,jk,ik->i", dz, self.zinv_oas, dz),
         }
 
     def scores(self, p: Parts) -> dict[str, np.ndarray]:
@@ -162,8 +171,13 @@ class Calib:
         s["feat+maha"] = z("feat", s["feat"]) + z("maha", s["maha"])
         # the product's normalized score: each term over its validation median, summed
         s["normalized"] = s["feat"] / np.median(v["feat"]) + s["maha"] / np.median(v["maha"])
+        s["normalized_oas"] = s["feat"] / np.median(v["feat"]) + s["maha_oas"] / np.median(
+            v["maha_oas"]
+        )
         s["mse+maha"] = z("mse", s["mse"]) + z("maha", s["maha"])
-        return {k: (z(k, a) if k in ("mse", "feat", "maha") else a) for k, a in s.items()}
+        return {
+            k: (z(k, a) if k in ("mse", "feat", "maha", "maha_oas") else a) for k, a in s.items()
+        }
 
 
 def train(
@@ -244,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     grid = list(itertools.product(args.sizes, args.scalers, args.budgets))
     t0 = time.time()
-    result: dict[str, Any] = {"seeds": args.seeds, "members": args.members, "datasets": {}}
+    result: dict[str, Any] = {
+        "benchmark": "recipe_selection",
+        "seeds": args.seeds,
+        "members": args.members,
+        "datasets": {},
+    }
     for name, make in FOLDS.items():
         if args.only and name not in args.only:
             continue
