@@ -134,25 +134,36 @@ class _SplitAndWrite(beam.DoFn):
                 yield shard if name == self.TRAIN else beam.pvalue.TaggedOutput(self.VAL, shard)
 
 
-class ColumnStatsFn(beam.CombineFn):
-    """Mergeable per-feature statistics of :class:`Block` elements."""
+class MergeStatsFn(beam.CombineFn):
+    """Merges statistics that have ``merge`` (:class:`ColumnStats`, the score function's
+    :class:`FeatureErrorStats` and :class:`LatentStats`); None when there are none."""
+
+    @staticmethod
+    def _merge(acc, stats):
+        return stats if acc is None else acc.merge(stats)
 
     def create_accumulator(self):
         return None
 
-    def add_input(self, acc, block: Block):
-        stats = ColumnStats.of(block.x)
-        return stats if acc is None else acc.merge(stats)
+    def add_input(self, acc, stats):
+        return self._merge(acc, stats)
 
     def merge_accumulators(self, accs):
         out = None
-        for a in accs:
-            if a is not None:
-                out = a if out is None else out.merge(a)
+        for acc in accs:
+            if acc is not None:
+                out = self._merge(out, acc)
         return out
 
     def extract_output(self, acc):
         return acc
+
+
+class ColumnStatsFn(MergeStatsFn):
+    """Mergeable per-feature statistics of :class:`Block` elements."""
+
+    def add_input(self, acc, block: Block):
+        return self._merge(acc, ColumnStats.of(block.x))
 
 
 # ------------------------------------------------------------------------------------------
@@ -350,25 +361,32 @@ def finetune_stack(job: TrainJob, layers: list[TrainedLayer], train, val, stats)
     )
 
 
-def _shard_scorer(shard: Shard, trained: TrainedModel):
-    """The trained model's Scorer and the shard's scaled rows (None for a refused model)."""
-    from ae_pipeline.artifact import load_artifact
-    from ae_pipeline.models.scoring import Scorer
+class _ShardScoringFn(beam.DoFn):
+    """Scores shards with the trained model, loaded once per DoFn instance (not per shard)."""
 
-    if trained.refused:
-        return None, None
-    model = load_artifact(trained.model_path).model
-    x, _ = read_shard(shard.path)
-    return Scorer(model), Scaler.from_dict(trained.scaler).transform(x)
+    def __init__(self):
+        self._loaded: tuple[str, object] | None = None
+
+    def scorer(self, shard: Shard, trained: TrainedModel):
+        """The trained model's Scorer and the shard's scaled rows (None for a refused model)."""
+        from ae_pipeline.artifact import load_artifact
+        from ae_pipeline.models.scoring import Scorer
+
+        if trained.refused:
+            return None, None
+        if self._loaded is None or self._loaded[0] != trained.model_path:
+            self._loaded = (trained.model_path, Scorer(load_artifact(trained.model_path).model))
+        x, _ = read_shard(shard.path)
+        return self._loaded[1], Scaler.from_dict(trained.scaler).transform(x)
 
 
-class _ScoreShard(beam.DoFn):
+class _ScoreShard(_ShardScoringFn):
     """What calibrates the threshold, for one validation shard (the same Scorer as
     streaming): the reconstruction errors (``mse``), or the raw values of the score function's
     terms (an ``N x terms`` array; their medians finish the function)."""
 
     def process(self, shard: Shard, trained: TrainedModel, unfitted):
-        scorer, x = _shard_scorer(shard, trained)
+        scorer, x = self.scorer(shard, trained)
         if scorer is None:
             return
         if unfitted is None:
@@ -377,38 +395,19 @@ class _ScoreShard(beam.DoFn):
             yield np.stack(scorer.term_values(unfitted, x), axis=1)
 
 
-class _ScoreStatsShard(beam.DoFn):
+class _ScoreStatsShard(_ShardScoringFn):
     """The score function's statistics of one shard: the per-feature squared errors of a
     validation shard, or the latent moments of a training shard."""
 
     def __init__(self, part: str):
+        super().__init__()
         self.part = part
 
     def process(self, shard: Shard, trained: TrainedModel):
-        scorer, x = _shard_scorer(shard, trained)
+        scorer, x = self.scorer(shard, trained)
         if scorer is None or not len(x):
             return
         yield scorer.feature_error_stats(x) if self.part == "val" else scorer.latent_stats(x)
-
-
-class _MergeStatsFn(beam.CombineFn):
-    """Merges :class:`FeatureErrorStats` or :class:`LatentStats` (None when there are none)."""
-
-    def create_accumulator(self):
-        return None
-
-    def add_input(self, acc, stats):
-        return stats if acc is None else acc.merge(stats)
-
-    def merge_accumulators(self, accs):
-        out = None
-        for acc in accs:
-            if acc is not None:
-                out = acc if out is None else out.merge(acc)
-        return out
-
-    def extract_output(self, acc):
-        return acc
 
 
 def _fit_score_function(_, features, latent, terms):
@@ -541,7 +540,7 @@ class TrainAutoencoder(beam.PTransform):
                 return (
                     replay(label, shards)
                     | label >> beam.ParDo(_ScoreStatsShard(part), trained_side)
-                    | f"Merge{label}" >> beam.CombineGlobally(_MergeStatsFn())
+                    | f"Merge{label}" >> beam.CombineGlobally(MergeStatsFn())
                 )
 
             unfitted = once("ScoreFunction") | "ScoreFunction" >> beam.Map(
@@ -597,6 +596,7 @@ class _ConcatFn(beam.CombineFn):
 
 __all__ = [
     "ColumnStatsFn",
+    "MergeStatsFn",
     "Shard",
     "TrainAutoencoder",
     "TrainJob",
